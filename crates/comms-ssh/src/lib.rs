@@ -1,0 +1,1 @@
+//! opsbake-comms-ssh (see the crate table in docs/architecture.md).

@@ -1,0 +1,13 @@
+//! opsbake-core: the template model, the plan, the step runner with
+//! cancellation, the resource journal, events, secrets, the manifest, and the
+//! `Builder` and `Transport` traits that the IaaS crates and `comms-ssh`
+//! implement.
+
+pub mod secret;
+pub mod transport;
+
+pub use secret::{redactor, Secret};
+pub use transport::{
+    Download, ExecRequest, ExitStatus, OutputSink, Stream, TransferReport, Transport,
+    TransportError, Upload, UploadSource,
+};

@@ -1,0 +1,1 @@
+//! opsbake-iaas-aws (see the crate table in docs/architecture.md).

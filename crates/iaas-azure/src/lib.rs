@@ -1,0 +1,1 @@
+//! opsbake-iaas-azure (see the crate table in docs/architecture.md).

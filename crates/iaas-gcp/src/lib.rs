@@ -1,0 +1,1 @@
+//! opsbake-iaas-gcp (see the crate table in docs/architecture.md).

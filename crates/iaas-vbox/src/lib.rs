@@ -1,0 +1,1 @@
+//! opsbake-iaas-vbox (see the crate table in docs/architecture.md).

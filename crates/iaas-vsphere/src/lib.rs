@@ -1,0 +1,1 @@
+//! opsbake-iaas-vsphere (see the crate table in docs/architecture.md).

@@ -1,0 +1,5 @@
+//! The opsbake command line.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! opsbake-provision (see the crate table in docs/architecture.md).

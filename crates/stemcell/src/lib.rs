@@ -1,0 +1,1 @@
+//! opsbake-stemcell (see the crate table in docs/architecture.md).

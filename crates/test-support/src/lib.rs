@@ -1,0 +1,4 @@
+//! Test support shared by every crate's tests (dev-dependency only): peers
+//! started and stopped by PID with readiness checks, proxies, boot helpers.
+//!
+//! One module per peer; each is owned by the issue that needs it.
