@@ -1,1 +1,12 @@
-//! opsbake-stemcell (see the crate table in docs/architecture.md).
+//! opsbake-stemcell: BOSH stemcell names and `stemcell.MF`, safe streaming
+//! reading and extraction, disk format conversion (raw, VMDK, VHD, qcow2),
+//! OVF descriptors, and the ISO9660 writer for the agent settings CD-ROM.
+//!
+//! Everything here is blocking I/O; async callers run it on
+//! `tokio::task::spawn_blocking`.
+
+pub mod iso;
+pub mod settings;
+
+pub use iso::{write_agent_settings_iso, write_ovf_env_iso, IsoError, IsoWriter};
+pub use settings::AgentSettings;

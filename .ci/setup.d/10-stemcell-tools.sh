@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Tools the stemcell crate's tests use: qemu-img (conversions, checks),
+# isoinfo from genisoimage (reading the ISOs we write), GNU tar and python3
+# (crafting hostile tarballs), xxd-free: nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. .ci/lib.sh
+apt_install qemu-utils genisoimage tar gzip
+command -v python3 >/dev/null 2>&1 || apt_install python3
