@@ -2,3 +2,6 @@
 //! started and stopped by PID with readiness checks, proxies, boot helpers.
 //!
 //! One module per peer; each is owned by the issue that needs it.
+
+pub mod delay_proxy;
+pub mod sshd;
