@@ -10,3 +10,8 @@ pub mod settings;
 
 pub use iso::{write_agent_settings_iso, write_ovf_env_iso, IsoError, IsoWriter};
 pub use settings::AgentSettings;
+pub mod manifest;
+pub mod name;
+
+pub use manifest::{CloudImageRef, Manifest, ManifestError};
+pub use name::{NameError, StemcellName};
