@@ -3,7 +3,9 @@
 //! `Builder` and `Transport` traits that the IaaS crates and `comms-ssh`
 //! implement.
 
+pub mod journal;
 pub mod secret;
+pub mod template;
 pub mod transport;
 
 pub use secret::{redactor, Secret};

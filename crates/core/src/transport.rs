@@ -239,7 +239,9 @@ pub enum TransportError {
         reason: String,
     },
     /// A verified transfer arrived with different content.
-    #[error("{target}: {path}: {what} mismatch after transfer (expected {expected}, got {actual})")]
+    #[error(
+        "{target}: {path}: {what} mismatch after transfer (expected {expected}, got {actual})"
+    )]
     Verify {
         /// Who we were talking to.
         target: String,
@@ -305,8 +307,7 @@ pub trait Transport: Send + Sync {
 /// Quote a string for a POSIX shell (single quotes, with `'` escaped).
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
     {
         return s.to_string();
@@ -330,9 +331,9 @@ pub fn env_prefix(env: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::new();
     for (k, v) in env {
         let valid = !k.is_empty()
-            && k.bytes()
-                .enumerate()
-                .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+            && k.bytes().enumerate().all(|(i, b)| {
+                b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
+            });
         if !valid {
             return Err(format!("invalid environment variable name {k:?}"));
         }
@@ -352,10 +353,19 @@ mod tests {
     #[test]
     fn quoting_survives_a_real_shell() {
         let mut env = BTreeMap::new();
-        env.insert("A".to_string(), "it's \"quoted\" $HOME `x` \\ end".to_string());
+        env.insert(
+            "A".to_string(),
+            "it's \"quoted\" $HOME `x` \\ end".to_string(),
+        );
         env.insert("B".to_string(), "two  spaces".to_string());
-        let cmd = format!("{}printf '%s|%s' \"$A\" \"$B\"", env_prefix(&env).unwrap_or_default());
-        let out = std::process::Command::new("sh").arg("-c").arg(&cmd).output();
+        let cmd = format!(
+            "{}printf '%s|%s' \"$A\" \"$B\"",
+            env_prefix(&env).unwrap_or_default()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output();
         let out = match out {
             Ok(o) => o,
             Err(e) => panic!("sh: {e}"),
