@@ -4,9 +4,11 @@
 //! implement.
 
 pub mod journal;
+pub mod plan;
 pub mod secret;
 pub mod template;
 pub mod transport;
+pub mod vars;
 
 pub use secret::{redactor, Secret};
 pub use transport::{

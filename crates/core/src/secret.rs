@@ -59,9 +59,31 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
-impl<T> Serialize for Secret<T> {
+thread_local! {
+    static EXPOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with secrets serializing their real value on this thread. Only
+/// for in-memory transformations (template interpolation), never for output.
+pub fn with_exposed<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXPOSE.with(|e| e.set(false));
+        }
+    }
+    EXPOSE.with(|e| e.set(true));
+    let _reset = Reset;
+    f()
+}
+
+impl<T: Serialize> Serialize for Secret<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(REDACTED)
+        if EXPOSE.with(|e| e.get()) {
+            self.0.serialize(serializer)
+        } else {
+            serializer.serialize_str(REDACTED)
+        }
     }
 }
 
