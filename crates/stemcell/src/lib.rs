@@ -15,3 +15,9 @@ pub mod name;
 
 pub use manifest::{CloudImageRef, Manifest, ManifestError};
 pub use name::{NameError, StemcellName};
+pub mod reader;
+
+pub use reader::{
+    extract, read_manifest, scan, verify, ExtractOptions, ExtractReport, Limits, ReadError,
+    UnsafeReason, VerifyReport,
+};
