@@ -1,4 +1,5 @@
 //! The streaming reader against tarballs crafted with Python's tarfile and GNU tar.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
