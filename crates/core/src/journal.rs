@@ -530,13 +530,8 @@ impl Journal {
 
     /// Record the intent to create a resource; returns its sequence number.
     /// Call this *before* the create call.
-    pub fn intent(
-        &self,
-        kind: &str,
-        name: &str,
-        token: &str,
-        data: serde_json::Value,
-    ) -> Result<u64> {
+    /// The idempotency token is `<build-id>-<seq>`.
+    pub fn intent(&self, kind: &str, name: &str, data: serde_json::Value) -> Result<u64> {
         let seq = {
             let mut inner = self.inner.lock().map_err(|_| JournalError::Io {
                 path: self.path.clone(),
@@ -550,7 +545,7 @@ impl Journal {
             seq,
             kind: kind.to_string(),
             name: name.to_string(),
-            token: token.to_string(),
+            token: format!("{}-{seq}", self.build_id),
             data,
         })?;
         Ok(seq)
@@ -664,15 +659,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::create(d.path(), header("b1")).unwrap();
         let a = j
-            .intent("local_file", "/x/a", "t1", serde_json::Value::Null)
+            .intent("local_file", "/x/a", serde_json::Value::Null)
             .unwrap();
         j.created(a, "/x/a", serde_json::Value::Null).unwrap();
         let b = j
-            .intent("local_file", "/x/b", "t2", serde_json::Value::Null)
+            .intent("local_file", "/x/b", serde_json::Value::Null)
             .unwrap();
-        let c = j
-            .intent("image", "img", "t3", serde_json::Value::Null)
-            .unwrap();
+        let c = j.intent("image", "img", serde_json::Value::Null).unwrap();
         j.created(c, "img-1", serde_json::Value::Null).unwrap();
         j.kept(c).unwrap();
         j.deleted(a).unwrap();
@@ -691,7 +684,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::create(d.path(), header("b2")).unwrap();
         let s = j
-            .intent("local_file", "/x/a", "t", serde_json::Value::Null)
+            .intent("local_file", "/x/a", serde_json::Value::Null)
             .unwrap();
         // flock locks are per open file description: a second open in this
         // process conflicts too, as another process would.

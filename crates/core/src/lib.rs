@@ -3,8 +3,13 @@
 //! `Builder` and `Transport` traits that the IaaS crates and `comms-ssh`
 //! implement.
 
+pub mod builder;
+pub mod events;
 pub mod journal;
+pub mod local;
+pub mod manifest;
 pub mod plan;
+pub mod runner;
 pub mod secret;
 pub mod template;
 pub mod transport;

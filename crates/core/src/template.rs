@@ -1069,11 +1069,13 @@ pub struct Loaded {
 impl Loaded {
     /// The template's directory (relative paths in it resolve from here).
     pub fn dir(&self) -> PathBuf {
-        self.path
+        let dir = self
+            .path
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."))
+            .unwrap_or_else(|| PathBuf::from("."));
+        std::fs::canonicalize(&dir).unwrap_or(dir)
     }
 
     /// An error at the first place `needle` occurs in the source (or without

@@ -1,1 +1,23 @@
-//! opsbake-iaas-aws (see the crate table in docs/architecture.md).
+//! opsbake-iaas-aws: the `aws` builder.
+//!
+//! Not implemented yet: [`builder`] says so with a clear error instead of
+//! pretending to work. See docs/architecture.md for the crate's role.
+
+use std::sync::Arc;
+
+use opsbake_core::builder::{BuildError, Builder, Deleter};
+use opsbake_core::plan::BuildPlan;
+
+/// The builder for one plan.
+pub fn builder(_plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
+    Err(BuildError::NotImplemented {
+        what: "the `aws` builder".to_string(),
+    })
+}
+
+/// A deleter for `opsbake cleanup` from a journal's `cleanup_config`.
+pub fn deleter(_cleanup_config: &serde_json::Value) -> Result<Arc<dyn Deleter>, BuildError> {
+    Err(BuildError::NotImplemented {
+        what: "cleanup of `aws` resources".to_string(),
+    })
+}

@@ -1,0 +1,207 @@
+//! Event sinks: human lines (prefixed per build, colored on a TTY,
+//! optional timestamps, indicatif bars on a TTY) or one JSON object per line.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+
+use console::Style;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use opsbake_core::events::{Event, EventKind, EventSink};
+use opsbake_core::redactor;
+use opsbake_core::transport::Stream;
+
+/// `--json`: one event per line on stdout.
+pub struct JsonSink {
+    out: Mutex<std::io::Stdout>,
+}
+
+impl JsonSink {
+    pub fn new() -> JsonSink {
+        JsonSink {
+            out: Mutex::new(std::io::stdout()),
+        }
+    }
+}
+
+impl EventSink for JsonSink {
+    fn emit(&self, event: Event) {
+        let line = event.to_json_line();
+        if let Ok(mut o) = self.out.lock() {
+            let _ = writeln!(o, "{line}");
+            let _ = o.flush();
+        }
+    }
+}
+
+/// Human output on stderr.
+pub struct HumanSink {
+    timestamps: bool,
+    color: bool,
+    progress: Option<MultiProgress>,
+    bars: Mutex<HashMap<(String, String), ProgressBar>>,
+}
+
+const PALETTE: [u8; 6] = [33, 35, 36, 32, 34, 208];
+
+impl HumanSink {
+    pub fn new(timestamps: bool, progress: bool) -> HumanSink {
+        let tty = console::Term::stderr().is_term();
+        HumanSink {
+            timestamps,
+            color: tty && console::colors_enabled_stderr(),
+            progress: (tty && progress).then(MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn prefix(&self, ev: &Event) -> String {
+        let mut p = String::new();
+        if self.timestamps {
+            p.push_str(&ev.ts);
+            p.push(' ');
+        }
+        if let Some(b) = &ev.build {
+            let tag = format!("[{b}]");
+            if self.color {
+                let idx = b.bytes().map(usize::from).sum::<usize>() % PALETTE.len();
+                p.push_str(
+                    &Style::new()
+                        .color256(PALETTE[idx])
+                        .bold()
+                        .apply_to(tag)
+                        .to_string(),
+                );
+            } else {
+                p.push_str(&tag);
+            }
+            p.push(' ');
+        }
+        p
+    }
+
+    fn print(&self, line: String) {
+        let line = redactor().scrub(&line);
+        match &self.progress {
+            Some(mp) => {
+                let _ = mp.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn dim(&self, s: String) -> String {
+        if self.color {
+            Style::new().dim().apply_to(s).to_string()
+        } else {
+            s
+        }
+    }
+
+    fn red(&self, s: String) -> String {
+        if self.color {
+            Style::new().red().apply_to(s).to_string()
+        } else {
+            s
+        }
+    }
+
+    fn yellow(&self, s: String) -> String {
+        if self.color {
+            Style::new().yellow().apply_to(s).to_string()
+        } else {
+            s
+        }
+    }
+}
+
+impl EventSink for HumanSink {
+    fn emit(&self, ev: Event) {
+        let p = self.prefix(&ev);
+        let line = match &ev.kind {
+            EventKind::BuildStarted {
+                template,
+                state_dir,
+            } => format!(
+                "{p}build {} of {template} started (journal in {state_dir})",
+                ev.build_id.as_deref().unwrap_or("")
+            ),
+            EventKind::StepStarted { step } => format!("{p}==> {step}"),
+            EventKind::StepFinished { step, seconds } => {
+                if let Ok(mut bars) = self.bars.lock() {
+                    let key = (ev.build.clone().unwrap_or_default(), step.clone());
+                    if let Some(b) = bars.remove(&key) {
+                        b.finish_and_clear();
+                    }
+                }
+                self.dim(format!("{p}    {step} done in {seconds:.1}s"))
+            }
+            EventKind::StepFailed { step, error } => {
+                self.red(format!("{p}!!! {step} failed: {error}"))
+            }
+            EventKind::Message { level, text } => match level.as_str() {
+                "warn" => self.yellow(format!("{p}warning: {text}")),
+                "error" => self.red(format!("{p}error: {text}")),
+                _ => format!("{p}{text}"),
+            },
+            EventKind::Output { step, stream, line } => match stream {
+                Stream::Stdout => format!("{p}[{step}] {line}"),
+                Stream::Stderr => format!("{p}[{step}] {}", self.yellow(line.clone())),
+            },
+            EventKind::ResourceIntent { .. } => return,
+            EventKind::ResourceCreated { kind, id, .. } => {
+                self.dim(format!("{p}    created {kind} {id}"))
+            }
+            EventKind::ResourceDeleted { kind, id, .. } => {
+                self.dim(format!("{p}    deleted {kind} {id}"))
+            }
+            EventKind::ResourceDeleteFailed {
+                kind, id, error, ..
+            } => self.red(format!("{p}could not delete {kind} {id}: {error}")),
+            EventKind::ResourceKept { kind, id, .. } => format!("{p}    kept {kind} {id}"),
+            EventKind::Progress {
+                step,
+                done,
+                total,
+                unit,
+            } => {
+                if let Some(mp) = &self.progress {
+                    if let Ok(mut bars) = self.bars.lock() {
+                        let key = (ev.build.clone().unwrap_or_default(), step.clone());
+                        let bar = bars.entry(key).or_insert_with(|| {
+                            let b = mp.add(ProgressBar::new(*total));
+                            let tmpl = if unit == "bytes" {
+                                "{prefix} {msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}"
+                            } else {
+                                "{prefix} {msg} {wide_bar} {pos}/{len}"
+                            };
+                            if let Ok(st) = ProgressStyle::with_template(tmpl) {
+                                b.set_style(st);
+                            }
+                            b.set_prefix(p.trim_end().to_string());
+                            b.set_message(step.clone());
+                            b
+                        });
+                        bar.set_length(*total);
+                        bar.set_position(*done);
+                    }
+                }
+                return;
+            }
+            EventKind::BuildFinished {
+                outcome,
+                seconds,
+                artifact_id,
+                error,
+            } => match (outcome.as_str(), artifact_id, error) {
+                ("succeeded", Some(a), _) => {
+                    format!("{p}build succeeded in {seconds:.1}s: {a}")
+                }
+                ("succeeded", None, _) => format!("{p}build succeeded in {seconds:.1}s"),
+                (o, _, Some(e)) => self.red(format!("{p}build {o} after {seconds:.1}s: {e}")),
+                (o, _, None) => self.red(format!("{p}build {o} after {seconds:.1}s")),
+            },
+        };
+        self.print(line);
+    }
+}
