@@ -1,1 +1,26 @@
-//! opsbake-comms-ssh (see the crate table in docs/architecture.md).
+//! opsbake-comms-ssh: the SSH/SFTP transport on russh.
+//!
+//! - [`connect`]: wait for a *login* (connect + handshake + key auth, retried
+//!   with a short jittered backoff), one identity per connection, a password
+//!   sent at most once per build, bastion hosts.
+//! - [`keys`]: ephemeral ed25519/RSA keys held in memory.
+//! - [`hostkey`]: pin, trust-on-first-use-then-pin, or (loudly) insecure.
+//! - [`SshTransport`]: core's `Transport`: exec with streamed output, exit
+//!   status and signal; pipelined multi-channel SFTP uploads that resume
+//!   after a dropped connection; SCP fallback; reconnect.
+//!
+//! Algorithms: AES-GCM/CTR with HMAC-SHA2 (what hardened stemcells allow),
+//! through russh's `ring` backend (no cmake/nasm needed to build).
+
+pub mod connect;
+mod exec;
+pub mod hostkey;
+pub mod keys;
+mod scp;
+mod sftp;
+mod transport;
+
+pub use connect::{Auth, LoginReport, PasswordGuard, SshOptions, Target};
+pub use hostkey::{HostKeyPolicy, HostKeyVerifier};
+pub use keys::{KeyKind, KeyPair};
+pub use transport::SshTransport;

@@ -120,7 +120,8 @@ pub struct SshdOptions {
     pub sudo_with_password: bool,
     /// `MaxAuthTries` (3 on a stemcell).
     pub max_auth_tries: u32,
-    /// Extra `sshd_config` lines (appended before any `Match`).
+    /// Extra `sshd_config` lines, written first so they override the
+    /// hardened defaults (e.g. `Ciphers aes256-ctr`).
     pub extra_config: Vec<String>,
     /// Generate an ed25519 key for OpenSSH clients (benchmarks) and authorize it.
     pub openssh_client_key: bool,
@@ -157,6 +158,15 @@ pub struct Sshd {
     log: PathBuf,
     host_keys: Vec<String>,
     client_key: Option<PathBuf>,
+    restart: Option<Restart>,
+}
+
+struct Restart {
+    unshare: PathBuf,
+    sshd: PathBuf,
+    cfg: PathBuf,
+    sudo: bool,
+    ready_timeout: Duration,
 }
 
 fn find(binary: &str, candidates: &[&str]) -> Result<PathBuf, SshdError> {
@@ -420,6 +430,7 @@ impl Sshd {
             log,
             host_keys,
             client_key,
+            restart: None,
         };
         let mut last = None;
         for _attempt in 0..3 {
@@ -435,6 +446,13 @@ impl Sshd {
             ) {
                 Ok(()) => {
                     sshd_.port = port;
+                    sshd_.restart = Some(Restart {
+                        unshare: unshare.clone(),
+                        sshd: sshd.clone(),
+                        cfg: cfg.clone(),
+                        sudo: opts.sudo_with_password,
+                        ready_timeout: opts.ready_timeout,
+                    });
                     if let Some(_k) = &sshd_.client_key {
                         let kin = sshd_.dir.path().join("known_hosts.in");
                         let kh = std::fs::read_to_string(&kin).map_err(io_err(&kin))?;
@@ -468,6 +486,11 @@ impl Sshd {
         let d = self.dir.path();
         let yn = |b: bool| if b { "yes" } else { "no" };
         let mut c = String::new();
+        // sshd keeps the first value of a keyword: extra lines go first so
+        // that they override the defaults below.
+        for l in &opts.extra_config {
+            let _ = writeln!(c, "{l}");
+        }
         let _ = writeln!(c, "Port {port}\nListenAddress 127.0.0.1");
         for k in host_keys {
             let _ = writeln!(c, "HostKey {}", k.display());
@@ -517,9 +540,6 @@ impl Sshd {
                 akc.user
             );
         }
-        for l in &opts.extra_config {
-            let _ = writeln!(c, "{l}");
-        }
         let p = d.join("sshd_config");
         write(&p, &c, 0o644)?;
         Ok(p)
@@ -566,7 +586,6 @@ impl Sshd {
             q(cfg),
             q(&self.log)
         );
-        let _ = std::fs::remove_file(&self.log);
         let child = Command::new(unshare)
             .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
@@ -613,6 +632,37 @@ impl Sshd {
             // Polling interval of a readiness check, bounded by the deadline.
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop sshd and start it again on the same port with the same host
+    /// keys and configuration (a VM "reboot" as the transport sees it).
+    pub fn restart(&mut self) -> Result<(), SshdError> {
+        self.stop();
+        let r = self
+            .restart
+            .as_ref()
+            .ok_or_else(|| SshdError::Invalid("sshd was never started".into()))?;
+        let (unshare, sshd, cfg, sudo, t) = (
+            r.unshare.clone(),
+            r.sshd.clone(),
+            r.cfg.clone(),
+            r.sudo,
+            r.ready_timeout,
+        );
+        // The old listener may linger for a moment: retry until the deadline.
+        let deadline = Instant::now() + t;
+        loop {
+            match self.spawn(&unshare, &sshd, &cfg, self.port, sudo, t) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if Instant::now() < deadline
+                        && e.to_string().contains("Address already in use") =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

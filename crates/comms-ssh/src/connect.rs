@@ -1,0 +1,522 @@
+//! Connecting and logging in: wait for a *login*, not for an open port.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opsbake_core::secret::Secret;
+use opsbake_core::transport::TransportError;
+use rand::Rng as _;
+use russh::client::{self, Handle, KeyboardInteractiveAuthResponse};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{cipher, mac, MethodKind, Preferred};
+
+use crate::hostkey::{fingerprint, HostKeyVerifier, Verdict};
+use crate::keys::KeyPair;
+
+/// Ciphers we offer, fastest first. Hardened stemcells allow only the AES
+/// ones; chacha20 is last for servers that prefer it.
+pub const CIPHERS: &[cipher::Name] = &[
+    cipher::AES_128_GCM,
+    cipher::AES_256_GCM,
+    cipher::AES_128_CTR,
+    cipher::AES_192_CTR,
+    cipher::AES_256_CTR,
+    cipher::CHACHA20_POLY1305,
+];
+/// MACs we offer (used with the CTR ciphers).
+pub const MACS: &[mac::Name] = &[
+    mac::HMAC_SHA256_ETM,
+    mac::HMAC_SHA512_ETM,
+    mac::HMAC_SHA256,
+    mac::HMAC_SHA512,
+];
+
+/// Where to log in.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User (`vcap` on a stemcell).
+    pub user: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// The "password spent" flag of a build: a password that was rejected once
+/// is never sent again (pam_faillock locks vcap for a week after three).
+/// Share one guard across every connection of a build.
+#[derive(Debug, Default)]
+pub struct PasswordGuard {
+    rejected: AtomicBool,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl PasswordGuard {
+    /// A fresh guard.
+    pub fn new() -> Arc<PasswordGuard> {
+        Arc::new(PasswordGuard::default())
+    }
+
+    /// True once a password was rejected.
+    pub fn is_spent(&self) -> bool {
+        self.rejected.load(Ordering::SeqCst)
+    }
+
+    /// How many times a password was sent.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}
+
+/// How to authenticate. Exactly one identity is offered per connection.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A key (retried until the login timeout: the key may not be installed yet).
+    Key(KeyPair),
+    /// A password (`PasswordAuthentication`), sent at most once unless it
+    /// succeeded before; never retried after a rejection.
+    Password {
+        /// The password.
+        password: Secret<String>,
+        /// The build's guard.
+        guard: Arc<PasswordGuard>,
+    },
+    /// Keyboard-interactive (PAM): the password answers the hidden prompt.
+    KeyboardInteractive {
+        /// The password.
+        password: Secret<String>,
+        /// The build's guard.
+        guard: Arc<PasswordGuard>,
+    },
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// Where to log in.
+    pub target: Target,
+    /// The identity.
+    pub auth: Auth,
+    /// Host-key policy (shared by the whole build).
+    pub host_keys: Arc<HostKeyVerifier>,
+    /// Overall time to wait for a login.
+    pub login_timeout: Duration,
+    /// Limit for one attempt (TCP connect, handshake and auth).
+    pub attempt_timeout: Duration,
+    /// SSH keepalive interval (the connection is declared dead after three
+    /// unanswered ones).
+    pub keepalive: Option<Duration>,
+    /// Log in through this bastion first (ProxyJump style).
+    pub jump: Option<Box<SshOptions>>,
+    /// SFTP channels used in parallel for uploads.
+    pub sftp_channels: usize,
+    /// Bytes of SFTP writes kept in flight per channel.
+    pub sftp_window: usize,
+    /// Timeout of one SFTP request.
+    pub sftp_request_timeout: Duration,
+    /// Reconnect-and-resume attempts for a transfer hit by a dropped connection.
+    pub transfer_retries: u32,
+}
+
+impl SshOptions {
+    /// Defaults for `target` with `auth`.
+    pub fn new(target: Target, auth: Auth, host_keys: Arc<HostKeyVerifier>) -> SshOptions {
+        SshOptions {
+            target,
+            auth,
+            host_keys,
+            login_timeout: Duration::from_secs(300),
+            attempt_timeout: Duration::from_secs(20),
+            keepalive: Some(Duration::from_secs(15)),
+            jump: None,
+            sftp_channels: 8,
+            sftp_window: 4 << 20,
+            sftp_request_timeout: Duration::from_secs(60),
+            transfer_retries: 3,
+        }
+    }
+}
+
+/// What a login took.
+#[derive(Debug, Clone)]
+pub struct LoginReport {
+    /// Attempts made (1 = first try).
+    pub attempts: u32,
+    /// From the first try to a successful login.
+    pub elapsed: Duration,
+    /// The host key's fingerprint.
+    pub host_key: String,
+}
+
+/// The russh handler: host-key checks.
+pub(crate) struct ClientHandler {
+    target: String,
+    verifier: Arc<HostKeyVerifier>,
+    refusal: Arc<Mutex<Option<String>>>,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => {
+                if let Ok(mut r) = self.refusal.lock() {
+                    *r = Some("host certificates are not supported".into());
+                }
+                return Ok(false);
+            }
+        };
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(fingerprint(key));
+        }
+        match self.verifier.check(&self.target, key) {
+            Verdict::Accept => Ok(true),
+            Verdict::Refuse(reason) => {
+                tracing::error!(target = %self.target, %reason, "host key refused");
+                if let Ok(mut r) = self.refusal.lock() {
+                    *r = Some(reason);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+pub(crate) type SshHandle = Handle<ClientHandler>;
+
+/// A logged-in connection (plus the bastion connection it runs through).
+pub(crate) struct Connected {
+    pub handle: SshHandle,
+    pub jump: Option<Arc<SshHandle>>,
+    pub report: LoginReport,
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    Refused(String),
+    Timeout(String),
+    Banner(String),
+    AuthRejected(String),
+    Fatal(TransportError),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Refused(m) => write!(f, "connection refused: {m}"),
+            AttemptError::Timeout(m) => write!(f, "timeout: {m}"),
+            AttemptError::Banner(m) => write!(f, "no SSH banner/handshake: {m}"),
+            AttemptError::AuthRejected(m) => write!(f, "authentication rejected: {m}"),
+            AttemptError::Fatal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub(crate) fn client_config(opts: &SshOptions) -> Arc<client::Config> {
+    Arc::new(client::Config {
+        keepalive_interval: opts.keepalive,
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        window_size: 8 << 20,
+        nodelay: true,
+        preferred: Preferred {
+            cipher: Cow::Borrowed(CIPHERS),
+            mac: Cow::Borrowed(MACS),
+            ..Preferred::default()
+        },
+        ..client::Config::default()
+    })
+}
+
+/// Wait until a login succeeds (or the login timeout passes), retrying the
+/// whole TCP connect + handshake + key auth with a short jittered backoff.
+pub(crate) async fn wait_for_login(
+    opts: &SshOptions,
+    timeout: Duration,
+) -> Result<Connected, TransportError> {
+    let target = opts.target.to_string();
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let jump = match &opts.jump {
+        Some(j) => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let c = Box::pin(wait_for_login(j, remaining)).await?;
+            tracing::info!(bastion = %j.target, "logged in to bastion");
+            Some(Arc::new(c.handle))
+        }
+        None => None,
+    };
+    let mut attempts = 0u32;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let per = remaining.min(opts.attempt_timeout);
+        let seen = Arc::new(Mutex::new(None));
+        let res =
+            match tokio::time::timeout(per, attempt(opts, jump.as_deref(), seen.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(AttemptError::Timeout(format!(
+                    "attempt did not finish within {per:?}"
+                ))),
+            };
+        match res {
+            Ok(handle) => {
+                let report = LoginReport {
+                    attempts,
+                    elapsed: start.elapsed(),
+                    host_key: seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default(),
+                };
+                tracing::info!(%target, attempts, elapsed_ms = report.elapsed.as_millis() as u64, host_key = %report.host_key, "logged in");
+                return Ok(Connected {
+                    handle,
+                    jump,
+                    report,
+                });
+            }
+            Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(%target, attempt = attempts, error = %e, "login attempt failed");
+                let now = Instant::now();
+                let jitter = rand::thread_rng().gen_range(0.75..1.25);
+                let d = delay.mul_f64(jitter);
+                if now + d >= deadline {
+                    return Err(match e {
+                        AttemptError::AuthRejected(reason) => TransportError::Auth {
+                            target,
+                            user: opts.target.user.clone(),
+                            reason: format!(
+                                "{reason} ({attempts} attempts over {:?})",
+                                start.elapsed()
+                            ),
+                        },
+                        other => TransportError::Timeout {
+                            target,
+                            what: format!("login ({attempts} attempts; last error: {other})"),
+                            after: timeout,
+                        },
+                    });
+                }
+                tokio::time::sleep(d).await;
+                delay = (delay.mul_f64(1.6)).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn classify_io(e: &std::io::Error) -> AttemptError {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => AttemptError::Refused(e.to_string()),
+        K::TimedOut => AttemptError::Timeout(e.to_string()),
+        _ => AttemptError::Banner(e.to_string()),
+    }
+}
+
+async fn attempt(
+    opts: &SshOptions,
+    jump: Option<&SshHandle>,
+    seen: Arc<Mutex<Option<String>>>,
+) -> Result<SshHandle, AttemptError> {
+    let target = opts.target.to_string();
+    let refusal = Arc::new(Mutex::new(None));
+    let handler = ClientHandler {
+        target: target.clone(),
+        verifier: opts.host_keys.clone(),
+        refusal: refusal.clone(),
+        seen,
+    };
+    let config = client_config(opts);
+    let connected = match jump {
+        Some(j) => {
+            let ch = j
+                .channel_open_direct_tcpip(
+                    opts.target.host.clone(),
+                    u32::from(opts.target.port),
+                    "127.0.0.1",
+                    0,
+                )
+                .await
+                .map_err(|e| match e {
+                    russh::Error::ChannelOpenFailure(f) => {
+                        AttemptError::Refused(format!("bastion could not connect: {f:?}"))
+                    }
+                    other => AttemptError::Fatal(TransportError::Disconnected {
+                        target: target.clone(),
+                        reason: format!("bastion connection: {other}"),
+                    }),
+                })?;
+            client::connect_stream(config, ch.into_stream(), handler).await
+        }
+        None => {
+            let stream =
+                tokio::net::TcpStream::connect((opts.target.host.as_str(), opts.target.port))
+                    .await
+                    .map_err(|e| classify_io(&e))?;
+            let _ = stream.set_nodelay(true);
+            client::connect_stream(config, stream, handler).await
+        }
+    };
+    let mut handle = match connected {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(reason) = refusal.lock().ok().and_then(|r| r.clone()) {
+                return Err(AttemptError::Fatal(TransportError::HostKey {
+                    target,
+                    reason,
+                }));
+            }
+            return Err(match e {
+                russh::Error::IO(io) => classify_io(&io),
+                russh::Error::NoCommonAlgo { kind, ours, theirs } => {
+                    AttemptError::Fatal(TransportError::Other {
+                        target,
+                        message: format!(
+                            "no common {kind:?} algorithm: ours {ours:?}, theirs {theirs:?}"
+                        ),
+                    })
+                }
+                other => AttemptError::Banner(other.to_string()),
+            });
+        }
+    };
+    authenticate(opts, &mut handle).await?;
+    Ok(handle)
+}
+
+async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), AttemptError> {
+    let user = opts.target.user.clone();
+    let target = opts.target.to_string();
+    let fatal = |reason: String| {
+        AttemptError::Fatal(TransportError::Auth {
+            target: target.clone(),
+            user: user.clone(),
+            reason,
+        })
+    };
+    let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
+    match &opts.auth {
+        Auth::Key(key) => {
+            let hash = if key.is_rsa() {
+                handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .map_err(russh_err)?
+                    .flatten()
+            } else {
+                None
+            };
+            let res = handle
+                .authenticate_publickey(
+                    user.clone(),
+                    PrivateKeyWithHashAlg::new(key.private(), hash),
+                )
+                .await
+                .map_err(russh_err)?;
+            if res.success() {
+                Ok(())
+            } else {
+                Err(AttemptError::AuthRejected(format!(
+                    "public key {} not accepted for {user}",
+                    key.fingerprint()
+                )))
+            }
+        }
+        Auth::Password { password, guard } | Auth::KeyboardInteractive { password, guard } => {
+            let kbd = matches!(opts.auth, Auth::KeyboardInteractive { .. });
+            if guard.is_spent() {
+                return Err(fatal(
+                    "the password was rejected once already in this build; not sending it again (pam_faillock locks the account after 3 failures)".into(),
+                ));
+            }
+            // "none" does not count as a failed attempt and tells us the
+            // methods on offer, so the password is only sent where it can work.
+            let none = handle
+                .authenticate_none(user.clone())
+                .await
+                .map_err(russh_err)?;
+            let methods = match none {
+                russh::client::AuthResult::Success => return Ok(()),
+                russh::client::AuthResult::Failure {
+                    remaining_methods, ..
+                } => remaining_methods,
+            };
+            let want = if kbd {
+                MethodKind::KeyboardInteractive
+            } else {
+                MethodKind::Password
+            };
+            if !methods.contains(&want) {
+                return Err(fatal(format!(
+                    "the server does not offer {} authentication (it offers {:?}); password not sent",
+                    if kbd { "keyboard-interactive" } else { "password" },
+                    methods.iter().map(<&str>::from).collect::<Vec<_>>()
+                )));
+            }
+            guard.attempts.fetch_add(1, Ordering::SeqCst);
+            let ok = if kbd {
+                let mut resp = handle
+                    .authenticate_keyboard_interactive_start(user.clone(), None)
+                    .await
+                    .map_err(russh_err)?;
+                let mut rounds = 0;
+                loop {
+                    match resp {
+                        KeyboardInteractiveAuthResponse::Success => break true,
+                        KeyboardInteractiveAuthResponse::Failure { .. } => break false,
+                        KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                            rounds += 1;
+                            let hidden = prompts.iter().filter(|p| !p.echo).count();
+                            if rounds > 3 || hidden > 1 {
+                                break false;
+                            }
+                            let answers = prompts
+                                .iter()
+                                .map(|p| {
+                                    if p.echo {
+                                        String::new()
+                                    } else {
+                                        password.expose().clone()
+                                    }
+                                })
+                                .collect();
+                            resp = handle
+                                .authenticate_keyboard_interactive_respond(answers)
+                                .await
+                                .map_err(russh_err)?;
+                        }
+                    }
+                }
+            } else {
+                handle
+                    .authenticate_password(user.clone(), password.expose().clone())
+                    .await
+                    .map_err(russh_err)?
+                    .success()
+            };
+            if ok {
+                Ok(())
+            } else {
+                guard.rejected.store(true, Ordering::SeqCst);
+                Err(fatal(
+                    "password rejected; it will not be sent again in this build".into(),
+                ))
+            }
+        }
+    }
+}

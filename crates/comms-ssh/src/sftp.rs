@@ -1,0 +1,983 @@
+//! Pipelined SFTP transfers over several channels of one connection.
+//!
+//! russh-sftp's `File` sends one request at a time; here the raw session is
+//! used directly and many writes are kept in flight per channel. Big files
+//! are cut into ranges written over different channels at once, because
+//! sshd grants each channel one 2 MiB window per round trip. Files are
+//! streamed from disk chunk by chunk, never read whole.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use opsbake_core::transport::{
+    shell_quote, Download, TransferReport, TransportError, Upload, UploadSource,
+};
+use russh::ChannelMsg;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::connect::{SshHandle, SshOptions};
+use crate::exec::{capture, disconnected};
+
+/// Bytes per SFTP write request (OpenSSH's sftp-server takes up to 256 KiB).
+pub const CHUNK: usize = 64 << 10;
+/// Files at least this big are split across channels.
+pub const SPLIT_AT: u64 = 8 << 20;
+/// Files in flight at once.
+const FILE_CONCURRENCY: usize = 128;
+
+/// A pool of SFTP sessions (one channel each) on one connection.
+pub(crate) struct SftpPool {
+    pub sessions: Vec<Arc<RawSftpSession>>,
+}
+
+/// Open an SFTP channel; `Ok(None)` when the server has no sftp subsystem.
+pub(crate) async fn open_session(
+    handle: &SshHandle,
+    target: &str,
+    timeout: Duration,
+) -> Result<Option<RawSftpSession>, TransportError> {
+    let mut ch = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| disconnected(target, "opening an sftp channel", e))?;
+    ch.request_subsystem(true, "sftp")
+        .await
+        .map_err(|e| disconnected(target, "sftp subsystem request", e))?;
+    loop {
+        match ch.wait().await {
+            Some(ChannelMsg::Success) => break,
+            Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
+                return Ok(None)
+            }
+            Some(_) => {}
+            None => {
+                if handle.is_closed() {
+                    return Err(disconnected(
+                        target,
+                        "sftp subsystem request",
+                        "connection closed",
+                    ));
+                }
+                return Ok(None);
+            }
+        }
+    }
+    let sess = RawSftpSession::new(ch.into_stream());
+    sess.set_timeout(timeout.as_secs().max(1));
+    sess.init()
+        .await
+        .map_err(|e| disconnected(target, "sftp init", e))?;
+    Ok(Some(sess))
+}
+
+/// Open `n` sessions (`Ok(None)` without an sftp subsystem).
+pub(crate) async fn open_pool(
+    handle: &SshHandle,
+    target: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Option<SftpPool>, TransportError> {
+    let Some(first) = open_session(handle, target, timeout).await? else {
+        return Ok(None);
+    };
+    let mut sessions = vec![Arc::new(first)];
+    let more: Vec<_> =
+        futures::future::join_all((1..n.max(1)).map(|_| open_session(handle, target, timeout)))
+            .await;
+    for s in more {
+        if let Some(s) = s? {
+            sessions.push(Arc::new(s));
+        }
+    }
+    Ok(Some(SftpPool { sessions }))
+}
+
+/// Maps an SFTP error: transport failures become `Disconnected`.
+pub(crate) fn sftp_err(
+    handle: &SshHandle,
+    target: &str,
+    op: &str,
+    path: &str,
+    e: SftpError,
+    timeout: Duration,
+) -> TransportError {
+    match e {
+        SftpError::Status(s) => TransportError::Remote {
+            target: target.into(),
+            op: op.into(),
+            path: path.into(),
+            reason: format!("{}: {}", s.status_code, s.error_message),
+        },
+        SftpError::Timeout if !handle.is_closed() => TransportError::Timeout {
+            target: target.into(),
+            what: format!("sftp {op} {path}"),
+            after: timeout,
+        },
+        other
+            if handle.is_closed()
+                || matches!(
+                    other,
+                    SftpError::UnexpectedBehavior(_) | SftpError::IO(_) | SftpError::Timeout
+                ) =>
+        {
+            TransportError::Disconnected {
+                target: target.into(),
+                reason: format!("sftp {op} {path}: {other}"),
+            }
+        }
+        other => TransportError::Remote {
+            target: target.into(),
+            op: op.into(),
+            path: path.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn is_status(e: &SftpError, code: StatusCode) -> bool {
+    matches!(e, SftpError::Status(s) if s.status_code == code)
+}
+
+/// Where file bytes come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Src {
+    Path(PathBuf),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// One file of a plan.
+#[derive(Debug, Clone)]
+pub(crate) struct FileItem {
+    pub src: Src,
+    pub remote: String,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: Option<u32>,
+    pub verify: bool,
+}
+
+/// Everything an upload does, computed locally before any I/O on the target.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Plan {
+    /// Directories that must exist before anything else (`mkdir -p`).
+    pub parents: Vec<String>,
+    /// Directories from trees, parents first, with modes.
+    pub dirs: Vec<(String, u32)>,
+    pub files: Vec<FileItem>,
+    /// (remote link path, link target).
+    pub links: Vec<(String, String)>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransportError + '_ {
+    move |source| TransportError::LocalIo {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn parent_of(remote: &str) -> Option<String> {
+    let p = Path::new(remote).parent()?.to_str()?.to_string();
+    if p.is_empty() || p == "/" {
+        None
+    } else {
+        Some(p)
+    }
+}
+
+fn join(remote: &str, name: &str) -> String {
+    if remote.ends_with('/') {
+        format!("{remote}{name}")
+    } else {
+        format!("{remote}/{name}")
+    }
+}
+
+fn mtime(md: &std::fs::Metadata) -> Option<u32> {
+    u32::try_from(md.mtime()).ok()
+}
+
+/// Build the plan for `items` (walks local trees).
+pub(crate) fn plan(items: &[Upload]) -> Result<Plan, TransportError> {
+    let mut p = Plan::default();
+    for u in items {
+        let remote = u.remote.trim_end_matches('/').to_string();
+        let remote = if remote.is_empty() {
+            "/".to_string()
+        } else {
+            remote
+        };
+        match &u.source {
+            UploadSource::Bytes(b) => {
+                if let Some(par) = parent_of(&remote) {
+                    p.parents.push(par);
+                }
+                p.files.push(FileItem {
+                    src: Src::Bytes(Arc::new(b.clone())),
+                    remote,
+                    size: b.len() as u64,
+                    mode: u.mode.unwrap_or(0o644),
+                    mtime: None,
+                    verify: u.verify_sha256,
+                });
+            }
+            UploadSource::Path(local) => {
+                let md = std::fs::symlink_metadata(local).map_err(io_err(local))?;
+                if md.is_dir() {
+                    p.parents.push(remote.clone());
+                    p.dirs
+                        .push((remote.clone(), u.mode.unwrap_or(md.mode() & 0o7777)));
+                    walk(local, &remote, u.verify_sha256, &mut p)?;
+                } else {
+                    if let Some(par) = parent_of(&remote) {
+                        p.parents.push(par);
+                    }
+                    if md.file_type().is_symlink() {
+                        let t = std::fs::read_link(local).map_err(io_err(local))?;
+                        p.links.push((remote, t.to_string_lossy().into_owned()));
+                    } else {
+                        p.files.push(FileItem {
+                            src: Src::Path(local.clone()),
+                            remote,
+                            size: md.len(),
+                            mode: u.mode.unwrap_or(md.mode() & 0o7777),
+                            mtime: mtime(&md),
+                            verify: u.verify_sha256,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    p.parents.sort();
+    p.parents.dedup();
+    Ok(p)
+}
+
+fn walk(local: &Path, remote: &str, verify: bool, p: &mut Plan) -> Result<(), TransportError> {
+    let mut entries: Vec<_> = std::fs::read_dir(local)
+        .map_err(io_err(local))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err(local))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let r = join(remote, &name);
+        let md = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        let ft = md.file_type();
+        if ft.is_symlink() {
+            let t = std::fs::read_link(&path).map_err(io_err(&path))?;
+            p.links.push((r, t.to_string_lossy().into_owned()));
+        } else if ft.is_dir() {
+            p.dirs.push((r.clone(), md.mode() & 0o7777));
+            walk(&path, &r, verify, p)?;
+        } else if ft.is_file() {
+            p.files.push(FileItem {
+                src: Src::Path(path.clone()),
+                remote: r,
+                size: md.len(),
+                mode: md.mode() & 0o7777,
+                mtime: mtime(&md),
+                verify,
+            });
+        } else {
+            tracing::warn!(path = %path.display(), "skipping special file (not a file, directory or symlink)");
+        }
+    }
+    Ok(())
+}
+
+/// Progress that survives a dropped connection: which files are complete and
+/// how far each range got (contiguously acknowledged by the server).
+#[derive(Debug, Default)]
+pub(crate) struct UploadState {
+    pub dirs_done: bool,
+    pub files_done: HashSet<usize>,
+    pub started: HashSet<usize>,
+    pub acked: HashMap<(usize, u64), u64>,
+    pub bytes: u64,
+}
+
+struct Ctx<'a> {
+    handle: &'a SshHandle,
+    target: &'a str,
+    timeout: Duration,
+    window: usize,
+    state: &'a Mutex<UploadState>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, op: &str, path: &str, e: SftpError) -> TransportError {
+        sftp_err(self.handle, self.target, op, path, e, self.timeout)
+    }
+}
+
+/// `mkdir -p` over SFTP (stat, then mkdir the missing components).
+async fn mkdir_p(
+    ctx: &Ctx<'_>,
+    sess: &RawSftpSession,
+    dir: &str,
+    known: &mut HashSet<String>,
+) -> Result<(), TransportError> {
+    let mut prefix = String::new();
+    for comp in dir.split('/').filter(|c| !c.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(comp);
+        if known.contains(&prefix) {
+            continue;
+        }
+        match sess.stat(prefix.clone()).await {
+            Ok(a) if a.attrs.is_dir() => {}
+            Ok(_) => {
+                return Err(TransportError::Remote {
+                    target: ctx.target.into(),
+                    op: "mkdir".into(),
+                    path: prefix.clone(),
+                    reason: "exists and is not a directory".into(),
+                })
+            }
+            Err(e) if is_status(&e, StatusCode::NoSuchFile) => {
+                if let Err(e) = sess.mkdir(prefix.clone(), FileAttributes::empty()).await {
+                    // Lost a race with a parallel upload: fine if it is a dir now.
+                    match sess.stat(prefix.clone()).await {
+                        Ok(a) if a.attrs.is_dir() => {}
+                        _ => return Err(ctx.err("mkdir", &prefix, e)),
+                    }
+                }
+            }
+            Err(e) => return Err(ctx.err("stat", &prefix, e)),
+        }
+        known.insert(prefix.clone());
+    }
+    Ok(())
+}
+
+async fn ensure_dir(ctx: &Ctx<'_>, sess: &RawSftpSession, dir: &str) -> Result<(), TransportError> {
+    match sess.mkdir(dir.to_string(), FileAttributes::empty()).await {
+        Ok(_) => Ok(()),
+        Err(e) => match sess.stat(dir.to_string()).await {
+            Ok(a) if a.attrs.is_dir() => Ok(()),
+            _ => Err(ctx.err("mkdir", dir, e)),
+        },
+    }
+}
+
+/// Read up to `len` bytes at `offset` of a source.
+struct Reader {
+    src: Src,
+    file: Option<tokio::fs::File>,
+    pos: u64,
+}
+
+impl Reader {
+    async fn open(src: &Src, offset: u64) -> Result<Reader, TransportError> {
+        let mut r = Reader {
+            src: src.clone(),
+            file: None,
+            pos: offset,
+        };
+        if let Src::Path(p) = src {
+            let mut f = tokio::fs::File::open(p).await.map_err(io_err(p))?;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(io_err(p))?;
+            r.file = Some(f);
+        }
+        Ok(r)
+    }
+
+    async fn next(&mut self, len: usize) -> Result<Vec<u8>, TransportError> {
+        let out = match (&self.src, self.file.as_mut()) {
+            (Src::Bytes(b), _) => {
+                let start = usize::try_from(self.pos).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(len).min(b.len());
+                b[start..end].to_vec()
+            }
+            (Src::Path(p), Some(f)) => {
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    let n = f.read(&mut buf[got..]).await.map_err(io_err(p))?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                if got < len {
+                    return Err(TransportError::LocalIo {
+                        path: p.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "file shrank during upload",
+                        ),
+                    });
+                }
+                buf
+            }
+            (Src::Path(p), None) => {
+                return Err(TransportError::LocalIo {
+                    path: p.clone(),
+                    source: std::io::Error::other("not open"),
+                })
+            }
+        };
+        self.pos += out.len() as u64;
+        Ok(out)
+    }
+}
+
+/// A part of a file: the range it belongs to (`range_start`) and the
+/// bytes still to send, `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    range_start: u64,
+    start: u64,
+    end: u64,
+}
+
+/// Write `[start, end)` of a file through `handle_id`, keeping up to
+/// `ctx.window` bytes in flight; records the contiguously acknowledged offset.
+async fn write_range(
+    ctx: &Ctx<'_>,
+    sess: &RawSftpSession,
+    handle_id: &str,
+    idx: usize,
+    item: &FileItem,
+    span: Span,
+) -> Result<(), TransportError> {
+    let Span {
+        range_start,
+        start,
+        end,
+    } = span;
+    let mut reader = Reader::open(&item.src, start).await?;
+    let mut offset = start;
+    let mut acked = start;
+    let mut done: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut inflight = FuturesUnordered::new();
+    let mut inflight_bytes = 0usize;
+    while offset < end || !inflight.is_empty() {
+        while offset < end && inflight_bytes < ctx.window {
+            let len = usize::try_from((end - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let data = reader.next(len).await?;
+            let off = offset;
+            let h = handle_id.to_string();
+            inflight.push(async move { (off, len, sess.write(h, off, data).await) });
+            offset += len as u64;
+            inflight_bytes += len;
+        }
+        let Some((off, len, res)) = inflight.next().await else {
+            break;
+        };
+        res.map_err(|e| ctx.err("write", &item.remote, e))?;
+        inflight_bytes -= len;
+        done.insert(off, len as u64);
+        while let Some(l) = done.remove(&acked) {
+            acked += l;
+        }
+        if let Ok(mut st) = ctx.state.lock() {
+            st.acked.insert((idx, range_start), acked);
+            st.bytes += len as u64;
+        }
+    }
+    Ok(())
+}
+
+fn attrs_for(item: &FileItem) -> FileAttributes {
+    let mut a = FileAttributes::empty();
+    a.permissions = Some(item.mode);
+    if let Some(m) = item.mtime {
+        a.atime = Some(m);
+        a.mtime = Some(m);
+    }
+    a
+}
+
+fn ranges(size: u64, parts: usize) -> Vec<(u64, u64)> {
+    if size < SPLIT_AT || parts <= 1 {
+        return vec![(0, size)];
+    }
+    let n = (parts as u64).min(size.div_ceil(SPLIT_AT / 2)).max(1);
+    let step = size.div_ceil(n).div_ceil(CHUNK as u64) * CHUNK as u64;
+    let mut v = Vec::new();
+    let mut s = 0;
+    while s < size {
+        let e = (s + step).min(size);
+        v.push((s, e));
+        s = e;
+    }
+    v
+}
+
+/// One file: open (truncating unless resuming), write its ranges over
+/// several sessions, set mode and times, check the size, close.
+async fn upload_file(
+    ctx: &Ctx<'_>,
+    pool: &SftpPool,
+    idx: usize,
+    item: &FileItem,
+) -> Result<(), TransportError> {
+    let n = pool.sessions.len();
+    let first = &pool.sessions[idx % n];
+    let (resuming, acked) = {
+        let st = ctx.state.lock().map_err(|_| TransportError::Other {
+            target: ctx.target.into(),
+            message: "upload state poisoned".into(),
+        })?;
+        (st.started.contains(&idx), st.acked.clone())
+    };
+    let rs = ranges(item.size, n);
+    let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
+    if !resuming {
+        flags |= OpenFlags::TRUNCATE;
+    }
+    let mut init = FileAttributes::empty();
+    init.permissions = Some(0o600 | (item.mode & 0o700));
+    let h = first
+        .open(item.remote.clone(), flags, init)
+        .await
+        .map_err(|e| ctx.err("open", &item.remote, e))?;
+    if let Ok(mut st) = ctx.state.lock() {
+        st.started.insert(idx);
+    }
+    let mut remote_size = None;
+    if resuming {
+        let a = first
+            .fstat(h.handle.clone())
+            .await
+            .map_err(|e| ctx.err("fstat", &item.remote, e))?;
+        remote_size = a.attrs.size;
+    }
+    let resume_at = |r: (u64, u64)| -> u64 {
+        let a = acked.get(&(idx, r.0)).copied().unwrap_or(r.0);
+        match remote_size {
+            Some(sz) if sz < a => r.0.max(sz.min(a)),
+            _ => a,
+        }
+    };
+    if rs.len() == 1 {
+        let (s, e) = rs[0];
+        let from = resume_at((s, e));
+        if resuming && from > s {
+            tracing::info!(path = %item.remote, from, size = item.size, "resuming upload");
+        }
+        write_range(
+            ctx,
+            first,
+            &h.handle,
+            idx,
+            item,
+            Span {
+                range_start: s,
+                start: from,
+                end: e,
+            },
+        )
+        .await?;
+    } else {
+        // One handle per session for its range.
+        let futs = rs.iter().enumerate().map(|(i, &(s, e))| {
+            let sess = pool.sessions[(idx + i) % n].clone();
+            let from = resume_at((s, e));
+            async move {
+                if from >= e {
+                    return Ok(());
+                }
+                let hh = sess
+                    .open(
+                        item.remote.clone(),
+                        OpenFlags::WRITE,
+                        FileAttributes::empty(),
+                    )
+                    .await
+                    .map_err(|er| ctx.err("open", &item.remote, er))?;
+                let r = write_range(
+                    ctx,
+                    &sess,
+                    &hh.handle,
+                    idx,
+                    item,
+                    Span {
+                        range_start: s,
+                        start: from,
+                        end: e,
+                    },
+                )
+                .await;
+                let c = sess.close(hh.handle).await;
+                r?;
+                c.map_err(|er| ctx.err("close", &item.remote, er))?;
+                Ok::<(), TransportError>(())
+            }
+        });
+        let results = futures::future::join_all(futs).await;
+        for r in results {
+            r?;
+        }
+    }
+    let hs = h.handle.clone();
+    let (set, st) = futures::join!(
+        first.fsetstat(hs.clone(), attrs_for(item)),
+        first.fstat(hs.clone())
+    );
+    let close = first.close(hs).await;
+    set.map_err(|e| ctx.err("fsetstat", &item.remote, e))?;
+    let st = st.map_err(|e| ctx.err("fstat", &item.remote, e))?;
+    close.map_err(|e| ctx.err("close", &item.remote, e))?;
+    let got = st.attrs.size.unwrap_or(0);
+    if got != item.size {
+        return Err(TransportError::Verify {
+            target: ctx.target.into(),
+            path: item.remote.clone(),
+            what: "size".into(),
+            expected: item.size.to_string(),
+            actual: got.to_string(),
+        });
+    }
+    if let Ok(mut s) = ctx.state.lock() {
+        s.files_done.insert(idx);
+    }
+    Ok(())
+}
+
+/// Run a plan over an SFTP pool. Safe to call again with the same `state`
+/// after a dropped connection: finished files are skipped and partial ones
+/// continue where the server's acknowledged data ends.
+pub(crate) async fn upload(
+    handle: &SshHandle,
+    target: &str,
+    opts: &SshOptions,
+    pool: &SftpPool,
+    plan: &Plan,
+    state: &Mutex<UploadState>,
+) -> Result<TransferReport, TransportError> {
+    let ctx = Ctx {
+        handle,
+        target,
+        timeout: opts.sftp_request_timeout,
+        window: opts.sftp_window,
+        state,
+    };
+    let s0 = &pool.sessions[0];
+    let dirs_done = state.lock().map(|s| s.dirs_done).unwrap_or(false);
+    if !dirs_done {
+        let mut known = HashSet::new();
+        for p in &plan.parents {
+            mkdir_p(&ctx, s0, p, &mut known).await?;
+        }
+        // Tree directories level by level (parents exist before children).
+        let mut by_depth: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for (d, _) in &plan.dirs {
+            if !known.contains(d.as_str()) {
+                by_depth.entry(d.matches('/').count()).or_default().push(d);
+            }
+        }
+        for (_, level) in by_depth {
+            let n = pool.sessions.len();
+            let futs = level
+                .iter()
+                .enumerate()
+                .map(|(i, d)| ensure_dir(&ctx, &pool.sessions[i % n], d));
+            for r in futures::future::join_all(futs).await {
+                r?;
+            }
+        }
+        if let Ok(mut s) = state.lock() {
+            s.dirs_done = true;
+        }
+    }
+
+    let done = state
+        .lock()
+        .map(|s| s.files_done.clone())
+        .unwrap_or_default();
+    let mut futs = Vec::new();
+    for (i, f) in plan.files.iter().enumerate() {
+        if !done.contains(&i) {
+            futs.push(upload_file(&ctx, pool, i, f));
+        }
+    }
+    let mut work = futures::stream::iter(futs).buffer_unordered(FILE_CONCURRENCY);
+    let mut first_err = None;
+    while let Some(r) = work.next().await {
+        if let Err(e) = r {
+            // A disconnect wins over other errors (it is the retryable one).
+            if first_err.is_none() || e.is_disconnect() {
+                first_err = Some(e);
+            }
+            if first_err
+                .as_ref()
+                .is_some_and(TransportError::is_disconnect)
+            {
+                break;
+            }
+        }
+    }
+    drop(work);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    // Symlinks: replace whatever is there.
+    let n = pool.sessions.len();
+    let futs = plan.links.iter().enumerate().map(|(i, (link, to))| {
+        let sess = &pool.sessions[i % n];
+        let ctx = &ctx;
+        async move {
+            if sess.lstat(link.clone()).await.is_ok() {
+                sess.remove(link.clone())
+                    .await
+                    .map_err(|e| ctx.err("remove", link, e))?;
+            }
+            // OpenSSH's sftp-server takes (target, link) in the order the
+            // draft's SSH_FXP_SYMLINK reversed by mistake; russh-sftp sends
+            // (linkpath, targetpath), so swap.
+            sess.symlink(to.clone(), link.clone())
+                .await
+                .map_err(|e| ctx.err("symlink", link, e))?;
+            Ok::<(), TransportError>(())
+        }
+    });
+    for r in futures::future::join_all(futs).await {
+        r?;
+    }
+    // Directory modes last (a read-only directory would refuse its files).
+    let futs = plan.dirs.iter().rev().enumerate().map(|(i, (d, mode))| {
+        let sess = &pool.sessions[i % n];
+        let mut a = FileAttributes::empty();
+        a.permissions = Some(*mode);
+        let ctx = &ctx;
+        async move {
+            sess.setstat(d.clone(), a)
+                .await
+                .map_err(|e| ctx.err("setstat", d, e))
+        }
+    });
+    for r in futures::future::join_all(futs).await {
+        r?;
+    }
+    verify_sha256(handle, target, plan).await?;
+    let bytes = plan.files.iter().map(|f| f.size).sum();
+    Ok(TransferReport {
+        files: plan.files.len() as u64,
+        dirs: plan.dirs.len() as u64,
+        symlinks: plan.links.len() as u64,
+        bytes,
+    })
+}
+
+/// sha256 of a local source, streamed.
+pub(crate) async fn local_sha256(src: &Src) -> Result<String, TransportError> {
+    match src {
+        Src::Bytes(b) => Ok(hex::encode(Sha256::digest(b.as_slice()))),
+        Src::Path(p) => {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::File::open(&p).map_err(io_err(&p))?;
+                let mut h = Sha256::new();
+                std::io::copy(&mut f, &mut h).map_err(io_err(&p))?;
+                Ok(hex::encode(h.finalize()))
+            })
+            .await
+            .map_err(|e| TransportError::Other {
+                target: "local".into(),
+                message: format!("hashing task: {e}"),
+            })?
+        }
+    }
+}
+
+/// Compare sha256 of every file marked `verify` (remote side by `sha256sum`).
+pub(crate) async fn verify_sha256(
+    handle: &SshHandle,
+    target: &str,
+    plan: &Plan,
+) -> Result<(), TransportError> {
+    let files: Vec<&FileItem> = plan.files.iter().filter(|f| f.verify).collect();
+    for batch in files.chunks(200) {
+        let mut cmd = String::from("sha256sum --");
+        for f in batch {
+            cmd.push(' ');
+            cmd.push_str(&shell_quote(&f.remote));
+        }
+        let (st, out, err) = capture(handle, target, cmd, Some(Duration::from_secs(600))).await?;
+        if !st.success() {
+            return Err(TransportError::Remote {
+                target: target.into(),
+                op: "sha256sum".into(),
+                path: batch.first().map(|f| f.remote.clone()).unwrap_or_default(),
+                reason: format!("{st}: {}", err.trim()),
+            });
+        }
+        let remote: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        for (i, f) in batch.iter().enumerate() {
+            let want = local_sha256(&f.src).await?;
+            let got = remote.get(i).copied().unwrap_or("");
+            if want != got {
+                return Err(TransportError::Verify {
+                    target: target.into(),
+                    path: f.remote.clone(),
+                    what: "sha256".into(),
+                    expected: want,
+                    actual: got.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Download files and trees (same destination semantics as uploads).
+pub(crate) async fn download(
+    handle: &SshHandle,
+    target: &str,
+    opts: &SshOptions,
+    pool: &SftpPool,
+    items: &[Download],
+) -> Result<TransferReport, TransportError> {
+    let mut report = TransferReport::default();
+    let sess = &pool.sessions[0];
+    let err = |op: &str, path: &str, e: SftpError| {
+        sftp_err(handle, target, op, path, e, opts.sftp_request_timeout)
+    };
+    for d in items {
+        // Walk the remote side first.
+        let mut files: Vec<(String, PathBuf, u32)> = Vec::new();
+        let mut stack = vec![(d.remote.clone(), d.local.clone())];
+        while let Some((r, l)) = stack.pop() {
+            let a = sess
+                .lstat(r.clone())
+                .await
+                .map_err(|e| err("lstat", &r, e))?;
+            if a.attrs.is_symlink() {
+                let n = sess
+                    .readlink(r.clone())
+                    .await
+                    .map_err(|e| err("readlink", &r, e))?;
+                if let Some(f) = n.files.first() {
+                    let _ = std::fs::remove_file(&l);
+                    std::os::unix::fs::symlink(&f.filename, &l).map_err(io_err(&l))?;
+                    report.symlinks += 1;
+                }
+            } else if a.attrs.is_dir() {
+                std::fs::create_dir_all(&l).map_err(io_err(&l))?;
+                report.dirs += 1;
+                let h = sess
+                    .opendir(r.clone())
+                    .await
+                    .map_err(|e| err("opendir", &r, e))?;
+                loop {
+                    match sess.readdir(h.handle.clone()).await {
+                        Ok(names) => {
+                            for f in names.files {
+                                if f.filename == "." || f.filename == ".." {
+                                    continue;
+                                }
+                                stack.push((join(&r, &f.filename), l.join(&f.filename)));
+                            }
+                        }
+                        Err(e) if is_status(&e, StatusCode::Eof) => break,
+                        Err(e) => return Err(err("readdir", &r, e)),
+                    }
+                }
+                let _ = sess.close(h.handle).await;
+                if let Some(m) = a.attrs.permissions {
+                    std::fs::set_permissions(&l, std::fs::Permissions::from_mode(m & 0o7777))
+                        .map_err(io_err(&l))?;
+                }
+            } else {
+                if let Some(p) = l.parent() {
+                    std::fs::create_dir_all(p).map_err(io_err(p))?;
+                }
+                files.push((r, l, a.attrs.permissions.unwrap_or(0o644) & 0o7777));
+            }
+        }
+        let n = pool.sessions.len();
+        let mut futs = Vec::new();
+        for (i, (r, l, mode)) in files.iter().enumerate() {
+            let sess = pool.sessions[i % n].clone();
+            let fut = async move {
+                let h = sess
+                    .open(r.clone(), OpenFlags::READ, FileAttributes::empty())
+                    .await
+                    .map_err(|e| err("open", r, e))?;
+                let mut out = tokio::fs::File::create(l).await.map_err(io_err(l))?;
+                let mut offset = 0u64;
+                let mut eof = false;
+                let mut total = 0u64;
+                let mut inflight = futures::stream::FuturesOrdered::new();
+                while !eof || !inflight.is_empty() {
+                    while !eof && inflight.len() < 32 {
+                        let off = offset;
+                        let hh = h.handle.clone();
+                        let s = &sess;
+                        inflight
+                            .push_back(async move { (off, s.read(hh, off, CHUNK as u32).await) });
+                        offset += CHUNK as u64;
+                    }
+                    let Some((off, res)) = inflight.next().await else {
+                        break;
+                    };
+                    match res {
+                        Ok(data) => {
+                            if off != total {
+                                // A short read earlier: fall back to a sequential re-read.
+                                return Err(TransportError::Remote {
+                                    target: target.into(),
+                                    op: "read".into(),
+                                    path: r.clone(),
+                                    reason: format!("short read before offset {off}"),
+                                });
+                            }
+                            out.write_all(&data.data).await.map_err(io_err(l))?;
+                            total += data.data.len() as u64;
+                            if (data.data.len() as u64) < CHUNK as u64 {
+                                eof = true;
+                            }
+                        }
+                        Err(e) if is_status(&e, StatusCode::Eof) => eof = true,
+                        Err(e) => return Err(err("read", r, e)),
+                    }
+                    if eof {
+                        // Drain the outstanding reads past the end.
+                        while let Some((_, res)) = inflight.next().await {
+                            if let Ok(d) = res {
+                                if !d.data.is_empty() {
+                                    return Err(TransportError::Remote {
+                                        target: target.into(),
+                                        op: "read".into(),
+                                        path: r.clone(),
+                                        reason: "data after a short read".into(),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                out.flush().await.map_err(io_err(l))?;
+                let _ = sess.close(h.handle).await;
+                std::fs::set_permissions(l, std::fs::Permissions::from_mode(*mode))
+                    .map_err(io_err(l))?;
+                Ok::<u64, TransportError>(total)
+            };
+            futs.push(fut);
+        }
+        let mut s = futures::stream::iter(futs).buffer_unordered(32);
+        while let Some(r) = s.next().await {
+            report.bytes += r?;
+            report.files += 1;
+        }
+    }
+    Ok(report)
+}
