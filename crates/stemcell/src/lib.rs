@@ -21,3 +21,11 @@ pub use reader::{
     extract, read_manifest, scan, verify, ExtractOptions, ExtractReport, Limits, ReadError,
     UnsafeReason, VerifyReport,
 };
+pub mod convert;
+pub mod exec;
+pub mod sparse;
+pub mod vhd;
+pub mod vmdk;
+
+pub use convert::{convert, ConvertError, ConvertOptions, DiskFormat, Engine};
+pub use exec::{ExecError, QemuImg};
