@@ -29,3 +29,7 @@ pub mod vmdk;
 
 pub use convert::{convert, ConvertError, ConvertOptions, DiskFormat, Engine};
 pub use exec::{ExecError, QemuImg};
+pub mod ovf;
+pub mod xml;
+
+pub use ovf::{Ovf, OvfError};
