@@ -198,4 +198,11 @@ impl Transport for LocalTransport {
     async fn close(&self) -> Result<(), TransportError> {
         Ok(())
     }
+
+    fn command_path(&self, remote: &str) -> String {
+        self.dir
+            .join(remote.trim_start_matches('/'))
+            .display()
+            .to_string()
+    }
 }

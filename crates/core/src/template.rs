@@ -879,6 +879,15 @@ pub struct HandoffProvisioner {
     /// A fixed crypt hash for root and vcap (default: locked).
     #[serde(default)]
     pub password_hash: Option<Secret<String>>,
+    /// The login user's password for `sudo`, used once at the start to grant
+    /// passwordless sudo for the build (default: `ssh.password`). Never
+    /// retried (pam_faillock).
+    #[serde(default)]
+    pub sudo_password: Option<Secret<String>>,
+    /// Install the first-boot unit that reads `public_ssh_key` from the OVF
+    /// environment (default: on for vsphere and vbox, off elsewhere).
+    #[serde(default)]
+    pub ovf_ssh_key: Option<bool>,
 }
 
 /// One provisioning step.

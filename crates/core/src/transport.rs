@@ -302,6 +302,13 @@ pub trait Transport: Send + Sync {
 
     /// Close the connection.
     async fn close(&self) -> Result<(), TransportError>;
+
+    /// The path a *command* on the target sees for the remote path `remote`
+    /// of uploads and downloads. The same path for every transport except
+    /// those that root remote paths in a directory (the local transport).
+    fn command_path(&self, remote: &str) -> String {
+        remote.to_string()
+    }
 }
 
 /// Quote a string for a POSIX shell (single quotes, with `'` escaped).

@@ -240,6 +240,35 @@ pub enum ReadError {
     DestinationExists(PathBuf),
 }
 
+impl ReadError {
+    /// A stable, machine-readable name for the failure class (for `--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadError::Io { .. } => "io",
+            ReadError::NotGzip { .. } => "not_gzip",
+            ReadError::Truncated { .. } => "truncated",
+            ReadError::Corrupt { .. } => "corrupt",
+            ReadError::MissingManifest { .. } => "missing_manifest",
+            ReadError::MemberTooLarge { .. } => "member_too_large",
+            ReadError::Manifest { .. } => "bad_manifest",
+            ReadError::MissingImage { .. } => "missing_image",
+            ReadError::ManifestAfterImage { .. } => "manifest_after_image",
+            ReadError::Sha1Mismatch { .. } => "sha1_mismatch",
+            ReadError::UnsafeMember { .. } => "unsafe_member",
+            ReadError::ExtractTooLarge { .. } => "extract_too_large",
+            ReadError::TooManyMembers { .. } => "too_many_members",
+            ReadError::ImageNotGzip { .. } => "image_not_gzip",
+            ReadError::LightStemcell { .. } => "light_stemcell",
+            ReadError::DestinationExists(_) => "destination_exists",
+        }
+    }
+
+    /// True when the stemcell (or the request) is at fault, not the machine.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ReadError::Io { .. })
+    }
+}
+
 /// One outer member.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberInfo {

@@ -1,0 +1,164 @@
+//! The `ssh` builder (Packer's `null` builder): provisions a machine that
+//! already runs, reached over SSH with the host, port, user and key or
+//! password of `builds.ssh`. It creates nothing and captures nothing: its
+//! artifact names the host. It serves debugging of provisioning scripts
+//! without an IaaS, and the transport and provisioning benchmarks.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use opsbake_core::builder::{
+    Access, Artifact, BaseImage, BuildContext, BuildError, Builder, ConnectTarget, Deleted,
+    Deleter, HostKeyPolicy, SshAuth, SshTarget,
+};
+use opsbake_core::journal::Resource;
+use opsbake_core::plan::{BuildPlan, SshPlan};
+use opsbake_core::template::{HostKeySpec, Iaas};
+
+use crate::handoff::is_loopback;
+
+/// The `ssh` builder.
+#[derive(Debug, Clone)]
+pub struct SshBuilder {
+    ssh: SshPlan,
+    allow_loopback: bool,
+}
+
+/// Make the builder of a plan.
+pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
+    Ok(Arc::new(SshBuilder::from_plan(plan)))
+}
+
+fn policy(spec: &HostKeySpec) -> HostKeyPolicy {
+    match spec {
+        HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
+        HostKeySpec::Insecure => HostKeyPolicy::Insecure,
+        HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
+    }
+}
+
+impl SshBuilder {
+    /// From a plan's `builds.ssh`.
+    pub fn from_plan(plan: &BuildPlan) -> SshBuilder {
+        SshBuilder {
+            ssh: plan.ssh.clone(),
+            allow_loopback: plan
+                .template
+                .builds
+                .ssh
+                .as_ref()
+                .is_some_and(|b| b.options.allow_loopback),
+        }
+    }
+
+    fn err(message: impl Into<String>) -> BuildError {
+        BuildError::Other(format!("ssh builder: {}", message.into()))
+    }
+
+    /// Check the login settings (no I/O beyond what the plan did).
+    pub fn check(&self) -> Result<(), BuildError> {
+        let Some(host) = &self.ssh.host else {
+            return Err(Self::err(
+                "`builds.ssh.ssh.host` is required (the machine to provision)",
+            ));
+        };
+        if is_loopback(host) && !self.allow_loopback {
+            return Err(Self::err(format!(
+                "{host} is the build host itself; set `builds.ssh.options.allow_loopback: true` to provision it anyway (the hand-off still refuses)"
+            )));
+        }
+        if self.ssh.private_key_file.is_none() && self.ssh.password.is_none() {
+            return Err(Self::err(
+                "give `ssh.private_key_file` or `ssh.password` for the login",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SSH target of the build.
+    pub fn target(&self) -> Result<SshTarget, BuildError> {
+        self.check()?;
+        let host = self.ssh.host.clone().unwrap_or_default();
+        let auth = match (&self.ssh.private_key_file, &self.ssh.password) {
+            (Some(k), _) => SshAuth::KeyFile(k.clone()),
+            (None, Some(p)) => SshAuth::Password(p.clone()),
+            (None, None) => return Err(Self::err("no credentials")),
+        };
+        let bastion = self.ssh.bastion.as_ref().map(|b| {
+            Box::new(SshTarget {
+                host: b.host.clone(),
+                port: b.port,
+                user: b.user.clone(),
+                auth: match &b.private_key_file {
+                    Some(k) => SshAuth::KeyFile(k.clone()),
+                    None => auth.clone(),
+                },
+                host_key: policy(&b.host_key),
+                login_timeout: self.ssh.login_timeout,
+                bastion: None,
+            })
+        });
+        Ok(SshTarget {
+            host,
+            port: self.ssh.port.unwrap_or(22),
+            user: self.ssh.user.clone(),
+            auth,
+            host_key: policy(&self.ssh.host_key),
+            login_timeout: self.ssh.login_timeout,
+            bastion,
+        })
+    }
+}
+
+#[async_trait]
+impl Deleter for SshBuilder {
+    async fn delete(&self, res: &Resource) -> Result<Deleted, BuildError> {
+        Err(Self::err(format!(
+            "unknown resource kind `{}` (the ssh builder creates none)",
+            res.kind
+        )))
+    }
+}
+
+#[async_trait]
+impl Builder for SshBuilder {
+    fn iaas(&self) -> Iaas {
+        Iaas::Ssh
+    }
+
+    async fn validate(&self, _ctx: &BuildContext) -> Result<(), BuildError> {
+        self.check()
+    }
+
+    async fn base_image(&self, _ctx: &BuildContext) -> Result<BaseImage, BuildError> {
+        Ok(BaseImage {
+            id: format!("ssh:{}", self.ssh.host.clone().unwrap_or_default()),
+            details: Default::default(),
+        })
+    }
+
+    async fn launch(
+        &self,
+        ctx: &BuildContext,
+        _base: &BaseImage,
+        _access: &Access,
+    ) -> Result<ConnectTarget, BuildError> {
+        let t = self.target()?;
+        ctx.events.info(format!(
+            "provisioning the existing host {}@{}:{}",
+            t.user, t.host, t.port
+        ));
+        Ok(ConnectTarget::Ssh(t))
+    }
+
+    async fn capture(&self, _ctx: &BuildContext) -> Result<Artifact, BuildError> {
+        let host = self.ssh.host.clone().unwrap_or_default();
+        let mut a = Artifact {
+            id: format!("{}@{host}:{}", self.ssh.user, self.ssh.port.unwrap_or(22)),
+            ..Default::default()
+        };
+        a.custom_data
+            .insert("builder".to_string(), "ssh (no image)".to_string());
+        Ok(a)
+    }
+}
