@@ -506,6 +506,14 @@ pub struct AwsOptions {
     /// Re-import the stemcell even if a base AMI with its sha1 exists.
     #[serde(default)]
     pub reimport: bool,
+    /// Overall limit of each wait (instance running/stopped, AMI available,
+    /// snapshot completed); default 30m.
+    #[serde(default)]
+    pub wait_timeout: Option<Dur>,
+    /// Snapshot blocks uploaded at once when importing a heavy stemcell
+    /// (default 16).
+    #[serde(default)]
+    pub upload_concurrency: Option<u32>,
 }
 
 /// GCP options.

@@ -9,7 +9,7 @@ use opsbake_core::template::Iaas;
 
 /// Whether the IaaS has a working builder in this version.
 pub fn implemented(iaas: Iaas) -> bool {
-    matches!(iaas, Iaas::Localtest)
+    matches!(iaas, Iaas::Localtest | Iaas::Ssh)
 }
 
 /// The builder for a plan.
@@ -20,9 +20,7 @@ pub fn builder(plan: &BuildPlan, state_dir: &Path) -> Result<Arc<dyn Builder>, B
         Iaas::Azure => opsbake_iaas_azure::builder(plan),
         Iaas::Vsphere => opsbake_iaas_vsphere::builder(plan),
         Iaas::Vbox => opsbake_iaas_vbox::builder(plan),
-        Iaas::Ssh => Err(BuildError::NotImplemented {
-            what: "the `ssh` builder".into(),
-        }),
+        Iaas::Ssh => opsbake_provision::ssh_builder::builder(plan),
         Iaas::Localtest => crate::localtest::builder(plan, state_dir),
     }
 }
