@@ -2,6 +2,8 @@
 //! without stopping the others, --fail-fast, and secrets kept out of every
 //! output (events, journal, manifest).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! files): exit codes, template errors, SIGKILL + `opsbake cleanup`,
 //! Ctrl-C unwinding, `cleanup --all` and a running build, `--on-error`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
