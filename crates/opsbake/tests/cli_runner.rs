@@ -370,3 +370,25 @@ fn unimplemented_iaas_says_so_and_creates_nothing() {
     );
     assert!(!e.state().exists());
 }
+
+#[test]
+fn the_published_json_schema_is_current() {
+    let out = Command::new(BIN).arg("schema").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let published = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/template.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        published,
+        "docs/template.schema.json is stale: run `opsbake schema > docs/template.schema.json`"
+    );
+}
+
+#[test]
+fn completions_are_generated() {
+    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("opsbake"));
+}
