@@ -33,3 +33,4 @@ pub mod ovf;
 pub mod xml;
 
 pub use ovf::{Ovf, OvfError};
+pub mod ova;

@@ -230,3 +230,79 @@ fn qemu_img_failures_carry_its_output() {
         Err(opsbake_stemcell::ExecError::NotFound { .. })
     ));
 }
+
+#[test]
+fn ova_from_raw_is_ordered_deterministic_and_holds_a_matching_disk() {
+    let Some(q) = qemu() else { return };
+    if !require_tool("python3") {
+        return;
+    }
+    use opsbake_stemcell::ova::{write_ova_from_raw, OvaBuild};
+    use opsbake_stemcell::ovf::{self, Ovf};
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("disk.raw");
+    test_disk(&raw, 9 << 20);
+    let spec = OvaBuild {
+        name: "opsbake-test".into(),
+        mtime: 1_700_000_000,
+        ..OvaBuild::default()
+    };
+    let a = t.path().join("a.ova");
+    let b = t.path().join("b.ova");
+    let report = write_ova_from_raw(&raw, &a, &spec).unwrap();
+    write_ova_from_raw(
+        &raw,
+        &b,
+        &OvaBuild {
+            vmdk: VmdkOptions {
+                threads: 1,
+                ..VmdkOptions::default()
+            },
+            ..spec.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "OVA bytes differ between runs"
+    );
+    assert_eq!(report.size, std::fs::metadata(&a).unwrap().len());
+    // Read it with Python's tarfile: order, format, attributes; extract.
+    let x = t.path().join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    let listing = common::run(std::process::Command::new("python3").arg("-c").arg(
+        "import sys,tarfile\nt=tarfile.open(sys.argv[1])\nfor m in t.getmembers():\n  print(m.name, m.size, m.mtime, m.uid, oct(m.mode), m.type == tarfile.REGTYPE)\nt.extractall(sys.argv[2])",
+    ).arg(&a).arg(&x));
+    let listing = String::from_utf8(listing).unwrap();
+    let names: Vec<&str> = listing
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "opsbake-test.ovf",
+            "opsbake-test.mf",
+            "opsbake-test-disk1.vmdk"
+        ],
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .all(|l| l.ends_with(" 1700000000 0 0o644 True")),
+        "{listing}"
+    );
+    ovf::verify_mf(&x, "opsbake-test.mf").unwrap();
+    let o = Ovf::read(&x.join("opsbake-test.ovf")).unwrap();
+    assert_eq!(o.files()[0].size, Some(report.vmdk.file_size));
+    assert_eq!(o.disks()[0].capacity_bytes, Some(9 << 20));
+    assert!(q
+        .compare(&raw, "raw", &x.join("opsbake-test-disk1.vmdk"), "vmdk")
+        .unwrap());
+    assert!(q
+        .check(&x.join("opsbake-test-disk1.vmdk"), "vmdk")
+        .unwrap()
+        .contains("No errors"));
+}
