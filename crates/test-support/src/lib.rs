@@ -4,4 +4,5 @@
 //! One module per peer; each is owned by the issue that needs it.
 
 pub mod delay_proxy;
+pub mod qemu;
 pub mod sshd;

@@ -1,0 +1,986 @@
+//! Boot a disk image under QEMU for tests: the test stemcell, and later the
+//! images the provision and VirtualBox builders make.
+//!
+//! - Acceleration: `OPSBAKE_QEMU_ACCEL=tcg|kvm` forces it; otherwise KVM is
+//!   probed once per process by booting a 512-byte boot sector that writes to
+//!   QEMU's `isa-debug-exit` port (a few hundred ms when KVM works). KVM guests
+//!   hang on some machines, so the probe has a short deadline and anything but
+//!   the expected exit code means TCG.
+//! - The disk (raw, VMDK, qcow2 or VHD) is never written: QEMU runs on a
+//!   copy-on-write qcow2 overlay in the VM's own temporary directory.
+//! - The settings ISO (BOSH agent settings, STEMCELLS.md section 3) goes in as
+//!   the CD-ROM (`/dev/sr0` in the guest). [`settings_iso`] builds one with
+//!   Debian's `genisoimage`.
+//! - User-mode networking (`restrict=on` by default: the guest reaches nothing
+//!   but the host forwards) with `hostfwd=tcp:127.0.0.1:<free port>-:22` and
+//!   optional extra forwards; serial console to a log file; a QMP socket.
+//! - Readiness is the SSH banner arriving through the forward
+//!   ([`Qemu::wait_for_ssh_banner`]), never a sleep. [`Qemu::shutdown`] sends
+//!   `system_powerdown` over QMP, then `quit`, then kills; `Drop` kills QEMU by
+//!   its PID.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Errors starting or driving a QEMU guest.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// A binary the helper needs is missing.
+    #[error("{binary} not found: install Debian's {package} (.ci/setup.d/20-test-stemcell.sh does) or set OPSBAKE_SKIP_PEERS=1 to skip peer tests")]
+    Missing {
+        /// The binary.
+        binary: String,
+        /// The Debian package that has it.
+        package: String,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A helper command failed.
+    #[error("{command} failed: {message}")]
+    Command {
+        /// The command.
+        command: String,
+        /// Its output.
+        message: String,
+    },
+    /// QEMU exited early.
+    #[error("QEMU (pid {pid}) exited with {status}; log {log}:\n{log_tail}\nserial {serial}:\n{serial_tail}")]
+    Exited {
+        /// Its PID.
+        pid: u32,
+        /// Its exit status.
+        status: String,
+        /// QEMU's own output.
+        log: PathBuf,
+        /// The end of it.
+        log_tail: String,
+        /// The serial console log.
+        serial: PathBuf,
+        /// The end of it.
+        serial_tail: String,
+    },
+    /// The guest did not answer in time.
+    #[error("{what} not seen after {after:?} (QEMU pid {pid}, {accel}); serial {serial}:\n{serial_tail}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The deadline.
+        after: Duration,
+        /// QEMU's PID.
+        pid: u32,
+        /// The accelerator.
+        accel: Accel,
+        /// The serial console log.
+        serial: PathBuf,
+        /// The end of it.
+        serial_tail: String,
+    },
+    /// A QMP exchange failed.
+    #[error("QMP {command} on {socket}: {message}")]
+    Qmp {
+        /// The command.
+        command: String,
+        /// The socket.
+        socket: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// An option cannot be honoured.
+    #[error("invalid QEMU option: {0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
+    move |source| QemuError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`).
+pub fn skip_peers() -> bool {
+    std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Find a binary on PATH.
+pub fn which(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+}
+
+fn require(binary: &str, package: &str) -> Result<PathBuf, QemuError> {
+    which(binary).ok_or_else(|| QemuError::Missing {
+        binary: binary.to_string(),
+        package: package.to_string(),
+    })
+}
+
+/// The accelerator QEMU runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's own binary translation.
+    Tcg,
+}
+
+impl Accel {
+    /// The `-accel` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Set once a real guest failed under KVM in this process: TCG from then on.
+static KVM_BROKEN: AtomicBool = AtomicBool::new(false);
+
+/// How long a guest started with a probed (not forced) KVM may take to reach
+/// the kernel's `Freeing unused kernel` line on the serial console before it
+/// is restarted under TCG.
+pub const KVM_BOOT_CHECK: Duration = Duration::from_secs(20);
+
+/// How long the KVM probe may take before KVM counts as broken.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The accelerator to use: `OPSBAKE_QEMU_ACCEL` (`tcg` or `kvm`) when set,
+/// else the result of [`probe_kvm`] (once per process).
+pub fn accel() -> Result<Accel, QemuError> {
+    match std::env::var("OPSBAKE_QEMU_ACCEL").ok().as_deref() {
+        Some("tcg") => return Ok(Accel::Tcg),
+        Some("kvm") => return Ok(Accel::Kvm),
+        Some("") | None => {}
+        Some(other) => {
+            return Err(QemuError::Invalid(format!(
+                "OPSBAKE_QEMU_ACCEL={other}: expected tcg or kvm"
+            )))
+        }
+    }
+    if KVM_BROKEN.load(Ordering::Relaxed) {
+        return Ok(Accel::Tcg);
+    }
+    static PROBED: OnceLock<Accel> = OnceLock::new();
+    if let Some(a) = PROBED.get() {
+        return Ok(*a);
+    }
+    let a = if probe_kvm(KVM_PROBE_TIMEOUT)? {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    Ok(*PROBED.get_or_init(|| a))
+}
+
+/// The exit code QEMU reports when the probe guest writes 0x21 to the
+/// `isa-debug-exit` port: `(0x21 << 1) | 1`.
+const PROBE_EXIT_CODE: i32 = 0x43;
+
+/// A boot sector: `mov dx, 0xf4; mov al, 0x21; out dx, al; hlt; jmp $-1`.
+fn probe_boot_sector() -> Vec<u8> {
+    let mut s = vec![0u8; 512];
+    let code = [0xba, 0xf4, 0x00, 0xb0, 0x21, 0xee, 0xf4, 0xeb, 0xfd];
+    s[..code.len()].copy_from_slice(&code);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+/// Whether a KVM guest runs here: boots a one-instruction guest under
+/// `-accel kvm` and waits `timeout` for it to exit through `isa-debug-exit`.
+/// `false` when `/dev/kvm` cannot be opened, QEMU fails, or the guest hangs
+/// (then QEMU is killed by its PID).
+pub fn probe_kvm(timeout: Duration) -> Result<bool, QemuError> {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        tracing::debug!("/dev/kvm cannot be opened: TCG");
+        return Ok(false);
+    }
+    let qemu = require(QEMU, "qemu-system-x86")?;
+    let dir = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
+    let img = dir.path().join("probe.img");
+    fs::write(&img, probe_boot_sector()).map_err(io_err(&img))?;
+    let mut child = Command::new(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "16",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", img.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io_err(Path::new(QEMU)))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let ok = status.code() == Some(PROBE_EXIT_CODE);
+                tracing::debug!(?status, ok, "KVM probe finished");
+                return Ok(ok);
+            }
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                tracing::info!(
+                    pid = child.id(),
+                    "KVM probe guest did not finish in {timeout:?}: TCG"
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; QEMU binds it next).
+pub fn free_port() -> Result<u16, QemuError> {
+    let l =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err(Path::new("127.0.0.1:0")))?;
+    let port = l
+        .local_addr()
+        .map_err(io_err(Path::new("127.0.0.1:0")))?
+        .port();
+    Ok(port)
+}
+
+/// The disk bus the guest sees its disk on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    /// virtio-blk (`/dev/vda`): fastest under TCG.
+    #[default]
+    Virtio,
+    /// IDE (`/dev/sda`), as VirtualBox and the vSphere OVF present it.
+    Ide,
+}
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The disk image (raw, VMDK, qcow2 or VHD; never written).
+    pub disk: PathBuf,
+    /// Its format (`raw`, `vmdk`, `qcow2`, `vpc`); `None`: from its first bytes.
+    pub disk_format: Option<String>,
+    /// The CD-ROM (e.g. the BOSH settings ISO).
+    pub cdrom: Option<PathBuf>,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs. Under TCG, 1 is the robust choice on a loaded host (two
+    /// vCPUs have shown RCU stalls when the host's cores are busy).
+    pub cpus: u32,
+    /// The disk bus.
+    pub disk_bus: DiskBus,
+    /// Guest TCP ports forwarded besides 22 (each to a free 127.0.0.1 port).
+    pub extra_forwards: Vec<u16>,
+    /// `restrict=on`: the guest reaches nothing outside (only the forwards).
+    pub restrict: bool,
+    /// The accelerator; `None`: [`accel()`].
+    pub accel: Option<Accel>,
+    /// Where the overlay, logs and the QMP socket go; `None`: a new temporary directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+impl QemuOptions {
+    /// Defaults for booting `disk`: 1 GiB, 1 vCPU, virtio disk, restricted
+    /// networking, no CD-ROM.
+    pub fn new(disk: impl Into<PathBuf>) -> QemuOptions {
+        QemuOptions {
+            disk: disk.into(),
+            disk_format: None,
+            cdrom: None,
+            memory_mib: 1024,
+            cpus: 1,
+            disk_bus: DiskBus::Virtio,
+            extra_forwards: Vec::new(),
+            restrict: true,
+            accel: None,
+            work_dir: None,
+        }
+    }
+
+    /// With a CD-ROM.
+    pub fn cdrom(mut self, iso: impl Into<PathBuf>) -> QemuOptions {
+        self.cdrom = Some(iso.into());
+        self
+    }
+}
+
+/// The format of a disk image from its first bytes (and the VHD footer).
+pub fn detect_format(path: &Path) -> Result<String, QemuError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut head = [0u8; 512];
+    let n = f.read(&mut head).map_err(io_err(path))?;
+    let head = &head[..n];
+    if head.starts_with(b"QFI\xfb") {
+        return Ok("qcow2".into());
+    }
+    if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
+        return Ok("vmdk".into());
+    }
+    if head.starts_with(b"conectix") {
+        return Ok("vpc".into());
+    }
+    let len = f.metadata().map_err(io_err(path))?.len();
+    if len >= 512 && len % 512 == 0 {
+        use std::io::Seek as _;
+        f.seek(std::io::SeekFrom::Start(len - 512))
+            .map_err(io_err(path))?;
+        let mut foot = [0u8; 8];
+        if f.read_exact(&mut foot).is_ok() && &foot == b"conectix" {
+            return Ok("vpc".into());
+        }
+    }
+    Ok("raw".into())
+}
+
+/// A running QEMU guest. Dropping it kills QEMU by its PID.
+#[derive(Debug)]
+pub struct Qemu {
+    child: Option<Child>,
+    pid: u32,
+    ssh_port: u16,
+    forwards: Vec<(u16, u16)>,
+    accel: Accel,
+    started: Instant,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Qemu {
+    /// Start QEMU on a copy-on-write overlay of `opts.disk`.
+    ///
+    /// When the accelerator was not forced (`opts.accel` and
+    /// `OPSBAKE_QEMU_ACCEL` unset) and the probe chose KVM, the guest must
+    /// reach the kernel's `Freeing unused kernel` line on its serial console
+    /// within [`KVM_BOOT_CHECK`] (KVM guests hang or abort on some hosts even
+    /// when a boot sector runs); otherwise QEMU is killed and the guest is
+    /// started again under TCG, and TCG is used for the rest of the process.
+    /// Images that do not log the kernel to the serial console should force
+    /// the accelerator.
+    pub fn start(opts: QemuOptions) -> Result<Qemu, QemuError> {
+        let forced = opts.accel.is_some()
+            || std::env::var("OPSBAKE_QEMU_ACCEL").is_ok_and(|v| !v.is_empty());
+        let chosen = match opts.accel {
+            Some(a) => a,
+            None => accel()?,
+        };
+        if forced || chosen == Accel::Tcg {
+            return Qemu::start_with(opts, chosen);
+        }
+        let kvm = Qemu::start_with(opts.clone(), Accel::Kvm).and_then(|mut vm| {
+            vm.wait_for_serial("Freeing unused kernel", KVM_BOOT_CHECK)?;
+            Ok(vm)
+        });
+        match kvm {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                tracing::warn!(error = %e, "the guest did not boot under KVM: TCG from now on");
+                KVM_BROKEN.store(true, Ordering::Relaxed);
+                Qemu::start_with(opts, Accel::Tcg)
+            }
+        }
+    }
+
+    fn start_with(opts: QemuOptions, accel: Accel) -> Result<Qemu, QemuError> {
+        let qemu = require(QEMU, "qemu-system-x86")?;
+        let qemu_img = require("qemu-img", "qemu-utils")?;
+        if opts.memory_mib < 128 || opts.cpus == 0 {
+            return Err(QemuError::Invalid(format!(
+                "memory {} MiB, {} CPUs",
+                opts.memory_mib, opts.cpus
+            )));
+        }
+        let disk = fs::canonicalize(&opts.disk).map_err(io_err(&opts.disk))?;
+        let format = match &opts.disk_format {
+            Some(f) => f.clone(),
+            None => detect_format(&disk)?,
+        };
+        let (tmp, dir) = match &opts.work_dir {
+            Some(d) => {
+                fs::create_dir_all(d).map_err(io_err(d))?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("opsbake-qemu-")
+                    .tempdir()
+                    .map_err(io_err(Path::new("tempdir")))?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let overlay = dir.join("overlay.qcow2");
+        let _ = fs::remove_file(&overlay);
+        run(Command::new(&qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
+            .arg(&disk)
+            .arg(&overlay))?;
+        let serial = dir.join("serial.log");
+        let qmp = dir.join("qmp.sock");
+        let log = dir.join("qemu.log");
+
+        // A freed port can be taken again before QEMU binds it: retry a few times.
+        let mut last_err = None;
+        for _ in 0..3 {
+            let ssh_port = free_port()?;
+            let mut forwards = Vec::new();
+            for g in &opts.extra_forwards {
+                forwards.push((*g, free_port()?));
+            }
+            let mut netdev = format!(
+                "user,id=net0,restrict={},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                if opts.restrict { "on" } else { "off" }
+            );
+            for (g, h) in &forwards {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+            }
+            let drive = match opts.disk_bus {
+                DiskBus::Virtio => format!("file={},format=qcow2,if=virtio", overlay.display()),
+                DiskBus::Ide => format!("file={},format=qcow2,if=ide,index=0", overlay.display()),
+            };
+            let _ = fs::remove_file(&qmp);
+            let _ = fs::remove_file(&serial);
+            let logf = fs::File::create(&log).map_err(io_err(&log))?;
+            let logf2 = logf.try_clone().map_err(io_err(&log))?;
+            let mut cmd = Command::new(&qemu);
+            cmd.args(["-accel", accel.as_str()])
+                .args(["-m", &opts.memory_mib.to_string()])
+                .args(["-smp", &opts.cpus.to_string()])
+                .args(["-display", "none", "-vga", "std"])
+                .arg("-serial")
+                .arg(format!("file:{}", serial.display()))
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+                .arg("-drive")
+                .arg(drive)
+                .args(["-netdev", &netdev])
+                .args(["-device", "virtio-net-pci,netdev=net0"])
+                .args(["-device", "virtio-rng-pci"])
+                .args(["-boot", "order=c"]);
+            if let Some(iso) = &opts.cdrom {
+                let iso = fs::canonicalize(iso).map_err(io_err(iso))?;
+                cmd.arg("-drive").arg(format!(
+                    "file={},format=raw,media=cdrom,readonly=on,if=ide,index=2",
+                    iso.display()
+                ));
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(logf))
+                .stderr(Stdio::from(logf2));
+            let child = cmd.spawn().map_err(io_err(&qemu))?;
+            let pid = child.id();
+            tracing::info!(pid, %accel, ssh_port, disk = %disk.display(), "QEMU started");
+            let mut vm = Qemu {
+                child: Some(child),
+                pid,
+                ssh_port,
+                forwards,
+                accel,
+                started: Instant::now(),
+                dir: dir.clone(),
+                _tmp: None,
+            };
+            // QEMU fails fast (port in use, bad image): give it a moment to say so,
+            // polling its exit status and the QMP socket appearing.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !qmp.exists() {
+                if vm.exited()?.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            match vm.exited()? {
+                None => {
+                    vm._tmp = tmp;
+                    return Ok(vm);
+                }
+                Some(status) => {
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let err = QemuError::Exited {
+                        pid,
+                        status,
+                        log: log.clone(),
+                        log_tail: tail(&text, 20),
+                        serial: serial.clone(),
+                        serial_tail: String::new(),
+                    };
+                    if !text.contains("hostfwd") && !text.contains("host forwarding") {
+                        return Err(err);
+                    }
+                    last_err = Some(err);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| QemuError::Invalid("QEMU did not start".into())))
+    }
+
+    /// QEMU's PID.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The 127.0.0.1 port forwarded to the guest's port 22.
+    pub fn ssh_port(&self) -> u16 {
+        self.ssh_port
+    }
+
+    /// The 127.0.0.1 address forwarded to the guest's port 22.
+    pub fn ssh_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ssh_port))
+    }
+
+    /// The host port forwarded to guest port `guest` (from `extra_forwards`).
+    pub fn forwarded(&self, guest: u16) -> Option<u16> {
+        self.forwards
+            .iter()
+            .find(|(g, _)| *g == guest)
+            .map(|(_, h)| *h)
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// When QEMU was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The VM's work directory (overlay, logs, QMP socket).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The serial console log.
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+
+    /// The serial console so far.
+    pub fn serial(&self) -> String {
+        fs::read(self.serial_log())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the serial console.
+    pub fn serial_tail(&self, lines: usize) -> String {
+        tail(&self.serial(), lines)
+    }
+
+    /// `Some(status)` once QEMU has exited.
+    pub fn exited(&mut self) -> Result<Option<String>, QemuError> {
+        match &mut self.child {
+            None => Ok(Some("stopped".into())),
+            Some(c) => match c.try_wait() {
+                Ok(Some(s)) => Ok(Some(s.to_string())),
+                Ok(None) => Ok(None),
+                Err(e) => Err(QemuError::Io {
+                    path: PathBuf::from(QEMU),
+                    source: e,
+                }),
+            },
+        }
+    }
+
+    fn exited_error(&self, status: String) -> QemuError {
+        let log = self.dir.join("qemu.log");
+        QemuError::Exited {
+            pid: self.pid,
+            status,
+            log_tail: tail(&fs::read_to_string(&log).unwrap_or_default(), 20),
+            log,
+            serial: self.serial_log(),
+            serial_tail: self.serial_tail(40),
+        }
+    }
+
+    fn timeout_error(&self, what: &str, after: Duration) -> QemuError {
+        QemuError::Timeout {
+            what: what.to_string(),
+            after,
+            pid: self.pid,
+            accel: self.accel,
+            serial: self.serial_log(),
+            serial_tail: self.serial_tail(40),
+        }
+    }
+
+    /// Wait until the guest's sshd sends its banner through the forward.
+    /// Returns the banner line and the time since QEMU started.
+    ///
+    /// With user-mode networking QEMU accepts the host connection itself and
+    /// closes it when the guest does not answer, so only a banner counts.
+    pub fn wait_for_ssh_banner(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(String, Duration), QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Err(self.exited_error(status));
+            }
+            if let Some(banner) = read_banner(self.ssh_addr(), Duration::from_secs(2)) {
+                let since = self.started.elapsed();
+                tracing::info!(pid = self.pid, ?since, %banner, "SSH banner");
+                return Ok((banner, since));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error("SSH banner", timeout));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Whether an SSH banner arrives within `timeout` (one attempt).
+    pub fn ssh_banner_now(&self, timeout: Duration) -> Option<String> {
+        read_banner(self.ssh_addr(), timeout)
+    }
+
+    /// Wait until the serial console contains `needle`.
+    pub fn wait_for_serial(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Duration, QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.serial().contains(needle) {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.exited()? {
+                return Err(self.exited_error(status));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error(&format!("serial text {needle:?}"), timeout));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Send one QMP command (e.g. `{"execute":"system_powerdown"}`) and return
+    /// the reply line.
+    pub fn qmp(&self, command: &str) -> Result<String, QemuError> {
+        let sock = self.dir.join("qmp.sock");
+        let qerr = |message: String| QemuError::Qmp {
+            command: command.to_string(),
+            socket: sock.clone(),
+            message,
+        };
+        let stream = UnixStream::connect(&sock).map_err(|e| qerr(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| qerr(e.to_string()))?;
+        let mut w = stream.try_clone().map_err(|e| qerr(e.to_string()))?;
+        let mut r = BufReader::new(stream);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| qerr(e.to_string()))?;
+        if !line.contains("\"QMP\"") {
+            return Err(qerr(format!("unexpected greeting {line:?}")));
+        }
+        let mut exchange = |cmd: &str| -> Result<String, QemuError> {
+            w.write_all(cmd.as_bytes())
+                .and_then(|()| w.write_all(b"\n"))
+                .map_err(|e| qerr(e.to_string()))?;
+            loop {
+                let mut l = String::new();
+                let n = r.read_line(&mut l).map_err(|e| qerr(e.to_string()))?;
+                if n == 0 {
+                    return Err(qerr("connection closed".into()));
+                }
+                // events ({"event": ...}) may come before the reply
+                if l.contains("\"return\"") || l.contains("\"error\"") {
+                    return Ok(l.trim().to_string());
+                }
+            }
+        };
+        exchange(r#"{"execute":"qmp_capabilities"}"#)?;
+        let reply = exchange(command)?;
+        if reply.contains("\"error\"") {
+            return Err(qerr(reply));
+        }
+        Ok(reply)
+    }
+
+    /// Power the guest off: ACPI `system_powerdown`, wait up to `timeout` for
+    /// QEMU to exit, then QMP `quit`, then kill by PID.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<(), QemuError> {
+        if self.exited()?.is_some() {
+            self.child = None;
+            return Ok(());
+        }
+        let powerdown = self.qmp(r#"{"execute":"system_powerdown"}"#);
+        if let Err(e) = &powerdown {
+            tracing::warn!(pid = self.pid, error = %e, "system_powerdown failed");
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.exited()?.is_some() {
+                self.child = None;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tracing::info!(
+            pid = self.pid,
+            "guest did not power off in {timeout:?}: quit"
+        );
+        let _ = self.qmp(r#"{"execute":"quit"}"#);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.exited()?.is_some() {
+                self.child = None;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        Ok(())
+    }
+
+    /// Kill QEMU by its PID and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_banner(addr: SocketAddr, timeout: Duration) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && buf.len() < 256 {
+        match s.read(&mut byte) {
+            Ok(1) => {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                buf.push(byte[0]);
+            }
+            _ => break,
+        }
+    }
+    let line = String::from_utf8_lossy(&buf).trim().to_string();
+    line.starts_with("SSH-").then_some(line)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn run(cmd: &mut Command) -> Result<String, QemuError> {
+    let name = format!("{:?}", cmd);
+    let out = cmd.output().map_err(|e| QemuError::Command {
+        command: name.clone(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(QemuError::Command {
+            command: name,
+            message: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An SSH key pair made by `ssh-keygen` for a test.
+#[derive(Debug, Clone)]
+pub struct TestKey {
+    /// The private key file (mode 0600).
+    pub private: PathBuf,
+    /// The public key line (`ssh-ed25519 AAAA... comment`).
+    pub public: String,
+}
+
+/// Make an ed25519 key pair without a passphrase in `dir` (`name`, `name.pub`).
+pub fn ssh_keypair(dir: &Path, name: &str) -> Result<TestKey, QemuError> {
+    let keygen = require("ssh-keygen", "openssh-client")?;
+    let private = dir.join(name);
+    let _ = fs::remove_file(&private);
+    let _ = fs::remove_file(dir.join(format!("{name}.pub")));
+    run(Command::new(keygen)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "opsbake-test", "-f"])
+        .arg(&private))?;
+    let pubfile = dir.join(format!("{name}.pub"));
+    let public = fs::read_to_string(&pubfile)
+        .map_err(io_err(&pubfile))?
+        .trim()
+        .to_string();
+    Ok(TestKey { private, public })
+}
+
+/// A SHA-512 crypt hash (`$6$...`) of `password`, as `env.bosh.password`
+/// wants it (`openssl passwd -6`, the password on stdin).
+pub fn password_hash(password: &str) -> Result<String, QemuError> {
+    let openssl = require("openssl", "openssl")?;
+    let mut child = Command::new(openssl)
+        .args(["passwd", "-6", "-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(Path::new("openssl")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .map_err(io_err(Path::new("openssl stdin")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(io_err(Path::new("openssl")))?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !hash.starts_with("$6$") {
+        return Err(QemuError::Command {
+            command: "openssl passwd -6 -stdin".into(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(hash)
+}
+
+/// Minimal BOSH agent settings (STEMCELLS.md section 3): one dynamic network,
+/// `env.bosh.authorized_keys` and, when given, `env.bosh.password` (a crypt hash).
+pub fn settings_json(
+    agent_id: &str,
+    authorized_keys: &[String],
+    password_hash: Option<&str>,
+) -> String {
+    let mut bosh = serde_json::json!({ "authorized_keys": authorized_keys });
+    if let Some(h) = password_hash {
+        bosh["password"] = serde_json::Value::String(h.to_string());
+    }
+    serde_json::json!({
+        "agent_id": agent_id,
+        "vm": { "name": agent_id },
+        "networks": { "default": { "type": "dynamic", "default": ["dns", "gateway"] } },
+        "disks": { "system": "/dev/sda", "persistent": {} },
+        "env": { "bosh": bosh },
+    })
+    .to_string()
+}
+
+/// Write an ISO9660 image (Rock Ridge + Joliet, volume id `config-2`) at
+/// `out` holding `settings` in the file `name` (`env` for vSphere, `ENV` for
+/// the VirtualBox CPI), with Debian's `genisoimage`.
+pub fn settings_iso(settings: &str, name: &str, out: &Path) -> Result<PathBuf, QemuError> {
+    let genisoimage = require("genisoimage", "genisoimage")?;
+    if name.is_empty() || name.contains('/') {
+        return Err(QemuError::Invalid(format!("settings file name {name:?}")));
+    }
+    let src = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
+    let file = src.path().join(name);
+    fs::write(&file, settings).map_err(io_err(&file))?;
+    run(Command::new(genisoimage)
+        .args(["-quiet", "-r", "-J", "-V", "config-2", "-o"])
+        .arg(out)
+        .arg(src.path()))?;
+    Ok(out.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sector_is_bootable() {
+        let s = probe_boot_sector();
+        assert_eq!(s.len(), 512);
+        assert_eq!(&s[510..], &[0x55, 0xaa]);
+        assert_eq!(PROBE_EXIT_CODE, (0x21 << 1) | 1);
+    }
+
+    #[test]
+    fn settings_have_agent_id_keys_and_password() {
+        let s = settings_json(
+            "builder-1",
+            &["ssh-ed25519 AAAA k".to_string()],
+            Some("$6$x$y"),
+        );
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["agent_id"], "builder-1");
+        assert_eq!(v["env"]["bosh"]["authorized_keys"][0], "ssh-ed25519 AAAA k");
+        assert_eq!(v["env"]["bosh"]["password"], "$6$x$y");
+        assert_eq!(v["networks"]["default"]["type"], "dynamic");
+        let s = settings_json("b", &[], None);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert!(v["env"]["bosh"].get("password").is_none());
+    }
+
+    #[test]
+    fn detects_formats() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("raw");
+        fs::write(&raw, vec![0u8; 4096]).unwrap();
+        assert_eq!(detect_format(&raw).unwrap(), "raw");
+        let q = d.path().join("q");
+        fs::write(&q, b"QFI\xfb\0\0\0\x03").unwrap();
+        assert_eq!(detect_format(&q).unwrap(), "qcow2");
+        let v = d.path().join("v");
+        fs::write(&v, b"KDMV\x03\0\0\0").unwrap();
+        assert_eq!(detect_format(&v).unwrap(), "vmdk");
+        let mut vhd = vec![0u8; 1024];
+        vhd[512..520].copy_from_slice(b"conectix");
+        let h = d.path().join("h");
+        fs::write(&h, vhd).unwrap();
+        assert_eq!(detect_format(&h).unwrap(), "vpc");
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}
