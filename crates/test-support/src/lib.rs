@@ -4,5 +4,7 @@
 //! One module per peer; each is owned by the issue that needs it.
 
 pub mod delay_proxy;
+pub mod fault_proxy;
+pub mod moto;
 pub mod qemu;
 pub mod sshd;
