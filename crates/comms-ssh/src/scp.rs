@@ -134,6 +134,19 @@ pub(crate) async fn upload(
         }
         run_checked(handle, target, "mkdir -p", cmd).await?;
     }
+    // A previous upload may have left read-only files and directories of
+    // ours: make them writable for the owner (their modes are set again below).
+    let mut existing: Vec<String> = plan.dirs.iter().map(|(d, _)| d.clone()).collect();
+    existing.extend(plan.files.iter().map(|f| f.remote.clone()));
+    for batch in existing.chunks(200) {
+        let mut cmd = String::from("for p in");
+        for p in batch {
+            cmd.push(' ');
+            cmd.push_str(&shell_quote(p));
+        }
+        cmd.push_str("; do if [ -d \"$p\" ]; then chmod u+rwx -- \"$p\"; elif [ -f \"$p\" ]; then chmod u+w -- \"$p\"; fi; done; true");
+        run_checked(handle, target, "chmod u+w", cmd).await?;
+    }
     let futs: Vec<_> = plan
         .files
         .iter()

@@ -474,7 +474,19 @@ async fn write_range(
             offset += len as u64;
             inflight_bytes += len;
         }
-        let Some((off, len, res)) = inflight.next().await else {
+        // Requests of a dead connection may never be answered: watch the
+        // connection too, so that a drop is seen at once, not at the
+        // request timeout.
+        let next = tokio::select! {
+            n = inflight.next() => n,
+            _ = connection_closed(ctx.handle) => {
+                return Err(TransportError::Disconnected {
+                    target: ctx.target.into(),
+                    reason: format!("connection lost while writing {}", item.remote),
+                });
+            }
+        };
+        let Some((off, len, res)) = next else {
             break;
         };
         res.map_err(|e| ctx.err("write", &item.remote, e))?;
@@ -489,6 +501,13 @@ async fn write_range(
         }
     }
     Ok(())
+}
+
+/// Resolves once the SSH connection is gone.
+pub(crate) async fn connection_closed(handle: &SshHandle) {
+    while !handle.is_closed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn attrs_for(item: &FileItem) -> FileAttributes {
@@ -541,10 +560,23 @@ async fn upload_file(
     }
     let mut init = FileAttributes::empty();
     init.permissions = Some(0o600 | (item.mode & 0o700));
-    let h = first
-        .open(item.remote.clone(), flags, init)
-        .await
-        .map_err(|e| ctx.err("open", &item.remote, e))?;
+    let h = match first.open(item.remote.clone(), flags, init.clone()).await {
+        Ok(h) => h,
+        // An existing read-only file of ours (a previous upload of a 0444
+        // file): make it writable for the owner and try once more.
+        Err(e) if is_status(&e, StatusCode::PermissionDenied) => {
+            let mut a = FileAttributes::empty();
+            a.permissions = Some(0o600 | (item.mode & 0o700));
+            if first.setstat(item.remote.clone(), a).await.is_err() {
+                return Err(ctx.err("open", &item.remote, e));
+            }
+            first
+                .open(item.remote.clone(), flags, init)
+                .await
+                .map_err(|e| ctx.err("open", &item.remote, e))?
+        }
+        Err(e) => return Err(ctx.err("open", &item.remote, e)),
+    };
     if let Ok(mut st) = ctx.state.lock() {
         st.started.insert(idx);
     }
@@ -676,16 +708,30 @@ pub(crate) async fn upload(
         // Tree directories level by level (parents exist before children).
         let mut by_depth: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
         for (d, _) in &plan.dirs {
-            if !known.contains(d.as_str()) {
-                by_depth.entry(d.matches('/').count()).or_default().push(d);
-            }
+            by_depth.entry(d.matches('/').count()).or_default().push(d);
         }
+        let known = &known;
+        let modes: HashMap<&str, u32> = plan.dirs.iter().map(|(d, m)| (d.as_str(), *m)).collect();
         for (_, level) in by_depth {
             let n = pool.sessions.len();
-            let futs = level
-                .iter()
-                .enumerate()
-                .map(|(i, d)| ensure_dir(&ctx, &pool.sessions[i % n], d));
+            let futs = level.iter().enumerate().map(|(i, d)| {
+                let sess = &pool.sessions[i % n];
+                let mode = modes.get(d).copied().unwrap_or(0o755);
+                let ctx = &ctx;
+                async move {
+                    if !known.contains(*d) {
+                        ensure_dir(ctx, sess, d).await?;
+                    }
+                    // Keep it writable for us until the end (its own mode is
+                    // applied last), also when a previous upload made it 0555.
+                    let mut a = FileAttributes::empty();
+                    a.permissions = Some(mode | 0o700);
+                    sess.setstat(d.to_string(), a)
+                        .await
+                        .map_err(|e| ctx.err("setstat", d, e))?;
+                    Ok::<(), TransportError>(())
+                }
+            });
             for r in futures::future::join_all(futs).await {
                 r?;
             }

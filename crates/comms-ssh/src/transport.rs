@@ -136,7 +136,16 @@ impl Transport for SshTransport {
             let c = self.current().await;
             let res = match self.pool(&c).await {
                 Ok(Some(pool)) => {
-                    sftp::upload(&c.handle, &self.describe, &self.opts, pool, &plan, &state).await
+                    // Requests on a dead connection may never be answered:
+                    // a drop ends the attempt at once (not at the request
+                    // timeout) so that it can resume on a new connection.
+                    tokio::select! {
+                        r = sftp::upload(&c.handle, &self.describe, &self.opts, pool, &plan, &state) => r,
+                        _ = sftp::connection_closed(&c.handle) => Err(TransportError::Disconnected {
+                            target: self.describe.clone(),
+                            reason: "connection lost during the upload".into(),
+                        }),
+                    }
                 }
                 Ok(None) => crate::scp::upload(&c.handle, &self.describe, &plan).await,
                 Err(e) => Err(e),

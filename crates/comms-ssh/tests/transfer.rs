@@ -1,0 +1,372 @@
+//! Uploads and downloads against a real, hardened OpenSSH sshd (SFTP and the
+//! SCP fallback), and recovery from faults injected by a TCP proxy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use opsbake_comms_ssh::SshTransport;
+use opsbake_core::transport::{Download, Transport, TransportError, Upload, UploadSource};
+use opsbake_test_support::sshd::{Sshd, SshdOptions};
+use sha2::{Digest as _, Sha256};
+
+fn write(p: &Path, data: &[u8], mode: u32) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    // xorshift: incompressible enough, reproducible.
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// A tree with modes, an empty file, a big file (split across channels),
+/// nested and read-only directories, relative and absolute symlinks.
+fn make_tree(root: &Path) {
+    write(&root.join("bin/run.sh"), b"#!/bin/sh\necho run\n", 0o755);
+    write(&root.join("secret.txt"), b"only me\n", 0o600);
+    write(&root.join("empty"), b"", 0o644);
+    write(&root.join("big.bin"), &random_bytes(20 << 20, 7), 0o640);
+    write(
+        &root.join("sub/deeper/file name with spaces"),
+        b"deep\n",
+        0o640,
+    );
+    write(&root.join("ro/readonly.txt"), b"read only\n", 0o444);
+    std::fs::set_permissions(root.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(root.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("bin/run.sh", root.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("sub/link-abs")).unwrap();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+#[derive(Debug, PartialEq)]
+enum Entry {
+    File { mode: u32, sha256: String },
+    Dir { mode: u32 },
+    Link(PathBuf),
+}
+
+fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let entry = if md.file_type().is_symlink() {
+                Entry::Link(std::fs::read_link(&p).unwrap())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                Entry::Dir {
+                    mode: md.mode() & 0o7777,
+                }
+            } else {
+                Entry::File {
+                    mode: md.mode() & 0o7777,
+                    sha256: hex::encode(Sha256::digest(std::fs::read(&p).unwrap())),
+                }
+            };
+            m.insert(rel, entry);
+        }
+    }
+    m
+}
+
+fn owned_by_vcap(sshd: &Sshd, p: &Path) {
+    let (uid, _) = sshd.ids();
+    assert_eq!(
+        std::fs::symlink_metadata(p).unwrap().uid(),
+        uid,
+        "{}",
+        p.display()
+    );
+}
+
+async fn connect(sshd: &Sshd, k: &opsbake_comms_ssh::KeyPair) -> SshTransport {
+    SshTransport::connect(opts(sshd.addr(), k, pinned(sshd)))
+        .await
+        .unwrap()
+}
+
+async fn upload_tree_and_check(sshd: &Sshd, t: &SshTransport) {
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    make_tree(&src);
+    let home = sshd.home().to_str().unwrap().to_string();
+    let dest = format!("{home}/dest/tree");
+    let items = vec![
+        Upload {
+            source: UploadSource::Path(src.clone()),
+            remote: dest.clone(),
+            mode: None,
+            verify_sha256: true,
+        },
+        Upload {
+            source: UploadSource::Bytes(b"#!/bin/sh\nexit 0\n".to_vec()),
+            remote: format!("{home}/dest/gen/wrapper.sh"),
+            mode: Some(0o700),
+            verify_sha256: true,
+        },
+        Upload {
+            source: UploadSource::Path(src.join("bin/run.sh")),
+            remote: format!("{home}/dest/single/renamed.sh"),
+            mode: None,
+            verify_sha256: true,
+        },
+    ];
+    let r = t.upload(items.clone()).await.unwrap();
+    assert_eq!(r.files, 6 + 1 + 1, "{r:?}");
+    assert_eq!(r.symlinks, 2, "{r:?}");
+    assert_eq!(r.dirs, 5, "{r:?}"); // tree, bin, sub, sub/deeper, ro
+    let remote = Path::new(&dest);
+    assert_eq!(snapshot(remote), snapshot(&src));
+    assert_eq!(std::fs::metadata(remote).unwrap().mode() & 0o7777, 0o750);
+    owned_by_vcap(sshd, &remote.join("big.bin"));
+    let w = Path::new(&home).join("dest/gen/wrapper.sh");
+    assert_eq!(std::fs::metadata(&w).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(std::fs::read(&w).unwrap(), b"#!/bin/sh\nexit 0\n");
+    let single = Path::new(&home).join("dest/single/renamed.sh");
+    assert_eq!(std::fs::read(&single).unwrap(), b"#!/bin/sh\necho run\n");
+    assert_eq!(std::fs::metadata(&single).unwrap().mode() & 0o7777, 0o755);
+    // Uploading again over the result (read-only dir and file included) works.
+    let r2 = t.upload(items).await.unwrap();
+    assert_eq!(r2, r);
+    assert_eq!(snapshot(remote), snapshot(&src));
+}
+
+#[tokio::test]
+async fn sftp_upload_of_a_tree_with_modes_and_symlinks_verified_by_sha256() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let t = connect(&sshd, &k).await;
+    upload_tree_and_check(&sshd, &t).await;
+}
+
+#[tokio::test]
+async fn scp_fallback_without_the_sftp_subsystem() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(
+        &k,
+        SshdOptions {
+            sftp: false,
+            ..Default::default()
+        },
+    );
+    let t = connect(&sshd, &k).await;
+    upload_tree_and_check(&sshd, &t).await;
+    assert!(
+        sshd.log_text().contains("subsystem request for sftp"),
+        "{}",
+        sshd.log_text()
+    );
+    let e = t
+        .download(vec![Download {
+            remote: "/etc/hostname".into(),
+            local: PathBuf::from("/nonexistent/x"),
+        }])
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("sftp subsystem"), "{e}");
+}
+
+#[tokio::test]
+async fn sha256_mismatch_is_reported() {
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let t = connect(&sshd, &k).await;
+    // A remote sha256sum that lies stands in for corruption in transit.
+    let home = sshd.home().to_str().unwrap().to_string();
+    std::fs::create_dir_all(format!("{home}/bin")).unwrap();
+    write(
+        Path::new(&format!("{home}/bin/sha256sum")),
+        b"#!/bin/sh\necho 0000  \"$2\"\n",
+        0o755,
+    );
+    // bash started by sshd reads ~/.bashrc (Debian builds it that way).
+    write(
+        Path::new(&format!("{home}/.bashrc")),
+        b"PATH=$HOME/bin:$PATH\n",
+        0o644,
+    );
+    let e = t
+        .upload(vec![Upload {
+            source: UploadSource::Bytes(b"hello".to_vec()),
+            remote: format!("{home}/f"),
+            mode: None,
+            verify_sha256: true,
+        }])
+        .await;
+    match e {
+        Err(TransportError::Verify {
+            what,
+            expected,
+            actual,
+            ..
+        }) => {
+            assert_eq!(what, "sha256");
+            assert_eq!(expected, hex::encode(Sha256::digest(b"hello")));
+            assert_eq!(actual, "0000");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn download_of_a_tree_round_trips() {
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let t = connect(&sshd, &k).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    make_tree(&src);
+    let home = sshd.home().to_str().unwrap().to_string();
+    t.upload(vec![Upload {
+        source: UploadSource::Path(src.clone()),
+        remote: format!("{home}/t"),
+        mode: None,
+        verify_sha256: false,
+    }])
+    .await
+    .unwrap();
+    let back = local.path().join("back");
+    let r = t
+        .download(vec![
+            Download {
+                remote: format!("{home}/t"),
+                local: back.clone(),
+            },
+            Download {
+                remote: format!("{home}/t/bin/run.sh"),
+                local: local.path().join("one.sh"),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.files, 7, "{r:?}");
+    assert_eq!(snapshot(&back), snapshot(&src));
+    assert_eq!(
+        std::fs::read(local.path().join("one.sh")).unwrap(),
+        b"#!/bin/sh\necho run\n"
+    );
+}
+
+#[tokio::test]
+async fn upload_resumes_after_the_connection_drops_mid_transfer() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = FaultProxy::start(sshd.addr()).await;
+    let t = SshTransport::connect(opts(proxy.addr, &k, pinned(&sshd)))
+        .await
+        .unwrap();
+    // The next connection is cut after 12 MiB from the client; the first one
+    // (already open) is cut below by arming before the SFTP channels exist.
+    *proxy.cut_after.lock().unwrap() = Some(12 << 20);
+    // Force the transfer onto a fresh connection that carries the cut.
+    t.reconnect(Duration::from_secs(10)).await.unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let data = random_bytes(48 << 20, 42);
+    let f = local.path().join("big.img");
+    write(&f, &data, 0o644);
+    let remote = format!("{}/big.img", sshd.home().display());
+    let start = Instant::now();
+    let r = t
+        .upload(vec![Upload {
+            source: UploadSource::Path(f),
+            remote: remote.clone(),
+            mode: None,
+            verify_sha256: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r.bytes, 48 << 20);
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the connection was cut once"
+    );
+    let got = std::fs::read(&remote).unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&got)),
+        hex::encode(Sha256::digest(&data))
+    );
+    assert_eq!(
+        sshd.log_count("Accepted publickey for vcap"),
+        3,
+        "{}",
+        sshd.log_text()
+    );
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn a_stalled_server_times_out() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = FaultProxy::start(sshd.addr()).await;
+    let mut o = opts(proxy.addr, &k, pinned(&sshd));
+    o.keepalive = Some(Duration::from_millis(500));
+    o.sftp_request_timeout = Duration::from_secs(2);
+    o.login_timeout = Duration::from_secs(3);
+    o.attempt_timeout = Duration::from_secs(2);
+    let t = SshTransport::connect(o).await.unwrap();
+    proxy.stall.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let e = t
+        .upload(vec![Upload {
+            source: UploadSource::Bytes(vec![1u8; 1 << 20]),
+            remote: format!("{}/stalled", sshd.home().display()),
+            mode: None,
+            verify_sha256: false,
+        }])
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            TransportError::Timeout { .. } | TransportError::Disconnected { .. }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut req = opsbake_core::transport::ExecRequest::new("true");
+    req.timeout = Some(Duration::from_secs(1));
+    let e = t
+        .exec(req, Collected::default().sink())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            TransportError::Timeout { .. } | TransportError::Disconnected { .. }
+        ),
+        "{e:?}"
+    );
+}
