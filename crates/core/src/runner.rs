@@ -66,6 +66,48 @@ impl CleanupTracker {
     }
 }
 
+/// Holds every build after its `validate` step until all have validated,
+/// so that a failed validation (credentials, quotas) stops the run before
+/// any build creates anything.
+pub struct ValidationGate {
+    barrier: tokio::sync::Barrier,
+    failed: Mutex<Vec<String>>,
+}
+
+impl ValidationGate {
+    fn new(n: usize) -> ValidationGate {
+        ValidationGate {
+            barrier: tokio::sync::Barrier::new(n.max(1)),
+            failed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Report this build's validation and wait for the others. `Err` lists
+    /// the builds whose validation failed.
+    async fn arrive(
+        &self,
+        build: &str,
+        ok: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), Vec<String>> {
+        if !ok {
+            if let Ok(mut f) = self.failed.lock() {
+                f.push(build.to_string());
+            }
+        }
+        tokio::select! {
+            _ = self.barrier.wait() => {}
+            _ = cancel.cancelled() => {}
+        }
+        let failed = self.failed.lock().map(|f| f.clone()).unwrap_or_default();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+}
+
 /// One build to run.
 pub struct BuildJob {
     /// The plan.
@@ -146,10 +188,12 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Vec<BuildResult> {
         let group = cancel.child_token();
+        let gate = Arc::new(ValidationGate::new(jobs.len()));
         let futs = jobs.into_iter().map(|job| {
             let group = group.clone();
+            let gate = gate.clone();
             async move {
-                let r = self.run_one(job, group.clone()).await;
+                let r = self.run_one(job, group.clone(), &gate).await;
                 if self.fail_fast && r.outcome == Outcome::Failed {
                     group.cancel();
                 }
@@ -159,7 +203,12 @@ impl Runner {
         futures::future::join_all(futs).await
     }
 
-    async fn run_one(&self, job: BuildJob, cancel: CancellationToken) -> BuildResult {
+    async fn run_one(
+        &self,
+        job: BuildJob,
+        cancel: CancellationToken,
+        gate: &ValidationGate,
+    ) -> BuildResult {
         let started = Instant::now();
         let plan = Arc::new(job.plan);
         let iaas = plan.iaas.to_string();
@@ -185,6 +234,7 @@ impl Runner {
         let journal = match Journal::create(&self.state_dir, header) {
             Ok(j) => Arc::new(j),
             Err(e) => {
+                let _ = gate.arrive(&iaas, false, &cancel).await;
                 let msg = e.to_string();
                 events.emit(EventKind::BuildFinished {
                     outcome: "failed".into(),
@@ -206,7 +256,9 @@ impl Runner {
             cancel: cancel.clone(),
             options: self.options.clone(),
         };
-        let result = self.steps(&ctx, job.builder.as_ref(), &job.inputs).await;
+        let result = self
+            .steps(&ctx, job.builder.as_ref(), &job.inputs, gate)
+            .await;
         let (outcome, artifact, error) = match result {
             Ok(a) => (Outcome::Succeeded, Some(a), None),
             Err(BuildError::Cancelled) => (Outcome::Cancelled, None, Some("cancelled".to_string())),
@@ -271,9 +323,21 @@ impl Runner {
         ctx: &BuildContext,
         builder: &dyn Builder,
         inputs: &InputDigests,
+        gate: &ValidationGate,
     ) -> Result<Artifact, BuildError> {
         let plan = &ctx.plan;
-        step(ctx, "validate", builder.validate(ctx)).await?;
+        // Every build validates before any of them creates anything.
+        let validated = step(ctx, "validate", builder.validate(ctx)).await;
+        let others_ok = gate
+            .arrive(&plan.iaas.to_string(), validated.is_ok(), &ctx.cancel)
+            .await;
+        validated?;
+        if let Err(failed) = others_ok {
+            return Err(BuildError::Other(format!(
+                "not started: validation of the {} build failed",
+                failed.join(", ")
+            )));
+        }
         let base = step(ctx, "base_image", builder.base_image(ctx)).await?;
         let mut access = Access::default();
         if let Some(c) = &self.connector {

@@ -264,3 +264,66 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+struct FailsValidation;
+
+#[async_trait]
+impl Deleter for FailsValidation {
+    async fn delete(&self, _res: &Resource) -> Result<Deleted, BuildError> {
+        Ok(Deleted::AlreadyGone)
+    }
+}
+
+#[async_trait]
+impl Builder for FailsValidation {
+    fn iaas(&self) -> Iaas {
+        Iaas::Gcp
+    }
+    async fn validate(&self, _ctx: &BuildContext) -> Result<(), BuildError> {
+        Err(BuildError::Other("GOOGLE_PROJECT_ID is not set".into()))
+    }
+    async fn base_image(&self, _ctx: &BuildContext) -> Result<BaseImage, BuildError> {
+        Ok(BaseImage::default())
+    }
+    async fn launch(
+        &self,
+        _ctx: &BuildContext,
+        _b: &BaseImage,
+        _a: &Access,
+    ) -> Result<ConnectTarget, BuildError> {
+        Err(BuildError::Other("must not launch".into()))
+    }
+    async fn capture(&self, _ctx: &BuildContext) -> Result<Artifact, BuildError> {
+        Err(BuildError::Other("must not capture".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_failed_validation_stops_every_build_before_anything_is_created() {
+    let d = tempfile::tempdir().unwrap();
+    let a = tb(d.path(), Iaas::Aws);
+    let mut js = jobs(d.path(), vec![a, tb(d.path(), Iaas::Gcp)]);
+    js[1].builder = Arc::new(FailsValidation);
+    let sink = Arc::new(MemorySink::default());
+    let runner = Runner::new(d.path().join("state"), sink.clone());
+    let results = runner.run_all(js, CancellationToken::new()).await;
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert!(
+        results[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("validation of the gcp build failed"),
+        "{:?}",
+        results[0].error
+    );
+    assert!(results[1]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("GOOGLE_PROJECT_ID"));
+    assert!(!sink
+        .events()
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::ResourceIntent { .. })));
+}
