@@ -2,6 +2,9 @@
 //! 0 ok, 1 a build failed, 2 bad input (template, variables, usage),
 //! 3 cleanup could not delete something, 130 interrupted.
 
+mod cmd {
+    pub mod stemcell;
+}
 mod dispatch;
 mod localtest;
 mod output;
@@ -65,6 +68,8 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Delete what a failed or killed build left behind, from its journal.
     Cleanup(CleanupArgs),
+    /// Inspect, verify or extract a BOSH stemcell.
+    Stemcell(cmd::stemcell::StemcellArgs),
     /// Print the JSON Schema of the template format.
     Schema,
     /// Print the version.
@@ -611,6 +616,10 @@ fn main() {
             Cmd::Validate(t) => cmd_validate(&cli, t),
             Cmd::Inspect(a) => cmd_inspect(&cli, a),
             Cmd::Cleanup(a) => cmd_cleanup(&cli, a).await,
+            Cmd::Stemcell(a) => cmd::stemcell::run(a.clone()).await.map_err(|e| Fail {
+                code: EXIT_BUILD_FAILED,
+                message: format!("{e:#}"),
+            }),
             Cmd::Schema => {
                 let s = template::json_schema();
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
