@@ -18,8 +18,8 @@ pub use name::{NameError, StemcellName};
 pub mod reader;
 
 pub use reader::{
-    extract, read_manifest, scan, verify, ExtractOptions, ExtractReport, Limits, ReadError,
-    UnsafeReason, VerifyReport,
+    extract, read_manifest, scan, verify, ExtractOptions, ExtractReport, Limits, Progress,
+    ReadError, UnsafeReason, VerifyReport,
 };
 pub mod convert;
 pub mod exec;

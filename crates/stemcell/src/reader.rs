@@ -329,7 +329,15 @@ struct EofTracking<R> {
     inner: R,
     eof: Arc<AtomicBool>,
     read: Arc<AtomicU64>,
+    progress: Option<Progress>,
+    total: u64,
+    next_report: u64,
 }
+
+/// Called with (bytes of the stemcell file read so far, file size) every
+/// 16 MiB and at the end, for progress bars.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+const PROGRESS_STEP: u64 = 16 << 20;
 
 impl<R: Read> Read for EofTracking<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -337,7 +345,13 @@ impl<R: Read> Read for EofTracking<R> {
         if n == 0 && !buf.is_empty() {
             self.eof.store(true, Ordering::Relaxed);
         }
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        let done = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if let Some(p) = &self.progress {
+            if done >= self.next_report || (n == 0 && !buf.is_empty()) {
+                p(done, self.total);
+                self.next_report = done + PROGRESS_STEP;
+            }
+        }
         Ok(n)
     }
 }
@@ -405,7 +419,10 @@ impl Ctx {
 
 type Outer = tar::Archive<MultiGzDecoder<EofTracking<BufReader<File>>>>;
 
-fn open(path: &Path) -> Result<(Outer, Ctx, u64, Arc<AtomicU64>), ReadError> {
+fn open(
+    path: &Path,
+    progress: Option<Progress>,
+) -> Result<(Outer, Ctx, u64, Arc<AtomicU64>), ReadError> {
     let io_err = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
@@ -433,6 +450,9 @@ fn open(path: &Path) -> Result<(Outer, Ctx, u64, Arc<AtomicU64>), ReadError> {
         inner: BufReader::with_capacity(BUF, f),
         eof: eof.clone(),
         read: read.clone(),
+        progress,
+        total: file_size,
+        next_report: PROGRESS_STEP,
     };
     let ctx = Ctx {
         path: path.to_path_buf(),
@@ -549,7 +569,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ReadError> {
 
 /// [`read_manifest`] with explicit limits.
 pub fn read_manifest_with(path: &Path, limits: &Limits) -> Result<Manifest, ReadError> {
-    let (mut ar, ctx, _, _) = open(path)?;
+    let (mut ar, ctx, _, _) = open(path, None)?;
     let entries = ar
         .entries()
         .map_err(|e| ctx.stream_err(e, "reading the tarball"))?;
@@ -598,7 +618,16 @@ pub fn verify(path: &Path) -> Result<VerifyReport, ReadError> {
 /// Like [`verify`], but a SHA-1 mismatch is reported in `sha1_ok` instead of
 /// being an error (for `inspect`).
 pub fn scan(path: &Path, limits: &Limits) -> Result<VerifyReport, ReadError> {
-    let (mut ar, ctx, file_size, _) = open(path)?;
+    scan_with_progress(path, limits, None)
+}
+
+/// [`scan`] reporting progress.
+pub fn scan_with_progress(
+    path: &Path,
+    limits: &Limits,
+    progress: Option<Progress>,
+) -> Result<VerifyReport, ReadError> {
+    let (mut ar, ctx, file_size, _) = open(path, progress)?;
     let mut manifest: Option<Manifest> = None;
     let mut members = Vec::new();
     let mut image: Option<(u64, String)> = None;
@@ -673,10 +702,21 @@ pub fn scan(path: &Path, limits: &Limits) -> Result<VerifyReport, ReadError> {
 }
 
 /// Options for [`extract`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct ExtractOptions {
     /// Limits.
     pub limits: Limits,
+    /// Progress callback.
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for ExtractOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtractOptions")
+            .field("limits", &self.limits)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// Extract the inner image's files (e.g. `root.img`, or `image.ovf`,
@@ -701,7 +741,7 @@ pub fn extract(
         _ => PathBuf::from("."),
     };
     let limits = opts.limits;
-    let (mut ar, ctx, _, _) = open(path)?;
+    let (mut ar, ctx, _, _) = open(path, opts.progress.clone())?;
     let mut manifest: Option<Manifest> = None;
     let mut result: Option<(Vec<ExtractedFile>, u64, u64, String, tempfile::TempDir)> = None;
     let mut buf = vec![0u8; BUF];

@@ -151,7 +151,21 @@ fn heavy_aws_stemcell_reads_verifies_and_extracts_sparse() {
     assert_eq!(report.image_size, std::fs::metadata(&image).unwrap().len());
 
     let dest = t.path().join("out");
-    let ex = extract(&sc, &dest, &ExtractOptions::default()).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let opts = ExtractOptions {
+        progress: Some(std::sync::Arc::new(move |done, total| {
+            s2.lock().unwrap().push((done, total))
+        })),
+        ..ExtractOptions::default()
+    };
+    let ex = extract(&sc, &dest, &opts).unwrap();
+    let file_size = std::fs::metadata(&sc).unwrap().len();
+    assert_eq!(
+        seen.lock().unwrap().last(),
+        Some(&(file_size, file_size)),
+        "progress must end at the file size"
+    );
     assert_eq!(ex.image_sha1, sha1);
     assert_eq!(ex.logical_bytes, 8 << 20);
     assert!(
@@ -632,6 +646,7 @@ fn bombs_are_refused_early_without_writing() {
             disk_slack_bytes: 512 << 10,
             ..Limits::default()
         },
+        ..ExtractOptions::default()
     };
     let sc = image_stemcell(
         t.path(),

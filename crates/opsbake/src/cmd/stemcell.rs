@@ -65,6 +65,27 @@ pub async fn run(args: StemcellArgs) -> anyhow::Result<i32> {
         .context("stemcell task failed")?
 }
 
+/// A byte progress bar on stderr when it is a terminal (never with --json).
+fn progress(json: bool, what: &str) -> Option<(reader::Progress, indicatif::ProgressBar)> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    let b = bar.clone();
+    let cb: reader::Progress = std::sync::Arc::new(move |done, total| {
+        b.set_length(total);
+        b.set_position(done);
+    });
+    Some((cb, bar))
+}
+
 fn fail(json: bool, file: &Path, e: &ReadError) -> anyhow::Result<i32> {
     if !e.is_bad_input() {
         return Err(anyhow::anyhow!("{e}"));
@@ -112,7 +133,27 @@ fn run_blocking(args: StemcellArgs) -> anyhow::Result<i32> {
             if let Some(code) = missing(json, &file) {
                 return Ok(code);
             }
-            match reader::verify(&file) {
+            let bar = progress(json, "verify");
+            let res = reader::scan_with_progress(
+                &file,
+                &Limits::default(),
+                bar.as_ref().map(|b| b.0.clone()),
+            )
+            .and_then(|r| {
+                if r.sha1_ok {
+                    Ok(r)
+                } else {
+                    Err(ReadError::Sha1Mismatch {
+                        path: file.clone(),
+                        expected: r.manifest.sha1.clone(),
+                        actual: r.image_sha1.clone(),
+                    })
+                }
+            });
+            if let Some((_, b)) = bar {
+                b.finish_and_clear();
+            }
+            match res {
                 Ok(r) => {
                     if json {
                         println!(
@@ -135,7 +176,16 @@ fn run_blocking(args: StemcellArgs) -> anyhow::Result<i32> {
             if let Some(code) = missing(json, &file) {
                 return Ok(code);
             }
-            match reader::extract(&file, &dir, &ExtractOptions::default()) {
+            let bar = progress(json, "extract");
+            let opts = ExtractOptions {
+                progress: bar.as_ref().map(|b| b.0.clone()),
+                ..ExtractOptions::default()
+            };
+            let res = reader::extract(&file, &dir, &opts);
+            if let Some((_, b)) = bar {
+                b.finish_and_clear();
+            }
+            match res {
                 Ok(r) => {
                     if json {
                         println!("{}", json!({"ok": true, "file": file, "report": r}));
@@ -170,7 +220,13 @@ fn inspect(file: &Path, json: bool, manifest_only: bool) -> anyhow::Result<i32> 
             Err(e) => return fail(json, file, &e),
         }
     } else {
-        match reader::scan(file, &Limits::default()) {
+        let bar = progress(json, "inspect");
+        let res =
+            reader::scan_with_progress(file, &Limits::default(), bar.as_ref().map(|b| b.0.clone()));
+        if let Some((_, b)) = bar {
+            b.finish_and_clear();
+        }
+        match res {
             Ok(r) => (r.manifest.clone(), Some(r)),
             Err(e) => return fail(json, file, &e),
         }
