@@ -95,23 +95,23 @@ impl Staging {
         let root = shell_quote(&self.croot);
         let dir = shell_quote(&self.cdir);
         format!(
-            "set -e; if [ ! -d {root} ]; then mkdir -p {root}; chmod 1777 {root} 2>/dev/null || true; fi; \
+            "set -e; if [ ! -d {root} ]; then mkdir -p {root} && chmod 1777 {root} 2>/dev/null || true; fi; \
              umask 022; mkdir {dir}; mkdir {dir}/scripts; \
              printf '%s\\n' \"$(id -u)\" \"$(cat /etc/machine-id 2>/dev/null)\" \"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\""
         )
     }
 
     /// The command that removes the staging dir (with sudo when files in it
-    /// may belong to root), and its parent when it is empty.
+    /// may belong to root). The shared parent stays (other builds may be
+    /// staging there); the hand-off removes it when it is empty.
     pub fn remove_command(&self, sudo: bool) -> String {
         let dir = shell_quote(&self.cdir);
-        let root = shell_quote(&self.croot);
         let rm = if sudo {
             format!("rm -rf {dir} 2>/dev/null || sudo -n rm -rf {dir}")
         } else {
             format!("rm -rf {dir}")
         };
-        format!("{rm}; rmdir {root} 2>/dev/null; test ! -e {dir}")
+        format!("{rm}; test ! -e {dir}")
     }
 }
 

@@ -1,6 +1,8 @@
 //! Provisioning over the local transport (a directory standing in for the
 //! VM) and over a recording fake transport.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
