@@ -720,3 +720,71 @@ fn extract_refuses_a_non_empty_destination_and_accepts_an_empty_one() {
     extract(&sc, &empty, &ExtractOptions::default()).unwrap();
     assert_eq!(std::fs::read(empty.join("root.img")).unwrap(), b"disk");
 }
+
+#[test]
+fn corrupted_stemcells_fail_cleanly_never_panic_or_leave_files() {
+    if !tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("root.img");
+    sample_disk(&disk, 4);
+    let image = gnu_tar_image(t.path(), &["root.img"]);
+    let good = t.path().join("good.tgz");
+    craft(
+        &good,
+        json!({"members": outer(&aws_mf(4), json!({"name": "image", "image_file": image}))}),
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut failures = 0;
+    for i in 0..40 {
+        let mut b = bytes.clone();
+        // Flip a few bytes, or cut the file, at random places.
+        if i % 4 == 3 {
+            b.truncate((next() % b.len() as u64) as usize);
+        } else {
+            for _ in 0..(1 + next() % 4) {
+                let p = (next() % b.len() as u64) as usize;
+                b[p] ^= (1 + next() % 255) as u8;
+            }
+        }
+        let sc = t.path().join(format!("c{i}.tgz"));
+        std::fs::write(&sc, &b).unwrap();
+        let parent = t.path().join(format!("p{i}"));
+        std::fs::create_dir_all(&parent).unwrap();
+        let dest = parent.join("out");
+        let v = verify(&sc);
+        match extract(&sc, &dest, &ExtractOptions::default()) {
+            Ok(r) => {
+                // A flip that changed nothing that matters (e.g. gzip header mtime)
+                // must still give the right disk.
+                assert!(v.is_ok(), "extract ok but verify failed: {:?}", v.err());
+                assert_eq!(
+                    std::fs::read(dest.join("root.img")).unwrap(),
+                    std::fs::read(&disk).unwrap()
+                );
+                assert_eq!(r.logical_bytes, 4 << 20);
+            }
+            Err(e) => {
+                failures += 1;
+                assert!(!dest.exists(), "{e}: destination left behind");
+                assert!(leftovers(&parent).is_empty(), "{e}: temp dir left behind");
+                assert!(
+                    !matches!(e, ReadError::Io { .. }),
+                    "corruption reported as an I/O error: {e}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures > 30,
+        "only {failures} of 40 corruptions were noticed"
+    );
+}
