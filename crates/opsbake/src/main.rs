@@ -152,6 +152,22 @@ struct CleanupArgs {
     /// Only list what would be deleted.
     #[arg(long)]
     dry_run: bool,
+    /// No journal on this machine (another host ran the build): find the
+    /// named build's resources by their `opsbake:build-id` tag, with the
+    /// IaaS settings of this template.
+    #[arg(
+        long,
+        requires = "build_id",
+        requires = "iaas",
+        value_name = "TEMPLATE"
+    )]
+    sweep_template: Option<PathBuf>,
+    /// The IaaS to sweep (with --sweep-template).
+    #[arg(long, requires = "sweep_template")]
+    iaas: Option<String>,
+    /// Variables for --sweep-template.
+    #[arg(long = "var", value_name = "NAME=VALUE", requires = "sweep_template")]
+    vars: Vec<String>,
 }
 
 fn state_dir(cli: &Cli) -> PathBuf {
@@ -547,8 +563,65 @@ async fn cleanup_one(
     Ok(failed.len())
 }
 
+/// Delete what carries a named build id, found by the builder's tag sweep
+/// (the journal is not on this machine).
+async fn sweep_named(cli: &Cli, a: &CleanupArgs, t: &Path, build_id: &str) -> Result<i32, Fail> {
+    let iaas: Iaas = a
+        .iaas
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| bad(format!("--iaas: {e}")))?;
+    let targs = TemplateArgs {
+        template: t.to_path_buf(),
+        vars: a.vars.clone(),
+        var_files: Vec::new(),
+    };
+    let loaded = template::load(t)?;
+    let vars = resolve(&loaded, &var_sources(&targs)?)?;
+    let plan = plan_build(&loaded, &vars, iaas, build_id)?;
+    let builder = dispatch::builder(&plan, &state_dir(cli)).map_err(|e| bad(e.to_string()))?;
+    let found = builder.sweep(build_id).await.map_err(|e| Fail {
+        code: EXIT_CLEANUP_INCOMPLETE,
+        message: e.to_string(),
+    })?;
+    let events = Emitter::for_build(sink(cli), &iaas.to_string(), build_id);
+    let mut failed = 0;
+    for r in found.iter().rev() {
+        let id = r.id.clone().unwrap_or_else(|| r.name.clone());
+        if a.dry_run {
+            eprintln!("[{iaas}] {build_id}: would delete {} {id}", r.kind);
+            continue;
+        }
+        match builder.delete(r).await {
+            Ok(_) => events.emit(opsbake_core::events::EventKind::ResourceDeleted {
+                seq: r.seq,
+                kind: r.kind.clone(),
+                id,
+            }),
+            Err(e) => {
+                failed += 1;
+                events.emit(opsbake_core::events::EventKind::ResourceDeleteFailed {
+                    seq: r.seq,
+                    kind: r.kind.clone(),
+                    id,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        EXIT_CLEANUP_INCOMPLETE
+    } else {
+        EXIT_OK
+    })
+}
+
 async fn cmd_cleanup(cli: &Cli, a: &CleanupArgs) -> Result<i32, Fail> {
     let sd = state_dir(cli);
+    if let (Some(t), Some(id)) = (&a.sweep_template, &a.build_id) {
+        return sweep_named(cli, a, t, id).await;
+    }
     let ids: Vec<String> = if a.all {
         let list = journal::list(&sd).map_err(|e| Fail {
             code: EXIT_CLEANUP_INCOMPLETE,

@@ -388,7 +388,37 @@ fn the_published_json_schema_is_current() {
 
 #[test]
 fn completions_are_generated() {
-    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("opsbake"));
+}
+
+#[test]
+fn a_named_build_without_a_journal_is_swept_by_tag() {
+    let e = Env::new();
+    let t = e.template("");
+    std::fs::create_dir_all(e.root()).unwrap();
+    let id = "ob-20260101-000000-localtest-abcdef";
+    std::fs::write(e.root().join(format!("{id}-res-0")), "x").unwrap();
+    std::fs::create_dir_all(e.root().join(format!("{id}-vm"))).unwrap();
+    std::fs::write(e.root().join("ob-other-res-0"), "x").unwrap();
+    // Without the template there is nothing to go on.
+    let out = e.cmd().args(["cleanup", id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = e
+        .cmd()
+        .args(["cleanup", id, "--iaas", "localtest", "--sweep-template"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(e.root_files(), vec!["ob-other-res-0".to_string()]);
 }
