@@ -218,7 +218,8 @@ impl AwsBuilder {
             }))
     }
 
-    async fn wait_image(&self, region: &str, id: &str) -> Result<(), AwsError> {
+    /// Wait until an AMI is available (adaptive polling, see [`wait`]).
+    pub async fn wait_image(&self, region: &str, id: &str) -> Result<(), AwsError> {
         let ec2 = self.clients.ec2(region).await?;
         self.waiter
             .wait(&format!("image {id} available"), region, || {

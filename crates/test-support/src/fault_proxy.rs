@@ -428,8 +428,9 @@ async fn write_answer<W: tokio::io::AsyncWrite + Unpin>(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    w.write_all(head.as_bytes()).await?;
-    w.write_all(body).await?;
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(body);
+    w.write_all(&msg).await?;
     w.flush().await
 }
 
@@ -455,6 +456,7 @@ async fn forward(
     req: &Request,
 ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     let up = TcpStream::connect(target).await?;
+    up.set_nodelay(true)?;
     let (ur, mut uw) = up.into_split();
     let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
     for (k, v) in &req.headers {
@@ -468,8 +470,9 @@ async fn forward(
         "Content-Length: {}\r\nConnection: close\r\n\r\n",
         req.body.len()
     ));
-    uw.write_all(head.as_bytes()).await?;
-    uw.write_all(&req.body).await?;
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(&req.body);
+    uw.write_all(&msg).await?;
     uw.flush().await?;
     let mut ur = BufReader::new(ur);
     let (status_line, headers) = read_head(&mut ur)
@@ -495,6 +498,7 @@ async fn serve(
     mut release: watch::Receiver<u64>,
     started: Instant,
 ) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
     loop {
