@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -320,4 +321,127 @@ fn without_settings_there_is_no_network_and_no_login() {
         );
     }
     vm.shutdown(Duration::from_secs(30)).unwrap();
+}
+
+/// Every tarball the build made has the BOSH layout (STEMCELLS.md sections 1-2),
+/// read with GNU tar and sha1sum.
+#[test]
+fn tarballs_have_the_bosh_layout() {
+    let Some(dir) = stemcell_dir() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        (
+            VSPHERE_TGZ,
+            "[vsphere-ova, vsphere-ovf]",
+            &["image.ovf", "image.mf", "image-disk1.vmdk"],
+        ),
+        (
+            "bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
+            "[aws-raw]",
+            &["root.img"],
+        ),
+        (
+            "bosh-stemcell-1.0-google-kvm-debian-bookworm-go_agent.tgz",
+            "[google-rawdisk]",
+            &["disk.raw"],
+        ),
+        (
+            "bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz",
+            "[azure-vhd]",
+            &["root.vhd"],
+        ),
+        (
+            "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
+            "[aws-light]",
+            &[],
+        ),
+    ];
+    for (name, formats, inner) in cases {
+        let tgz = dir.join(name);
+        let list = check(Command::new("tar").arg("-tzf").arg(&tgz));
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout),
+            "stemcell.MF\npackages.txt\ndev_tools_file_list.txt\nimage\n",
+            "{name}: members and their order"
+        );
+        let d = work.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        check(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&d));
+        let mf = std::fs::read_to_string(d.join("stemcell.MF")).unwrap();
+        assert!(
+            mf.contains(&format!("sha1: {}\n", sha1_of(&d.join("image")))),
+            "{name}: sha1\n{mf}"
+        );
+        assert!(
+            mf.contains(&format!("stemcell_formats: {formats}\n")),
+            "{name}\n{mf}"
+        );
+        assert!(
+            mf.contains("api_version: 3\n") && mf.contains("version: '1.0'\n"),
+            "{name}\n{mf}"
+        );
+        for key in [
+            "name",
+            "version",
+            "infrastructure",
+            "hypervisor",
+            "disk",
+            "disk_format",
+            "container_format",
+            "os_type",
+            "os_distro",
+            "architecture",
+        ] {
+            assert!(
+                mf.contains(&format!("\n  {key}: ")),
+                "{name}: cloud_properties.{key}\n{mf}"
+            );
+        }
+        if inner.is_empty() {
+            assert_eq!(
+                std::fs::metadata(d.join("image")).unwrap().len(),
+                0,
+                "{name}: light image"
+            );
+            assert!(
+                mf.contains("sha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\n"),
+                "{mf}"
+            );
+            assert!(mf.contains("bosh_protocol: '1'\n"), "{mf}");
+            assert!(mf.contains("  ami:\n    us-east-1: ami-"), "{mf}");
+            continue;
+        }
+        assert!(mf.contains("bosh_protocol: 1\n"), "{name}\n{mf}");
+        let list = check(Command::new("tar").arg("-tzf").arg(d.join("image")));
+        let members: Vec<String> = String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(members, inner, "{name}: image members");
+    }
+    // the VHD: a fixed VHD footer, a whole number of MiB of disk before it
+    let d = work.path().join("vhd");
+    std::fs::create_dir_all(&d).unwrap();
+    check(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(
+                work.path()
+                    .join("bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz/image"),
+            )
+            .arg("-C")
+            .arg(&d),
+    );
+    let mut vhd = std::fs::File::open(d.join("root.vhd")).unwrap();
+    let len = vhd.metadata().unwrap().len();
+    let mut footer = [0u8; 512];
+    vhd.seek(SeekFrom::Start(len - 512)).unwrap();
+    vhd.read_exact(&mut footer).unwrap();
+    assert_eq!(&footer[..8], b"conectix");
+    assert_eq!(
+        u32::from_be_bytes(footer[60..64].try_into().unwrap()),
+        2,
+        "fixed disk type"
+    );
+    assert_eq!((len - 512) % (1024 * 1024), 0, "whole MiB");
 }
