@@ -148,6 +148,14 @@ impl Deleter for Localtest {
         .delete(res)
         .await
     }
+
+    async fn sweep(&self, build_id: &str) -> Result<Vec<Resource>, BuildError> {
+        LocaltestDeleter {
+            root: self.root.clone(),
+        }
+        .sweep(build_id)
+        .await
+    }
 }
 
 #[async_trait]
