@@ -1,0 +1,747 @@
+//! The reproducible export: normalise the powered-off disk, rebuild its root
+//! file system deterministically, and write the OVA.
+//!
+//! Normalisation (as root, in a private mount namespace so that nothing stays
+//! mounted if opsbake dies): the root partition of the raw disk is
+//! loop-mounted, scrubbed (machine-id, SSH host keys with
+//! `/root/firstboot_done`, logs, caches, temporary files, the agent's
+//! settings and network file, random seeds, DHCP leases, shadow "last change"
+//! days), every file time set to `SOURCE_DATE_EPOCH`, and the file system is
+//! made again from those files with `mkfs.ext4 -d`, keeping the UUID, label,
+//! hash seed and geometry of the original, with `E2FSPROGS_FAKE_TIME`. Inode
+//! change and access times (which `mkfs -d` copies from the source) are then
+//! set with `debugfs`. The partition is zeroed before the new file system is
+//! written into it, so free space is zero. The MBR and the boot loader in
+//! front of the partition are kept as they are.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use opsbake_stemcell::ovf::{self, DigestAlgo, MfEntry};
+use opsbake_stemcell::vmdk::{self, VmdkOptions, VmdkReport};
+use opsbake_stemcell::xml::{Document, Element, Node};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{io_err, VboxError};
+use crate::exec::Cmd;
+
+/// The first partition of an MBR disk: (byte offset, byte length).
+pub fn first_partition(raw: &Path) -> Result<(u64, u64), VboxError> {
+    let mut f = std::fs::File::open(raw).map_err(io_err(raw))?;
+    let mut mbr = [0u8; 512];
+    f.read_exact(&mut mbr).map_err(io_err(raw))?;
+    let bad = |m: &str| VboxError::Disk {
+        path: raw.to_path_buf(),
+        message: m.to_string(),
+    };
+    if mbr[510..512] != [0x55, 0xaa] {
+        return Err(bad("no MBR boot signature"));
+    }
+    let e = &mbr[446..462];
+    if e[4] == 0xee {
+        return Err(bad("GPT disks are not supported by the normaliser yet"));
+    }
+    let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64;
+    let start = le32(&e[8..12]);
+    let sectors = le32(&e[12..16]);
+    if e[4] != 0x83 || start == 0 || sectors == 0 {
+        return Err(bad("the first MBR partition is not a Linux partition"));
+    }
+    Ok((start * 512, sectors * 512))
+}
+
+/// What `mkfs.ext4` needs to make the same file system again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ext4Geometry {
+    /// File system UUID.
+    pub uuid: String,
+    /// Label.
+    pub label: String,
+    /// Directory hash seed (as a UUID).
+    pub hash_seed: String,
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Inode size.
+    pub inode_size: u32,
+    /// Inodes.
+    pub inodes: u64,
+    /// Blocks.
+    pub blocks: u64,
+    /// Reserved blocks percentage (rounded).
+    pub reserved_percent: u64,
+}
+
+fn uuid_string(b: &[u8]) -> String {
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Read the ext4 superblock of the partition at `offset`.
+pub fn ext4_geometry(raw: &Path, offset: u64) -> Result<Ext4Geometry, VboxError> {
+    let mut f = std::fs::File::open(raw).map_err(io_err(raw))?;
+    f.seek(SeekFrom::Start(offset + 1024))
+        .map_err(io_err(raw))?;
+    let mut sb = [0u8; 1024];
+    f.read_exact(&mut sb).map_err(io_err(raw))?;
+    let u16le = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
+    let u32le = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    if u16le(0x38) != 0xef53 {
+        return Err(VboxError::Disk {
+            path: raw.to_path_buf(),
+            message: format!("no ext2/3/4 file system at byte {offset}"),
+        });
+    }
+    let incompat = u32le(0x60);
+    let hi = if incompat & 0x80 != 0 {
+        u64::from(u32le(0x150))
+    } else {
+        0
+    };
+    let blocks = (hi << 32) | u64::from(u32le(0x04));
+    let reserved = u64::from(u32le(0x08));
+    let label_raw = &sb[0x78..0x88];
+    let label_len = label_raw.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok(Ext4Geometry {
+        uuid: uuid_string(&sb[0x68..0x78]),
+        label: String::from_utf8_lossy(&label_raw[..label_len]).into_owned(),
+        hash_seed: uuid_string(&sb[0xec..0xfc]),
+        block_size: 1024u64 << u32le(0x18),
+        inode_size: u32::from(u16le(0x58)),
+        inodes: u64::from(u32le(0x00)),
+        blocks,
+        reserved_percent: (reserved * 100 + blocks / 2)
+            .checked_div(blocks)
+            .unwrap_or(0),
+    })
+}
+
+/// The scrub and rebuild, run by `sh` inside `unshare -m`. Positional
+/// arguments: raw, offset, length, mount point, new file system image,
+/// epoch, uuid, label, block size, inode size, inodes, reserved percent,
+/// blocks, debugfs command file, hash seed.
+pub const NORMALISE_SCRIPT: &str = r#"set -eu
+raw=$1 off=$2 len=$3 mnt=$4 new=$5 epoch=$6 uuid=$7 label=$8 bs=$9
+shift 9
+isz=$1 inodes=$2 rpct=$3 blocks=$4 cmds=$5 seed=$6
+mount -o loop,noatime,offset="$off",sizelimit="$len" "$raw" "$mnt"
+trap 'umount "$mnt" 2>/dev/null || true' EXIT
+R=$mnt
+# identity and secrets of this boot
+rm -f "$R"/etc/ssh/ssh_host_* "$R/root/firstboot_done" "$R/var/lib/systemd/random-seed" \
+      "$R/var/vcap/bosh/settings.json" "$R/etc/systemd/network/10-bosh-agent.network" \
+      "$R/var/lib/systemd/timesync/clock" "$R/var/cache/ldconfig/aux-cache" \
+      "$R/root/.bash_history" "$R/home/vcap/.bash_history" "$R/home/vcap/.viminfo"
+if [ -f "$R/etc/machine-id" ]; then : >"$R/etc/machine-id"; fi
+if [ -f "$R/var/lib/dbus/machine-id" ] && [ ! -L "$R/var/lib/dbus/machine-id" ]; then rm -f "$R/var/lib/dbus/machine-id"; fi
+# logs, caches, temporary files, leases, agent data
+if [ -d "$R/var/log" ]; then
+    find "$R/var/log" -xdev -mindepth 1 \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' -o -name '*.journal' -o -name '*.journal~' \) -delete
+    find "$R/var/log" -xdev -type f -exec truncate -s 0 {} +
+fi
+for d in tmp var/tmp var/cache/apt/archives/partial var/lib/dhcp var/lib/systemd/timers var/cache/man var/vcap/data var/lib/apt/lists/partial var/lib/sudo/ts run; do
+    if [ -d "$R/$d" ] && [ ! -L "$R/$d" ]; then find "$R/$d" -xdev -mindepth 1 -delete; fi
+done
+rm -f "$R"/var/cache/apt/*.bin
+find "$R" -xdev -type d -name __pycache__ -prune -exec rm -rf {} +
+# the day of the last password change: the day of SOURCE_DATE_EPOCH
+day=$((epoch / 86400))
+for s in etc/shadow etc/shadow-; do
+    if [ -f "$R/$s" ]; then
+        awk -F: -v OFS=: -v d="$day" '$3 != "" { $3 = d } { print }' "$R/$s" >"$R/$s.opsbake"
+        cat "$R/$s.opsbake" >"$R/$s"
+        rm -f "$R/$s.opsbake"
+    fi
+done
+# file times
+find "$R" -xdev -exec touch -h -d "@$epoch" {} +
+if find "$R" -xdev \( -name '*"*' -o -name '*
+*' \) | grep -q .; then
+    echo "file names with a double quote or a newline cannot be normalised:" >&2
+    find "$R" -xdev \( -name '*"*' -o -name '*
+*' \) >&2
+    exit 3
+fi
+(cd "$R" && find . -xdev -printf '%P\n') | LC_ALL=C sort | awk -v e="$epoch" '{
+    p = ($0 == "" ? "/" : "/" $0)
+    printf "sif \"%s\" ctime @%s\nsif \"%s\" atime @%s\n", p, e, p, e
+}' >"$cmds"
+rm -f "$new"
+truncate -s "$len" "$new"
+E2FSPROGS_FAKE_TIME=$epoch SOURCE_DATE_EPOCH=$epoch mkfs.ext4 -q -F -L "$label" -U "$uuid" -m "$rpct" \
+    -b "$bs" -I "$isz" -N "$inodes" -O ^metadata_csum_seed,^orphan_file \
+    -E "hash_seed=$seed,nodiscard,lazy_itable_init=0" -d "$R" "$new" "$blocks"
+"#;
+
+/// Normalise `raw` in place (see the module docs). `work` is a scratch dir.
+pub async fn normalise(raw: &Path, work: &Path, epoch: i64) -> Result<Ext4Geometry, VboxError> {
+    let (offset, len) = first_partition(raw)?;
+    let g = ext4_geometry(raw, offset)?;
+    let mnt = work.join("root");
+    std::fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
+    let new = work.join("root.ext4");
+    let cmds = work.join("debugfs.cmds");
+    let epoch_s = epoch.to_string();
+    Cmd::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            NORMALISE_SCRIPT,
+            "sh",
+        ])
+        .arg(raw)
+        .args([offset.to_string(), len.to_string()])
+        .arg(&mnt)
+        .arg(&new)
+        .args([
+            epoch_s.clone(),
+            g.uuid.clone(),
+            g.label.clone(),
+            g.block_size.to_string(),
+            g.inode_size.to_string(),
+            g.inodes.to_string(),
+            g.reserved_percent.to_string(),
+            g.blocks.to_string(),
+        ])
+        .arg(&cmds)
+        .arg(g.hash_seed.clone())
+        .run()
+        .await?;
+    Cmd::new("debugfs")
+        .args(["-w", "-f"])
+        .arg(&cmds)
+        .arg(&new)
+        .env("E2FSPROGS_FAKE_TIME", epoch_s.clone())
+        .run()
+        .await?;
+    Cmd::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&new)
+        .env("E2FSPROGS_FAKE_TIME", epoch_s.clone())
+        .run()
+        .await?;
+    // zero the partition, then write the new file system into it (holes stay holes)
+    Cmd::new("fallocate")
+        .args([
+            "--punch-hole".to_string(),
+            "--keep-size".to_string(),
+            "--offset".to_string(),
+            offset.to_string(),
+            "--length".to_string(),
+            len.to_string(),
+        ])
+        .arg(raw)
+        .run()
+        .await?;
+    let mut of = std::ffi::OsString::from("of=");
+    of.push(raw.as_os_str());
+    let mut inf = std::ffi::OsString::from("if=");
+    inf.push(new.as_os_str());
+    Cmd::new("dd")
+        .arg(inf)
+        .arg(of)
+        .args([
+            "bs=1M".to_string(),
+            format!("seek={offset}"),
+            "oflag=seek_bytes".to_string(),
+            "conv=notrunc,sparse".to_string(),
+            "status=none".to_string(),
+        ])
+        .run()
+        .await?;
+    let _ = std::fs::remove_file(&new);
+    let _ = std::fs::remove_file(&cmds);
+    Ok(g)
+}
+
+/// A UUID (version 4 layout) made from a digest, `{...}` for VirtualBox.
+pub fn uuid_from(seed: &[u8]) -> String {
+    let d = Sha256::digest(seed);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid_string(&b)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, VboxError> {
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// What goes into the OVA.
+#[derive(Debug, Clone)]
+pub struct OvaSpec {
+    /// VM name; member names are `<name>.ovf`, `<name>.mf`, `<name>-disk1.vmdk`.
+    pub name: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory MiB.
+    pub memory_mib: u64,
+    /// CIM OS id (94 Ubuntu 64-bit, 96 Debian 64-bit).
+    pub os_id: u32,
+    /// VirtualBox OS type (`Ubuntu_64`, `Debian_64`).
+    pub vbox_os: String,
+    /// Product name in the ProductSection.
+    pub product: String,
+    /// Product version.
+    pub version: String,
+    /// mtime of the tar members and the VirtualBox `lastStateChange`.
+    pub epoch: i64,
+}
+
+/// What [`write_ova`] produced.
+#[derive(Debug, Clone)]
+pub struct OvaReport {
+    /// The OVA.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// The VMDK writer's report.
+    pub vmdk: VmdkReport,
+    /// The `.mf` entries.
+    pub digests: Vec<MfEntry>,
+    /// The disk UUID in the descriptor.
+    pub disk_uuid: String,
+}
+
+/// VirtualBox's namespace for `vbox:Machine`.
+pub const NS_VBOX: &str = "http://www.virtualbox.org/ovf/machine";
+
+/// The OVF 1.0 descriptor.
+pub fn descriptor(
+    spec: &OvaSpec,
+    disk_href: &str,
+    vmdk: &VmdkReport,
+    disk_uuid: &str,
+    machine_uuid: &str,
+    mac: &str,
+) -> String {
+    let info = |t: &str| Element::new("Info").text(t);
+    let rasd = |n: &str, v: &str| Element::new(&format!("rasd:{n}")).text(v);
+    let item = |fields: &[(&str, &str)]| {
+        fields
+            .iter()
+            .fold(Element::new("Item"), |e, (n, v)| e.child(rasd(n, v)))
+    };
+    let cpus = spec.cpus.to_string();
+    let mem = spec.memory_mib.to_string();
+    let cpu_name = format!("{} virtual CPU", spec.cpus);
+    let mem_name = format!("{}MB of memory", spec.memory_mib);
+    let date = crate::qemu::rtc_datetime(spec.epoch) + "Z";
+    let product = Element::new("ProductSection")
+        .attr("ovf:required", "false")
+        .child(info(
+            "Appliance properties (the OVF environment gives them at deploy time)",
+        ))
+        .child(Element::new("Product").text(&spec.product))
+        .child(Element::new("Version").text(&spec.version))
+        .child(
+            Element::new("Property")
+                .attr("ovf:key", "public_ssh_key")
+                .attr("ovf:type", "string")
+                .attr("ovf:userConfigurable", "true")
+                .attr("ovf:value", "")
+                .child(Element::new("Label").text("Public SSH key"))
+                .child(
+                    Element::new("Description")
+                        .text("An OpenSSH public key: the login of the appliance user `ubuntu`"),
+                ),
+        );
+    let machine = Element::new("vbox:Machine")
+        .attr("ovf:required", "false")
+        .attr("version", "1.16-linux")
+        .attr("uuid", format!("{{{machine_uuid}}}"))
+        .attr("name", &spec.name)
+        .attr("OSType", &spec.vbox_os)
+        .attr("snapshotFolder", "Snapshots")
+        .attr("lastStateChange", &date)
+        .child(
+            Element::new("ovf:Info")
+                .text("Complete VirtualBox machine configuration in VirtualBox format"),
+        )
+        .child(
+            Element::new("Hardware")
+                .child(
+                    Element::new("CPU")
+                        .attr("count", &cpus)
+                        .child(Element::new("PAE").attr("enabled", "true"))
+                        .child(Element::new("LongMode").attr("enabled", "true"))
+                        .child(Element::new("HardwareVirtExLargePages").attr("enabled", "false")),
+                )
+                .child(Element::new("Memory").attr("RAMSize", &mem))
+                .child(
+                    Element::new("Boot")
+                        .child(
+                            Element::new("Order")
+                                .attr("position", "1")
+                                .attr("device", "HardDisk"),
+                        )
+                        .child(
+                            Element::new("Order")
+                                .attr("position", "2")
+                                .attr("device", "DVD"),
+                        )
+                        .child(
+                            Element::new("Order")
+                                .attr("position", "3")
+                                .attr("device", "None"),
+                        )
+                        .child(
+                            Element::new("Order")
+                                .attr("position", "4")
+                                .attr("device", "None"),
+                        ),
+                )
+                .child(Element::new("BIOS").child(Element::new("IOAPIC").attr("enabled", "true")))
+                .child(
+                    Element::new("Network").child(
+                        Element::new("Adapter")
+                            .attr("slot", "0")
+                            .attr("enabled", "true")
+                            .attr("MACAddress", mac)
+                            .attr("type", "82540EM")
+                            .child(Element::new("NAT")),
+                    ),
+                )
+                .child(
+                    Element::new("UART").child(
+                        Element::new("Port")
+                            .attr("slot", "0")
+                            .attr("enabled", "true")
+                            .attr("IOBase", "0x3f8")
+                            .attr("IRQ", "4")
+                            .attr("hostMode", "Disconnected"),
+                    ),
+                )
+                .child(Element::new("RTC").attr("localOrUTC", "UTC")),
+        )
+        .child(
+            Element::new("StorageControllers").child(
+                Element::new("StorageController")
+                    .attr("name", "IDE")
+                    .attr("type", "PIIX4")
+                    .attr("PortCount", "2")
+                    .attr("useHostIOCache", "true")
+                    .attr("Bootable", "true")
+                    .child(
+                        Element::new("AttachedDevice")
+                            .attr("type", "HardDisk")
+                            .attr("hotpluggable", "false")
+                            .attr("port", "0")
+                            .attr("device", "0")
+                            .child(Element::new("Image").attr("uuid", format!("{{{disk_uuid}}}"))),
+                    )
+                    .child(
+                        Element::new("AttachedDevice")
+                            .attr("passthrough", "false")
+                            .attr("type", "DVD")
+                            .attr("hotpluggable", "false")
+                            .attr("port", "1")
+                            .attr("device", "0"),
+                    ),
+            ),
+        );
+    let root = Element::new("Envelope")
+        .attr("ovf:version", "1.0")
+        .attr("xml:lang", "en-US")
+        .attr("xmlns", ovf::NS_OVF)
+        .attr("xmlns:ovf", ovf::NS_OVF)
+        .attr("xmlns:rasd", ovf::NS_RASD)
+        .attr("xmlns:vssd", ovf::NS_VSSD)
+        .attr("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance")
+        .attr("xmlns:vbox", NS_VBOX)
+        .child(
+            Element::new("References").child(
+                Element::new("File")
+                    .attr("ovf:href", disk_href)
+                    .attr("ovf:id", "file1")
+                    .attr("ovf:size", vmdk.file_size.to_string()),
+            ),
+        )
+        .child(
+            Element::new("DiskSection")
+                .child(info("List of the virtual disks used in the package"))
+                .child(
+                    Element::new("Disk")
+                        .attr("ovf:capacity", vmdk.capacity.to_string())
+                        .attr("ovf:diskId", "vmdisk1")
+                        .attr("ovf:fileRef", "file1")
+                        .attr("ovf:format", ovf::VMDK_STREAM_OPTIMIZED)
+                        .attr("vbox:uuid", disk_uuid),
+                ),
+        )
+        .child(
+            Element::new("NetworkSection")
+                .child(info("Logical networks used in the package"))
+                .child(Element::new("Network").attr("ovf:name", "NAT").child(
+                    Element::new("Description").text("Logical network used by this appliance."),
+                )),
+        )
+        .child(
+            Element::new("VirtualSystem")
+                .attr("ovf:id", &spec.name)
+                .child(info("A virtual machine"))
+                .child(Element::new("Name").text(&spec.name))
+                .child(product)
+                .child(
+                    Element::new("OperatingSystemSection")
+                        .attr("ovf:id", spec.os_id.to_string())
+                        .child(info("The kind of installed guest operating system"))
+                        .child(Element::new("Description").text(&spec.vbox_os))
+                        .child(
+                            Element::new("vbox:OSType")
+                                .attr("ovf:required", "false")
+                                .text(&spec.vbox_os),
+                        ),
+                )
+                .child(
+                    Element::new("VirtualHardwareSection")
+                        .child(info("Virtual hardware requirements for a virtual machine"))
+                        .child(
+                            Element::new("System")
+                                .child(
+                                    Element::new("vssd:ElementName")
+                                        .text("Virtual Hardware Family"),
+                                )
+                                .child(Element::new("vssd:InstanceID").text("0"))
+                                .child(
+                                    Element::new("vssd:VirtualSystemIdentifier").text(&spec.name),
+                                )
+                                .child(
+                                    Element::new("vssd:VirtualSystemType").text("virtualbox-2.2"),
+                                ),
+                        )
+                        .child(item(&[
+                            ("Caption", &cpu_name),
+                            ("Description", "Number of virtual CPUs"),
+                            ("ElementName", &cpu_name),
+                            ("InstanceID", "1"),
+                            ("ResourceType", "3"),
+                            ("VirtualQuantity", &cpus),
+                        ]))
+                        .child(item(&[
+                            ("AllocationUnits", "byte * 2^20"),
+                            ("Caption", &mem_name),
+                            ("Description", "Memory Size"),
+                            ("ElementName", &mem_name),
+                            ("InstanceID", "2"),
+                            ("ResourceType", "4"),
+                            ("VirtualQuantity", &mem),
+                        ]))
+                        .child(item(&[
+                            ("Address", "0"),
+                            ("Caption", "ideController0"),
+                            ("Description", "IDE Controller"),
+                            ("ElementName", "ideController0"),
+                            ("InstanceID", "3"),
+                            ("ResourceSubType", "PIIX4"),
+                            ("ResourceType", "5"),
+                        ]))
+                        .child(item(&[
+                            ("Address", "1"),
+                            ("Caption", "ideController1"),
+                            ("Description", "IDE Controller"),
+                            ("ElementName", "ideController1"),
+                            ("InstanceID", "4"),
+                            ("ResourceSubType", "PIIX4"),
+                            ("ResourceType", "5"),
+                        ]))
+                        .child(item(&[
+                            ("AddressOnParent", "0"),
+                            ("Caption", "disk1"),
+                            ("Description", "Disk Image"),
+                            ("ElementName", "disk1"),
+                            ("HostResource", "/disk/vmdisk1"),
+                            ("InstanceID", "5"),
+                            ("Parent", "3"),
+                            ("ResourceType", "17"),
+                        ]))
+                        .child(item(&[
+                            ("AddressOnParent", "0"),
+                            ("AutomaticAllocation", "true"),
+                            ("Caption", "cdrom1"),
+                            ("Description", "CD-ROM Drive (the OVF environment)"),
+                            ("ElementName", "cdrom1"),
+                            ("InstanceID", "6"),
+                            ("Parent", "4"),
+                            ("ResourceType", "15"),
+                        ]))
+                        .child(item(&[
+                            ("AutomaticAllocation", "true"),
+                            ("Caption", "Ethernet adapter on 'NAT'"),
+                            ("Connection", "NAT"),
+                            ("ElementName", "Ethernet adapter on 'NAT'"),
+                            ("InstanceID", "7"),
+                            ("ResourceSubType", "E1000"),
+                            ("ResourceType", "10"),
+                        ])),
+                )
+                .child(machine),
+        );
+    Document {
+        prolog: vec![
+            Node::Raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>".into()),
+            Node::Text("\n".into()),
+        ],
+        root,
+        epilog: vec![Node::Text("\n".into())],
+    }
+    .to_xml()
+}
+
+/// Write the OVA for the normalised raw disk at `out`: VMDK (our parallel
+/// deterministic streamOptimized writer), the descriptor, the `.mf` with
+/// SHA-256 digests, and the tar (OVF, MF, VMDK in that order; owner root,
+/// mode 0644, mtime `spec.epoch`). UUIDs and the MAC derive from the VMDK's
+/// SHA-256, so equal disks give equal OVAs.
+pub fn write_ova(
+    raw: &Path,
+    out: &Path,
+    work: &Path,
+    spec: &OvaSpec,
+) -> Result<OvaReport, VboxError> {
+    let disk_name = format!("{}-disk1.vmdk", spec.name);
+    let ovf_name = format!("{}.ovf", spec.name);
+    let mf_name = format!("{}.mf", spec.name);
+    for n in [&disk_name, &ovf_name, &mf_name] {
+        if n.contains('/') || n.len() > 99 || n.starts_with('.') {
+            return Err(VboxError::Config(format!(
+                "{n:?} cannot be an OVA member name"
+            )));
+        }
+    }
+    std::fs::create_dir_all(work).map_err(io_err(work))?;
+    let disk = work.join(&disk_name);
+    let vmdk = vmdk::write_stream_optimized(
+        raw,
+        &disk,
+        &VmdkOptions {
+            adapter_type: "ide".into(),
+            ..VmdkOptions::default()
+        },
+    )?;
+    let disk_sha = sha256_file(&disk)?;
+    let disk_uuid = uuid_from(format!("disk:{disk_sha}").as_bytes());
+    let machine_uuid = uuid_from(format!("machine:{}:{disk_sha}", spec.name).as_bytes());
+    let m = Sha256::digest(format!("mac:{disk_sha}").as_bytes());
+    let mac = format!("080027{:02X}{:02X}{:02X}", m[0], m[1], m[2]);
+    let xml = descriptor(spec, &disk_name, &vmdk, &disk_uuid, &machine_uuid, &mac);
+    let ovf_path = work.join(&ovf_name);
+    std::fs::write(&ovf_path, xml).map_err(io_err(&ovf_path))?;
+    let digests = ovf::write_mf(work, &mf_name, &[&ovf_name, &disk_name], DigestAlgo::Sha256)?;
+    let mf_path = work.join(&mf_name);
+    let tmp = out.with_extension("ova.part");
+    {
+        let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        for (name, path) in [
+            (&ovf_name, &ovf_path),
+            (&mf_name, &mf_path),
+            (&disk_name, &disk),
+        ] {
+            let f = std::fs::File::open(path).map_err(io_err(path))?;
+            let len = f.metadata().map_err(io_err(path))?.len();
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name).map_err(io_err(path))?;
+            h.set_size(len);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(u64::try_from(spec.epoch).unwrap_or(0));
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_username("root").map_err(io_err(path))?;
+            h.set_groupname("root").map_err(io_err(path))?;
+            h.set_cksum();
+            b.append(&h, std::io::BufReader::with_capacity(1 << 20, f))
+                .map_err(io_err(&tmp))?;
+        }
+        let w = b.into_inner().map_err(io_err(&tmp))?;
+        let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, out).map_err(io_err(out))?;
+    let size = std::fs::metadata(out).map_err(io_err(out))?.len();
+    Ok(OvaReport {
+        path: out.to_path_buf(),
+        size,
+        vmdk,
+        digests,
+        disk_uuid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_v4_shaped_and_stable() {
+        let a = uuid_from(b"x");
+        assert_eq!(a, uuid_from(b"x"));
+        assert_ne!(a, uuid_from(b"y"));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn descriptor_parses_with_disk_product_and_vbox_sections() {
+        let spec = OvaSpec {
+            name: "appliance".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            os_id: 96,
+            vbox_os: "Debian_64".into(),
+            product: "appliance".into(),
+            version: "1.0".into(),
+            epoch: 1_704_067_200,
+        };
+        let vmdk = VmdkReport {
+            capacity: 402_653_184,
+            grains: 10,
+            zero_grains: 5,
+            file_size: 12345,
+            cid: 1,
+        };
+        let xml = descriptor(
+            &spec,
+            "appliance-disk1.vmdk",
+            &vmdk,
+            "u-d",
+            "u-m",
+            "080027000001",
+        );
+        let o = opsbake_stemcell::Ovf::parse(&xml).unwrap();
+        let disks = o.disks();
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].capacity_bytes, Some(402_653_184));
+        assert_eq!(o.cpus(), Some(2));
+        assert_eq!(o.memory_mib(), Some(2048));
+        assert_eq!(o.files()[0].size, Some(12345));
+        assert!(xml.contains("ovf:key=\"public_ssh_key\""));
+        assert!(xml.contains("<vbox:Machine"));
+        assert!(xml.contains("<Image uuid=\"{u-d}\"/>"));
+        assert!(xml.contains("vbox:uuid=\"u-d\""));
+        assert!(xml.contains("lastStateChange=\"2024-01-01T00:00:00Z\""));
+    }
+}

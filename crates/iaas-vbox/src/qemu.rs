@@ -1,0 +1,496 @@
+//! The QEMU engine: `qemu-system-x86_64` on a copy-on-write qcow2 overlay of
+//! the stemcell disk, user-mode networking with one SSH port forward on
+//! 127.0.0.1 (`restrict=on` under `--offline`), the agent settings ISO as
+//! CD-ROM, a QMP socket for a clean power-off, the serial console in a log
+//! file, and the guest clock started at `SOURCE_DATE_EPOCH`.
+//!
+//! KVM is used only when a short probe shows it works (a boot sector that
+//! exits through `isa-debug-exit`); KVM guests hang on some hosts, so the
+//! probe has a deadline and anything else means TCG.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::{io_err, tail, VboxError};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How long the KVM probe may take.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// Binary translation.
+    Tcg,
+}
+
+impl Accel {
+    /// The `-accel` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `accel` option: `auto` probes KVM; `OPSBAKE_QEMU_ACCEL` overrides `auto`.
+pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
+    let env = std::env::var("OPSBAKE_QEMU_ACCEL").ok();
+    let want = match option {
+        Some(o) if o != "auto" => o.to_string(),
+        _ => env
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "auto".into()),
+    };
+    match want.as_str() {
+        "tcg" => Ok(Accel::Tcg),
+        "kvm" => Ok(Accel::Kvm),
+        "auto" => Ok(if probe_kvm(KVM_PROBE_TIMEOUT).await? {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }),
+        other => Err(VboxError::Config(format!(
+            "builds.vbox.options.accel `{other}`: expected auto, kvm or tcg"
+        ))),
+    }
+}
+
+/// A boot sector: `mov dx, 0xf4; mov al, 0x21; out dx, al; hlt; jmp $-1`.
+fn probe_boot_sector() -> Vec<u8> {
+    let mut s = vec![0u8; 512];
+    let code = [0xba, 0xf4, 0x00, 0xb0, 0x21, 0xee, 0xf4, 0xeb, 0xfd];
+    s[..code.len()].copy_from_slice(&code);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+/// QEMU's exit code when the probe guest writes 0x21 to `isa-debug-exit`.
+const PROBE_EXIT_CODE: i32 = (0x21 << 1) | 1;
+
+/// Whether KVM guests run here: a one-instruction guest must exit through
+/// `isa-debug-exit` within `timeout` (else QEMU is killed: TCG).
+pub async fn probe_kvm(timeout: Duration) -> Result<bool, VboxError> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Ok(false);
+    }
+    let qemu = crate::exec::require(QEMU)?;
+    let dir = tempfile::tempdir().map_err(io_err("tempdir"))?;
+    let img = dir.path().join("probe.img");
+    std::fs::write(&img, probe_boot_sector()).map_err(io_err(&img))?;
+    let mut drive = OsString::from("file=");
+    drive.push(img.as_os_str());
+    drive.push(",format=raw,if=ide");
+    let mut child = tokio::process::Command::new(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "16",
+        ])
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive",
+        ])
+        .arg(drive)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io_err(QEMU))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) => Ok(st.code() == Some(PROBE_EXIT_CODE)),
+        Ok(Err(e)) => Err(io_err(QEMU)(e)),
+        Err(_) => {
+            tracing::info!("KVM probe guest did not finish in {timeout:?}: using TCG");
+            let _ = child.kill().await;
+            Ok(false)
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for QEMU).
+pub fn free_port() -> Result<u16, VboxError> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("127.0.0.1:0"))?;
+    Ok(l.local_addr().map_err(io_err("127.0.0.1:0"))?.port())
+}
+
+/// Everything one QEMU guest is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    /// VM name (`-name`).
+    pub name: String,
+    /// The qcow2 overlay the guest writes.
+    pub disk: PathBuf,
+    /// The settings ISO.
+    pub cdrom: Option<PathBuf>,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Host port forwarded to the guest's 22.
+    pub ssh_port: u16,
+    /// Extra forwards (host port, guest port).
+    pub forwards: Vec<(u16, u16)>,
+    /// `restrict=on`: the guest reaches nothing but the forwards.
+    pub restrict: bool,
+    /// QMP socket.
+    pub qmp: PathBuf,
+    /// Serial console log.
+    pub serial_log: PathBuf,
+    /// Guest clock start (Unix seconds), `-rtc base=...,clock=vm`.
+    pub rtc_base: Option<i64>,
+}
+
+/// `2024-01-01T00:00:00` for `-rtc base=`.
+pub fn rtc_datetime(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+impl QemuConfig {
+    /// The command line (without the program).
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| a.push(s.into());
+        push("-name");
+        push(&format!("{},process=opsbake-{}", self.name, self.name));
+        push("-nodefaults");
+        push("-no-user-config");
+        push("-display");
+        push("none");
+        push("-machine");
+        push("pc");
+        push("-accel");
+        push(self.accel.as_str());
+        if self.accel == Accel::Kvm {
+            push("-cpu");
+            push("host");
+        }
+        push("-m");
+        push(&self.memory_mib.to_string());
+        push("-smp");
+        push(&self.cpus.to_string());
+        let mut drive = OsString::from("file=");
+        drive.push(self.disk.as_os_str());
+        drive.push(",format=qcow2,if=virtio,cache=writeback,discard=unmap");
+        a.push("-drive".into());
+        a.push(drive);
+        if let Some(iso) = &self.cdrom {
+            let mut cd = OsString::from("file=");
+            cd.push(iso.as_os_str());
+            cd.push(",format=raw,if=ide,media=cdrom,readonly=on");
+            a.push("-drive".into());
+            a.push(cd);
+        }
+        let mut net = String::from("user,id=net0");
+        if self.restrict {
+            net.push_str(",restrict=on");
+        }
+        net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port));
+        for (h, g) in &self.forwards {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        a.push("-netdev".into());
+        a.push(net.into());
+        a.push("-device".into());
+        a.push("virtio-net-pci,netdev=net0".into());
+        a.push("-device".into());
+        a.push("virtio-rng-pci".into());
+        let mut serial = OsString::from("file:");
+        serial.push(self.serial_log.as_os_str());
+        a.push("-serial".into());
+        a.push(serial);
+        let mut qmp = OsString::from("unix:");
+        qmp.push(self.qmp.as_os_str());
+        qmp.push(",server=on,wait=off");
+        a.push("-qmp".into());
+        a.push(qmp);
+        if let Some(e) = self.rtc_base {
+            a.push("-rtc".into());
+            a.push(format!("base={},clock=vm", rtc_datetime(e)).into());
+        }
+        a
+    }
+}
+
+/// A started QEMU process.
+#[derive(Debug)]
+pub struct QemuVm {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// Its PID.
+    pub pid: u32,
+    /// Its config.
+    pub config: QemuConfig,
+    /// QEMU's stdout/stderr file.
+    pub log: PathBuf,
+}
+
+/// Start QEMU with `config`; `log` receives QEMU's own output. The child is
+/// in its own process group (a terminal's Ctrl-C goes to opsbake, which
+/// shuts the VM down through the journal).
+pub fn spawn(config: QemuConfig, log: &Path) -> Result<QemuVm, VboxError> {
+    let qemu = crate::exec::require(QEMU)?;
+    let out = std::fs::File::create(log).map_err(io_err(log))?;
+    let err = out.try_clone().map_err(io_err(log))?;
+    let child = tokio::process::Command::new(qemu)
+        .args(config.args())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(io_err(QEMU))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| VboxError::Config("QEMU exited at once".into()))?;
+    Ok(QemuVm {
+        child,
+        pid,
+        config,
+        log: log.to_path_buf(),
+    })
+}
+
+impl QemuVm {
+    /// The error for an early exit.
+    pub fn exited_error(&self, status: String) -> VboxError {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        VboxError::QemuExited {
+            pid: self.pid,
+            status,
+            log: self.log.clone(),
+            log_tail: tail(&read(&self.log), 20),
+            serial: self.config.serial_log.clone(),
+            serial_tail: tail(&read(&self.config.serial_log), 30),
+        }
+    }
+
+    /// Wait until QMP answers `query-status` (QEMU has set up its devices
+    /// and port forwards), or QEMU exits (an error with its output).
+    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<(), VboxError> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().map_err(io_err(QEMU))? {
+                return Err(self.exited_error(st.to_string()));
+            }
+            if self.config.qmp.exists() && qmp(&self.config.qmp, "query-status").await.is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                return Err(VboxError::Qmp {
+                    command: "query-status".into(),
+                    socket: self.config.qmp.clone(),
+                    message: format!("no answer after {deadline:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the serial log contains `needle`.
+    pub fn serial_contains(&self, needle: &str) -> bool {
+        std::fs::read(&self.config.serial_log)
+            .map(|b| String::from_utf8_lossy(&b).contains(needle))
+            .unwrap_or(false)
+    }
+
+    /// Power off: ACPI `system_powerdown`, wait `timeout` for QEMU to exit,
+    /// then QMP `quit`, then SIGKILL. Returns how it ended.
+    pub async fn shutdown(&mut self, timeout: Duration) -> Result<&'static str, VboxError> {
+        if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
+            return Ok("already stopped");
+        }
+        if let Err(e) = qmp(&self.config.qmp, "system_powerdown").await {
+            tracing::warn!(pid = self.pid, error = %e, "system_powerdown failed");
+        }
+        if tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .is_ok()
+        {
+            return Ok("acpi");
+        }
+        tracing::warn!(
+            pid = self.pid,
+            "the guest did not power off in {timeout:?}: QMP quit"
+        );
+        let _ = qmp(&self.config.qmp, "quit").await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_ok()
+        {
+            return Ok("quit");
+        }
+        let _ = self.child.kill().await;
+        Ok("killed")
+    }
+}
+
+/// Run one QMP command (`execute` name, no arguments) and return the reply line.
+pub async fn qmp(socket: &Path, command: &str) -> Result<String, VboxError> {
+    let qerr = |message: String| VboxError::Qmp {
+        command: command.to_string(),
+        socket: socket.to_path_buf(),
+        message,
+    };
+    let exchange = async {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| qerr(e.to_string()))?;
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .await
+            .map_err(|e| qerr(e.to_string()))?;
+        if !line.contains("\"QMP\"") {
+            return Err(qerr(format!("unexpected greeting {line:?}")));
+        }
+        let mut reply = String::new();
+        for cmd in ["qmp_capabilities", command] {
+            w.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
+                .await
+                .map_err(|e| qerr(e.to_string()))?;
+            loop {
+                let mut l = String::new();
+                let n = r.read_line(&mut l).await.map_err(|e| qerr(e.to_string()))?;
+                if n == 0 {
+                    // `quit` may close before replying
+                    if cmd == "quit" {
+                        return Ok(String::new());
+                    }
+                    return Err(qerr("connection closed".into()));
+                }
+                if l.contains("\"return\"") || l.contains("\"error\"") {
+                    reply = l.trim().to_string();
+                    break;
+                }
+            }
+            if reply.contains("\"error\"") {
+                return Err(qerr(reply));
+            }
+        }
+        Ok(reply)
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| qerr("no reply in 10 s".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> QemuConfig {
+        QemuConfig {
+            name: "b1".into(),
+            disk: "/s/overlay.qcow2".into(),
+            cdrom: Some("/s/settings.iso".into()),
+            memory_mib: 1024,
+            cpus: 1,
+            accel: Accel::Tcg,
+            ssh_port: 40022,
+            forwards: vec![(40080, 80)],
+            restrict: true,
+            qmp: "/s/qmp.sock".into(),
+            serial_log: "/s/serial.log".into(),
+            rtc_base: Some(1_704_067_200),
+        }
+    }
+
+    #[test]
+    fn command_line_has_overlay_forward_restrict_qmp_serial_rtc() {
+        let a: Vec<String> = cfg()
+            .args()
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel tcg"), "{joined}");
+        assert!(!joined.contains("-cpu host"));
+        assert!(joined.contains(
+            "-drive file=/s/overlay.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap"
+        ));
+        assert!(joined.contains("file=/s/settings.iso,format=raw,if=ide,media=cdrom,readonly=on"));
+        assert!(joined.contains(
+            "-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:40080-:80"
+        ));
+        assert!(joined.contains("-serial file:/s/serial.log"));
+        assert!(joined.contains("-qmp unix:/s/qmp.sock,server=on,wait=off"));
+        assert!(joined.contains("-rtc base=2024-01-01T00:00:00,clock=vm"));
+        let mut open = cfg();
+        open.restrict = false;
+        open.accel = Accel::Kvm;
+        let joined: String = open
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(!joined.contains("restrict=on"));
+        assert!(joined.contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn rtc_dates() {
+        assert_eq!(rtc_datetime(0), "1970-01-01T00:00:00");
+        assert_eq!(rtc_datetime(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(rtc_datetime(1_704_067_199), "2023-12-31T23:59:59");
+        assert_eq!(rtc_datetime(1_735_689_600 + 3661), "2025-01-01T01:01:01");
+    }
+
+    #[test]
+    fn probe_sector_is_bootable() {
+        let s = probe_boot_sector();
+        assert_eq!(&s[510..], &[0x55, 0xaa]);
+        assert_eq!(PROBE_EXIT_CODE, 0x43);
+    }
+}
