@@ -114,6 +114,12 @@ impl IsoWriter {
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         tmp.write_all(&bytes).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
+        // Temp files are 0600; an ISO is handed to a hypervisor that may run as another user.
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }

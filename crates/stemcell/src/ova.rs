@@ -84,6 +84,11 @@ pub fn write_ova(
             .map_err(io_err(out))?;
     }
     tmp.as_file().sync_all().map_err(io_err(out))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(io_err(out))?;
     tmp.persist(out).map_err(|e| io_err(out)(e.error))?;
     Ok(())
 }

@@ -829,6 +829,14 @@ pub fn extract(
             path: ctx.path.clone(),
         })?;
     let tmp_path = tmp.keep();
+    // Temp dirs are 0700; the extracted directory gets the usual 0755.
+    if let Err(e) = std::fs::set_permissions(
+        &tmp_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    ) {
+        let _ = std::fs::remove_dir_all(&tmp_path);
+        return Err(ctx.io(&tmp_path, e));
+    }
     if let Err(e) = std::fs::rename(&tmp_path, dest) {
         let _ = std::fs::remove_dir_all(&tmp_path);
         return Err(ctx.io(dest, e));

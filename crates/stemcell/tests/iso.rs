@@ -31,6 +31,11 @@ fn rock_ridge_names_and_contents_read_back_with_isoinfo() {
         .file("empty", Vec::new())
         .write_to(&iso)
         .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&iso).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     let listing = isoinfo(&["-R", "-l"], &iso);
     for name in ["env", "ENV", "ovf-env.xml", "big.bin", "empty"] {
         assert!(

@@ -168,6 +168,11 @@ fn heavy_aws_stemcell_reads_verifies_and_extracts_sparse() {
     );
     assert_eq!(ex.image_sha1, sha1);
     assert_eq!(ex.logical_bytes, 8 << 20);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     assert!(
         ex.written_bytes < 1 << 20,
         "wrote {} bytes",
