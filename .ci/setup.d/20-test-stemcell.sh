@@ -15,4 +15,6 @@ if [ "$dir" = "$out" ] || [ ! -f "$dir/.complete" ]; then
     echo "20-test-stemcell.sh: the test stemcell build did not report its directory" >&2
     exit 1
 fi
+# a stable path for people and the README demo (tests use the variable)
+ln -sfn "$dir" "$OPSBAKE_CACHE/test-stemcell/current"
 ci_env OPSBAKE_TEST_STEMCELL_DIR "$dir"
