@@ -554,7 +554,17 @@ async fn serve(
                     Some(Fault::HoldRequest) => {
                         release.borrow_and_update();
                         hold(&st);
-                        wait_release(&mut release).await;
+                        // A client that goes away meanwhile (a killed
+                        // process) never gets its call forwarded.
+                        tokio::select! {
+                            _ = wait_release(&mut release) => {}
+                            r = r.fill_buf() => {
+                                if r.map(|b| b.is_empty()).unwrap_or(true) {
+                                    record(0);
+                                    return Ok(());
+                                }
+                            }
+                        }
                     }
                     _ => {}
                 }

@@ -102,15 +102,16 @@ pub fn heavy_stemcell(dir: &Path, disk: &[u8], version: &str) -> PathBuf {
     out
 }
 
-/// Write a template and make the aws plan of it.
-pub fn plan(
+/// Write an aws template (SSH goes to the override 127.0.0.1:2222, never to
+/// moto's addresses).
+pub fn template_file(
     dir: &Path,
     stemcell: &Path,
     endpoint: &str,
     options: &str,
-    build_id: &str,
-) -> opsbake_core::plan::BuildPlan {
-    let t = dir.join(format!("{build_id}.yml"));
+    name: &str,
+) -> PathBuf {
+    let t = dir.join(format!("{name}.yml"));
     std::fs::write(
         &t,
         format!(
@@ -119,6 +120,18 @@ pub fn plan(
         ),
     )
     .unwrap();
+    t
+}
+
+/// Write a template and make the aws plan of it.
+pub fn plan(
+    dir: &Path,
+    stemcell: &Path,
+    endpoint: &str,
+    options: &str,
+    build_id: &str,
+) -> opsbake_core::plan::BuildPlan {
+    let t = template_file(dir, stemcell, endpoint, options, build_id);
     let loaded = opsbake_core::template::load(&t).unwrap();
     let vars =
         opsbake_core::vars::resolve(&loaded, &opsbake_core::vars::VarSources::from_process_env())
@@ -261,15 +274,21 @@ pub async fn leftovers(endpoint: &str, regions: &[&str], build_id: &str) -> Vec<
         {
             out.push(format!("{r} snapshot {}", s.snapshot_id().unwrap_or("")));
         }
+        // Every image this account owns (an image copied by a killed build
+        // is not tagged yet), except the seeded base AMI and kept base images.
         for i in c
             .describe_images()
             .owners("self")
-            .filters(f())
             .send()
             .await
             .unwrap()
             .images()
         {
+            let base =
+                tag_map(i.tags()).get("opsbake:role").map(String::as_str) == Some("base-image");
+            if i.image_id() == Some(SEED_AMI) || base {
+                continue;
+            }
             out.push(format!("{r} image {}", i.image_id().unwrap_or("")));
         }
     }
