@@ -367,7 +367,15 @@ pub fn write_stream_optimized(
                 for (i, rec) in v.into_iter().enumerate() {
                     if let Some(rec) = rec {
                         let g = (next * batch) as usize + i;
-                        gt[g] = sector as u32;
+                        let Ok(at) = u32::try_from(sector) else {
+                            failure = Some(VmdkError::Format {
+                                path: dst.to_path_buf(),
+                                reason: "the VMDK would exceed 2 TiB, beyond 32-bit grain offsets"
+                                    .into(),
+                            });
+                            break;
+                        };
+                        gt[g] = at;
                         if let Err(e) = out.write_all(&rec) {
                             failure = Some(io_out(e));
                             break;
@@ -407,7 +415,10 @@ pub fn write_stream_optimized(
         out.write_all(&marker(gt_sectors, MARKER_GT))
             .map_err(io_out)?;
         sector += 1;
-        gd.push(sector as u32);
+        gd.push(u32::try_from(sector).map_err(|_| VmdkError::Format {
+            path: dst.to_path_buf(),
+            reason: "the VMDK would exceed 2 TiB, beyond 32-bit grain offsets".into(),
+        })?);
         let mut bytes = Vec::with_capacity((GTES_PER_GT * 4) as usize);
         for e in &gt[t * GTES_PER_GT as usize..(t + 1) * GTES_PER_GT as usize] {
             bytes.extend_from_slice(&e.to_le_bytes());
