@@ -629,7 +629,8 @@ impl Builder for VboxBuilder {
             t0.elapsed().as_secs_f64()
         ));
         let vm_name = self.vm_name();
-        let out_dir = self.plan.output_dir.clone();
+        let out_dir = std::path::absolute(&self.plan.output_dir)
+            .map_err(BuildError::io(&self.plan.output_dir))?;
         tokio::fs::create_dir_all(&out_dir)
             .await
             .map_err(BuildError::io(&out_dir))?;

@@ -61,16 +61,24 @@ pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
     match want.as_str() {
         "tcg" => Ok(Accel::Tcg),
         "kvm" => Ok(Accel::Kvm),
-        "auto" => Ok(if probe_kvm(KVM_PROBE_TIMEOUT).await? {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        }),
+        "auto" => Ok(
+            if *KVM_WORKS
+                .get_or_try_init(|| probe_kvm(KVM_PROBE_TIMEOUT))
+                .await?
+            {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            },
+        ),
         other => Err(VboxError::Config(format!(
             "builds.vbox.options.accel `{other}`: expected auto, kvm or tcg"
         ))),
     }
 }
+
+/// The KVM probe's result, once per process.
+static KVM_WORKS: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
 
 /// A boot sector: `mov dx, 0xf4; mov al, 0x21; out dx, al; hlt; jmp $-1`.
 fn probe_boot_sector() -> Vec<u8> {
@@ -343,25 +351,80 @@ impl QemuVm {
             .unwrap_or(false)
     }
 
-    /// Power off: ACPI `system_powerdown`, wait `timeout` for QEMU to exit,
-    /// then QMP `quit`, then SIGKILL. Returns how it ended.
+    /// Power off: ACPI `system_powerdown`; when the guest shows no sign of
+    /// handling it within [`ACPI_GRACE`] (a stemcell without logind or
+    /// acpid ignores the power button), the magic SysRq keys through QMP:
+    /// `s` (sync), `u` (remount read-only), `o` (power off): from the file
+    /// system's view a clean stop. Then QMP `quit`, then SIGKILL. `timeout`
+    /// bounds the wait of a guest that does handle ACPI. Returns how it ended.
     pub async fn shutdown(&mut self, timeout: Duration) -> Result<&'static str, VboxError> {
         if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
             return Ok("already stopped");
         }
+        let serial_len = || {
+            std::fs::metadata(&self.config.serial_log)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let before = serial_len();
         if let Err(e) = qmp(&self.config.qmp, "system_powerdown").await {
             tracing::warn!(pid = self.pid, error = %e, "system_powerdown failed");
         }
-        if tokio::time::timeout(timeout, self.child.wait())
+        if tokio::time::timeout(ACPI_GRACE.min(timeout), self.child.wait())
             .await
             .is_ok()
         {
             return Ok("acpi");
         }
-        tracing::warn!(
+        let reacting = {
+            let text = std::fs::read(&self.config.serial_log).unwrap_or_default();
+            let new = String::from_utf8_lossy(
+                text.get(usize::try_from(before).unwrap_or(0)..)
+                    .unwrap_or_default(),
+            )
+            .into_owned();
+            new.contains("Stopping") || new.contains("Stopped") || new.contains("reboot:")
+        };
+        if reacting
+            && tokio::time::timeout(timeout.saturating_sub(ACPI_GRACE), self.child.wait())
+                .await
+                .is_ok()
+        {
+            return Ok("acpi");
+        }
+        tracing::info!(
             pid = self.pid,
-            "the guest did not power off in {timeout:?}: QMP quit"
+            serial_bytes = serial_len(),
+            "the guest ignores the ACPI power button: SysRq sync, remount read-only, power off"
         );
+        for key in ["s", "u", "o"] {
+            let args = format!(
+                r#"{{"keys":[{{"type":"qcode","data":"alt"}},{{"type":"qcode","data":"sysrq"}},{{"type":"qcode","data":"{key}"}}]}}"#
+            );
+            if let Err(e) = qmp_args(&self.config.qmp, "send-key", Some(&args)).await {
+                tracing::warn!(pid = self.pid, error = %e, "SysRq {key} failed");
+            }
+            // each SysRq action runs in the guest; wait for its console line
+            let want = match key {
+                "s" => "Emergency Sync complete",
+                "u" => "Emergency Remount complete",
+                _ => "reboot: Power down",
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && !self.serial_contains(want) {
+                if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
+                    return Ok("sysrq");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_ok()
+        {
+            return Ok("sysrq");
+        }
+        tracing::warn!(pid = self.pid, "the guest did not power off: QMP quit");
         let _ = qmp(&self.config.qmp, "quit").await;
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
@@ -374,8 +437,21 @@ impl QemuVm {
     }
 }
 
-/// Run one QMP command (`execute` name, no arguments) and return the reply line.
+/// How long a guest has to show that it handles the ACPI power button.
+pub const ACPI_GRACE: Duration = Duration::from_secs(15);
+
+/// Run one QMP command without arguments and return the reply line.
 pub async fn qmp(socket: &Path, command: &str) -> Result<String, VboxError> {
+    qmp_args(socket, command, None).await
+}
+
+/// Run one QMP command (`execute` name, `arguments` as a JSON object) and
+/// return the reply line.
+pub async fn qmp_args(
+    socket: &Path,
+    command: &str,
+    arguments: Option<&str>,
+) -> Result<String, VboxError> {
     let qerr = |message: String| VboxError::Qmp {
         command: command.to_string(),
         socket: socket.to_path_buf(),
@@ -395,8 +471,12 @@ pub async fn qmp(socket: &Path, command: &str) -> Result<String, VboxError> {
             return Err(qerr(format!("unexpected greeting {line:?}")));
         }
         let mut reply = String::new();
-        for cmd in ["qmp_capabilities", command] {
-            w.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
+        for (cmd, args) in [("qmp_capabilities", None), (command, arguments)] {
+            let line = match args {
+                Some(a) => format!("{{\"execute\":\"{cmd}\",\"arguments\":{a}}}\n"),
+                None => format!("{{\"execute\":\"{cmd}\"}}\n"),
+            };
+            w.write_all(line.as_bytes())
                 .await
                 .map_err(|e| qerr(e.to_string()))?;
             loop {
