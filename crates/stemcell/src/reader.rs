@@ -509,13 +509,26 @@ fn resolve_inside(link: &Path, target: &[u8]) -> Option<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
+    // `..` is only allowed before the first normal component: there it pops
+    // the link's own parent directories, which are real directories (no
+    // member is written through a symlink), so the lexical result is the
+    // real one. After a normal component, that component could be a
+    // symlink (`sub -> .`, then `esc -> sub/../x` leaves the root), so such
+    // targets are refused.
+    let mut descended = false;
     for comp in target.split(|b| *b == b'/') {
         match comp {
             b"" | b"." => {}
             b".." => {
+                if descended {
+                    return None;
+                }
                 stack.pop()?;
             }
-            c => stack.push(std::ffi::OsStr::from_bytes(c).to_os_string()),
+            c => {
+                descended = true;
+                stack.push(std::ffi::OsStr::from_bytes(c).to_os_string());
+            }
         }
     }
     Some(stack.iter().collect())

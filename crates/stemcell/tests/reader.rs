@@ -339,6 +339,11 @@ fn hostile_image_members_are_refused() {
             UnsafeReason::ThroughSymlink("link".into()),
         ),
         (
+            "symlink-through-symlink",
+            json!([{"name": "sub", "type": "symlink", "link": "."}, {"name": "esc", "type": "symlink", "link": "sub/../etc"}]),
+            UnsafeReason::SymlinkEscape("sub/../etc".into()),
+        ),
+        (
             "hardlink-escape",
             json!([{"name": "h", "type": "hardlink", "link": "../../etc/passwd"}]),
             UnsafeReason::HardlinkEscape("../../etc/passwd".into()),
