@@ -663,7 +663,8 @@ pub fn scan_with_progress(
             }
             let limit = match (&manifest, name.as_str()) {
                 (Some(m), IMAGE_MEMBER) => image_limit(m, limits),
-                (None, IMAGE_MEMBER) => Limits::default().disk_slack_bytes.saturating_add(64 << 30),
+                // No MF yet (verify accepts any order): a generous bound.
+                (None, IMAGE_MEMBER) => limits.disk_slack_bytes.saturating_add(64 << 30),
                 _ => limits.max_member_bytes,
             };
             if size > limit {
