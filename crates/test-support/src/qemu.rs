@@ -491,7 +491,7 @@ impl Qemu {
                 .arg("-drive")
                 .arg(drive)
                 .args(["-netdev", &netdev])
-                .args(["-device", "virtio-net-pci,netdev=net0"])
+                .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
                 .args(["-device", "virtio-rng-pci"])
                 .args(["-boot", "order=c"]);
             if let Some(iso) = &opts.cdrom {
@@ -976,6 +976,33 @@ mod tests {
         let h = d.path().join("h");
         fs::write(&h, vhd).unwrap();
         assert_eq!(detect_format(&h).unwrap(), "vpc");
+    }
+
+    #[test]
+    fn accel_env_forces_or_refuses() {
+        // nextest runs each test in its own process: setting the variable is safe here
+        std::env::set_var("OPSBAKE_QEMU_ACCEL", "tcg");
+        assert_eq!(accel().unwrap(), Accel::Tcg);
+        std::env::set_var("OPSBAKE_QEMU_ACCEL", "kvm");
+        assert_eq!(accel().unwrap(), Accel::Kvm);
+        std::env::set_var("OPSBAKE_QEMU_ACCEL", "hvf");
+        assert!(matches!(accel(), Err(QemuError::Invalid(_))));
+        std::env::remove_var("OPSBAKE_QEMU_ACCEL");
+    }
+
+    #[test]
+    fn kvm_probe_answers_within_its_deadline() {
+        if which(QEMU).is_none() {
+            assert!(
+                skip_peers(),
+                "{QEMU} missing: run .ci/setup.d/20-test-stemcell.sh"
+            );
+            return;
+        }
+        let t = Instant::now();
+        let kvm = probe_kvm(Duration::from_secs(3)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+        eprintln!("KVM probe: {kvm} in {:?}", t.elapsed());
     }
 
     #[test]
