@@ -138,7 +138,7 @@ impl SshOptions {
             keepalive: Some(Duration::from_secs(15)),
             jump: None,
             sftp_channels: 8,
-            sftp_window: 4 << 20,
+            sftp_window: 2 << 20,
             sftp_request_timeout: Duration::from_secs(60),
             transfer_retries: 3,
         }

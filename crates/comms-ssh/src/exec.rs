@@ -8,7 +8,8 @@ use opsbake_core::secret::redactor;
 use opsbake_core::transport::{
     env_prefix, ExecRequest, ExitStatus, OutputSink, Stream, TransportError,
 };
-use russh::{ChannelMsg, Sig};
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg, Sig};
 
 use crate::connect::SshHandle;
 
@@ -100,11 +101,26 @@ pub(crate) async fn exec(
     req: ExecRequest,
     sink: Arc<dyn OutputSink>,
 ) -> Result<ExitStatus, TransportError> {
+    exec_on(handle, target, req, sink, None).await
+}
+
+/// Run one command, on `spare` (a session channel opened ahead of time, so
+/// that a step costs one round trip less) when given and still usable.
+pub(crate) async fn exec_on(
+    handle: &SshHandle,
+    target: &str,
+    req: ExecRequest,
+    sink: Arc<dyn OutputSink>,
+    spare: Option<Channel<Msg>>,
+) -> Result<ExitStatus, TransportError> {
     let cmd = command_line(target, &req)?;
-    let mut ch = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| disconnected(target, "opening a session channel", e))?;
+    let mut ch = match spare {
+        Some(ch) => ch,
+        None => handle
+            .channel_open_session()
+            .await
+            .map_err(|e| disconnected(target, "opening a session channel", e))?,
+    };
     if req.pty {
         ch.request_pty(true, "xterm", 200, 50, 0, 0, &[])
             .await

@@ -93,10 +93,18 @@ pub(crate) async fn open_pool(
         futures::future::join_all((1..n.max(1)).map(|_| open_session(handle, target, timeout)))
             .await;
     for s in more {
-        if let Some(s) = s? {
-            sessions.push(Arc::new(s));
+        match s {
+            Ok(Some(s)) => sessions.push(Arc::new(s)),
+            Ok(None) => {}
+            // sshd's MaxSessions (10 by default) may refuse extra channels:
+            // work with what we got.
+            Err(e) if !handle.is_closed() => {
+                tracing::debug!(%target, error = %e, "extra sftp channel refused");
+            }
+            Err(e) => return Err(e),
         }
     }
+    tracing::debug!(%target, channels = sessions.len(), "sftp channels open");
     Ok(Some(SftpPool { sessions }))
 }
 

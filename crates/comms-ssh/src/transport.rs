@@ -8,6 +8,8 @@ use opsbake_core::transport::{
     Download, ExecRequest, ExitStatus, OutputSink, TransferReport, Transport, TransportError,
     Upload,
 };
+use russh::client::Msg;
+use russh::Channel;
 use tokio::sync::{OnceCell, RwLock};
 
 use crate::connect::{wait_for_login, LoginReport, SshHandle, SshOptions};
@@ -19,6 +21,40 @@ struct Conn {
     _jump: Option<Arc<SshHandle>>,
     /// `None` inside: the server has no sftp subsystem (use SCP).
     sftp: OnceCell<Option<SftpPool>>,
+    /// A session channel opened ahead of the next exec.
+    spare: tokio::sync::Mutex<Option<Channel<Msg>>>,
+}
+
+impl Conn {
+    fn new(handle: SshHandle, jump: Option<Arc<SshHandle>>) -> Arc<Conn> {
+        Arc::new(Conn {
+            handle,
+            _jump: jump,
+            sftp: OnceCell::new(),
+            spare: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Open the next exec's channel in the background.
+    fn refill_spare(self: &Arc<Self>) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            let mut slot = c.spare.lock().await;
+            if slot.is_none() && !c.handle.is_closed() {
+                if let Ok(ch) = c.handle.channel_open_session().await {
+                    *slot = Some(ch);
+                }
+            }
+        });
+    }
+
+    async fn take_spare(&self) -> Option<Channel<Msg>> {
+        // Do not wait for a refill in progress: open our own channel then.
+        match self.spare.try_lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        }
+    }
 }
 
 /// An SSH connection to a build VM.
@@ -38,11 +74,7 @@ impl SshTransport {
         Ok(SshTransport {
             describe,
             last_login: Mutex::new(c.report),
-            conn: RwLock::new(Arc::new(Conn {
-                handle: c.handle,
-                _jump: c.jump,
-                sftp: OnceCell::new(),
-            })),
+            conn: RwLock::new(Conn::new(c.handle, c.jump)),
             opts,
         })
     }
@@ -96,11 +128,7 @@ impl SshTransport {
         if let Ok(mut r) = self.last_login.lock() {
             *r = c.report;
         }
-        *guard = Arc::new(Conn {
-            handle: c.handle,
-            _jump: c.jump,
-            sftp: OnceCell::new(),
-        });
+        *guard = Conn::new(c.handle, c.jump);
         Ok(())
     }
 
@@ -125,7 +153,23 @@ impl Transport for SshTransport {
     ) -> Result<ExitStatus, TransportError> {
         let c = self.current().await;
         tracing::debug!(target = %self.describe, command = %req.command, pty = req.pty, "exec");
-        crate::exec::exec(&c.handle, &self.describe, req, sink).await
+        let spare = c.take_spare().await;
+        let had_spare = spare.is_some();
+        c.refill_spare();
+        match crate::exec::exec_on(&c.handle, &self.describe, req.clone(), sink.clone(), spare)
+            .await
+        {
+            // A spare channel the server closed meanwhile: once more on a
+            // fresh one (nothing ran: the exec request itself failed).
+            Err(TransportError::Other { message, .. })
+                if had_spare
+                    && message.contains("refused the exec request")
+                    && !c.handle.is_closed() =>
+            {
+                crate::exec::exec(&c.handle, &self.describe, req, sink).await
+            }
+            other => other,
+        }
     }
 
     async fn upload(&self, items: Vec<Upload>) -> Result<TransferReport, TransportError> {

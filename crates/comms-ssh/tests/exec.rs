@@ -1,5 +1,7 @@
 //! Running commands on a real, hardened OpenSSH sshd.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

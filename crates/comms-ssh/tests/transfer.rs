@@ -1,6 +1,8 @@
 //! Uploads and downloads against a real, hardened OpenSSH sshd (SFTP and the
 //! SCP fallback), and recovery from faults injected by a TCP proxy.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -280,6 +280,6 @@ mod tests {
         // 64 MiB over a 50 ms RTT path must not be bound by round trips.
         assert!(f.mib_per_s > 100.0, "{f:?}");
         let z = measure(Duration::ZERO, 20, 64 << 20).unwrap();
-        assert!(z.rtt < Duration::from_millis(5), "{z:?}");
+        assert!(z.rtt < Duration::from_millis(20), "{z:?}");
     }
 }

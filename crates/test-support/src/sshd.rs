@@ -519,8 +519,7 @@ impl Sshd {
              PrintLastLog no\n\
              X11Forwarding no\n\
              AllowTcpForwarding yes\n\
-             MaxStartups 100:30:200\n\
-             MaxSessions 64",
+             MaxStartups 100:30:200",
             pid = d.join("sshd.pid").display(),
             mat = opts.max_auth_tries,
             pw = yn(opts.password_auth),

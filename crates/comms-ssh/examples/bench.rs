@@ -1,0 +1,636 @@
+//! Upload benchmark: opsbake vs OpenSSH (scp, sftp -b, rsync, tar | ssh,
+//! ControlMaster) vs Packer 1.6.6 (null builder), against one hardened test
+//! sshd, directly (0 ms) and through the userspace delay proxy (50 ms RTT).
+//!
+//! Run it with `crates/comms-ssh/bench/run.sh` (release build). Modes:
+//!   bench [--reps N] [--rtt-ms 0,50] [--cases a,b,c] [--no-packer-sftp] [--out FILE]
+//!   bench client --port P --key FILE --host-keys FILE (upload SRC DEST | steps N)
+//! The client mode is what the harness times for opsbake (as its own
+//! process, like the OpenSSH tools, so login and peak RSS are included).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opsbake_comms_ssh::{
+    Auth, HostKeyPolicy, HostKeyVerifier, KeyKind, KeyPair, SshOptions, SshTransport, Target,
+};
+use opsbake_core::secret::Secret;
+use opsbake_core::transport::{ExecRequest, NullSink, Transport, Upload, UploadSource};
+use opsbake_test_support::delay_proxy::{self, DelayProxy};
+use opsbake_test_support::sshd::{Sshd, SshdOptions, USER};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("client") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(client(&args));
+        return;
+    }
+    harness(&args);
+}
+
+// ---------------------------------------------------------------- client
+
+async fn client(args: &[String]) {
+    let port: u16 = arg(args, "--port").unwrap().parse().unwrap();
+    let key = std::fs::read_to_string(arg(args, "--key").unwrap()).unwrap();
+    let key = KeyPair::from_openssh(&Secret::new(key)).unwrap();
+    let hk: Vec<String> = std::fs::read_to_string(arg(args, "--host-keys").unwrap())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut o = SshOptions::new(
+        Target {
+            host: "127.0.0.1".into(),
+            port,
+            user: USER.into(),
+        },
+        Auth::Key(key),
+        HostKeyVerifier::new(HostKeyPolicy::Pin(hk)),
+    );
+    o.login_timeout = Duration::from_secs(30);
+    if let Some(n) = arg(args, "--channels") {
+        o.sftp_channels = n.parse().unwrap();
+    }
+    if let Some(w) = arg(args, "--window-kib") {
+        o.sftp_window = w.parse::<usize>().unwrap() << 10;
+    }
+    let t0 = Instant::now();
+    let t = SshTransport::connect(o).await.unwrap();
+    let login = t0.elapsed();
+    let i = args
+        .iter()
+        .position(|a| a == "upload" || a == "steps")
+        .unwrap();
+    let t1 = Instant::now();
+    match args[i].as_str() {
+        "upload" => {
+            let r = t
+                .upload(vec![Upload {
+                    source: UploadSource::Path(PathBuf::from(&args[i + 1])),
+                    remote: args[i + 2].clone(),
+                    mode: None,
+                    verify_sha256: false,
+                }])
+                .await
+                .unwrap();
+            eprintln!("opsbake: {r:?}");
+        }
+        _ => {
+            let n: usize = args[i + 1].parse().unwrap();
+            for _ in 0..n {
+                let st = t
+                    .exec(ExecRequest::new("true"), Arc::new(NullSink))
+                    .await
+                    .unwrap();
+                assert!(st.success());
+            }
+        }
+    }
+    let work = t1.elapsed();
+    let _ = t.close().await;
+    eprintln!(
+        "opsbake: login {:.3}s, work {:.3}s",
+        login.as_secs_f64(),
+        work.as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Ctx {
+    sshd: Sshd,
+    work: PathBuf,
+    client_key: PathBuf,
+    opsbake_key: PathBuf,
+    host_keys: PathBuf,
+    known_hosts: PathBuf,
+    self_exe: PathBuf,
+}
+
+#[derive(Clone)]
+struct Row {
+    case: &'static str,
+    rtt: u64,
+    tool: String,
+    secs: Vec<f64>,
+    rss_kib: Option<u64>,
+    note: String,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+fn ssh_opts(c: &Ctx, port: u16) -> Vec<String> {
+    vec![
+        "-i".into(),
+        c.client_key.display().to_string(),
+        "-o".into(),
+        format!("Port={port}"),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", c.known_hosts.display()),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        format!("User={USER}"),
+        "-F".into(),
+        "/dev/null".into(),
+    ]
+}
+
+fn sh_join(v: &[String]) -> String {
+    v.iter()
+        .map(|s| opsbake_core::transport::shell_quote(s))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Run `sh -c script` under /usr/bin/time -v; returns (seconds, max RSS KiB).
+fn timed(script: &str, env: &[(&str, &str)]) -> (f64, Option<u64>) {
+    let t = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-v", "sh", "-c", script])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        panic!("benchmark command failed: {script}\n{err}");
+    }
+    let rss = err
+        .lines()
+        .find(|l| l.contains("Maximum resident set size"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|v| v.trim().parse().ok());
+    (secs, rss)
+}
+
+fn fresh_dest(c: &Ctx, name: &str) -> String {
+    let d = c.sshd.home().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_file(&d);
+    d.display().to_string()
+}
+
+fn clean(c: &Ctx) {
+    for e in std::fs::read_dir(c.sshd.home()).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("dest-"))
+        {
+            let _ = std::fs::remove_dir_all(&p);
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Run one tool `reps` times (once if a run takes longer than `long`).
+fn measure(
+    c: &Ctx,
+    case: &'static str,
+    rtt: u64,
+    tool: &str,
+    reps: usize,
+    mut make: impl FnMut(&str) -> (String, Vec<(&'static str, String)>),
+) -> Row {
+    let mut secs = Vec::new();
+    let mut rss = None;
+    let mut note = String::new();
+    for i in 0..reps {
+        let safe: String = tool
+            .chars()
+            .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+            .collect();
+        let dest = fresh_dest(c, &format!("dest-{safe}"));
+        let (script, env) = make(&dest);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, r) = timed(&script, &env);
+        secs.push(s);
+        rss = rss.max(r);
+        clean(c);
+        if s > 40.0 && i + 1 < reps {
+            note = "1 run (slow)".into();
+            break;
+        }
+    }
+    let row = Row {
+        case,
+        rtt,
+        tool: tool.to_string(),
+        secs,
+        rss_kib: rss,
+        note,
+    };
+    eprintln!(
+        "  {case} {rtt:>2} ms {:<28} median {:>8.3} s  runs {:?}  rss {:?} KiB {}",
+        row.tool,
+        median(&row.secs),
+        row.secs
+            .iter()
+            .map(|s| (s * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+        row.rss_kib,
+        row.note
+    );
+    row
+}
+
+fn write_file(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn prepare(work: &Path) {
+    // (a) 256 MiB of incompressible data.
+    let big = work.join("a/big.img");
+    if !big.exists() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap_or_else(|_| {
+            std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+            std::fs::File::create(&big).unwrap()
+        }));
+        use std::io::Write as _;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            for ch in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ch.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    // (b) 2000 files of 4 KiB in 20 folders.
+    let tree = work.join("b/tree");
+    if !tree.exists() {
+        for d in 0..20 {
+            for i in 0..100 {
+                let mut data = vec![b'x'; 4096];
+                data[..16].copy_from_slice(format!("{d:04}-{i:04}-opsbak").as_bytes());
+                write_file(&tree.join(format!("dir{d:02}/file{i:03}.txt")), &data);
+            }
+        }
+    }
+    // (c) 20 scripts of `true`.
+    for i in 0..20 {
+        write_file(
+            &work.join(format!("c/script{i:02}.sh")),
+            b"#!/bin/sh\ntrue\n",
+        );
+    }
+}
+
+fn packer_template(c: &Ctx, port: u16, method: &str, prov: serde_json::Value) -> PathBuf {
+    let tpl = serde_json::json!({
+        "builders": [{
+            "type": "null",
+            "ssh_host": "127.0.0.1",
+            "ssh_port": port,
+            "ssh_username": USER,
+            "ssh_private_key_file": c.client_key.display().to_string(),
+            "ssh_file_transfer_method": method,
+        }],
+        "provisioners": prov,
+    });
+    let p = c.work.join(format!("packer-{method}-{port}.json"));
+    std::fs::write(&p, serde_json::to_vec_pretty(&tpl).unwrap()).unwrap();
+    p
+}
+
+fn harness(args: &[String]) {
+    let reps: usize = arg(args, "--reps").map(|r| r.parse().unwrap()).unwrap_or(3);
+    let rtts: Vec<u64> = arg(args, "--rtt-ms")
+        .unwrap_or_else(|| "0,50".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let cases = arg(args, "--cases").unwrap_or_else(|| "a,b,c".into());
+    let packer_sftp = !args.iter().any(|a| a == "--no-packer-sftp");
+    let packer = Path::new("/usr/bin/packer").exists() && !args.iter().any(|a| a == "--no-packer");
+    let out_file = arg(args, "--out");
+    let only_ours = args.iter().any(|a| a == "--only-opsbake");
+
+    let work =
+        PathBuf::from(arg(args, "--work").unwrap_or_else(|| "/var/tmp/opsbake-bench".into()));
+    std::fs::create_dir_all(&work).unwrap();
+    eprintln!("preparing data in {}", work.display());
+    prepare(&work);
+
+    let key = KeyPair::generate(KeyKind::Ed25519, "opsbake-bench").unwrap();
+    let opsbake_key = work.join("opsbake-bench-key");
+    key.write_private_key(&opsbake_key).unwrap();
+    let sshd = Sshd::start(SshdOptions {
+        openssh_client_key: true,
+        authorized_keys: vec![key.public_openssh().to_string()],
+        ..Default::default()
+    })
+    .unwrap();
+    let client_key = PathBuf::from(sshd.openssh_args().unwrap()[1].clone());
+    let host_keys = work.join("host-keys");
+    std::fs::write(&host_keys, sshd.host_public_keys().join("\n")).unwrap();
+    let known_hosts = work.join("known_hosts");
+    let kh: String = sshd
+        .host_public_keys()
+        .iter()
+        .map(|k| {
+            let mut p = k.split_whitespace();
+            format!("* {} {}\n", p.next().unwrap(), p.next().unwrap())
+        })
+        .collect();
+    std::fs::write(&known_hosts, kh).unwrap();
+    let c = Ctx {
+        sshd,
+        work: work.clone(),
+        client_key,
+        opsbake_key,
+        host_keys,
+        known_hosts,
+        self_exe: std::env::current_exe().unwrap(),
+    };
+
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {} cores, `{}`; OpenSSH {}; sshd hardened as a stemcell (AES-GCM/CTR, HMAC-SHA2, MaxAuthTries 3, MaxSessions 10).", num_cpus(), uname(), openssh_version());
+    let _ = writeln!(md);
+    let _ = writeln!(md, "### The delay proxy itself\n");
+    let _ = writeln!(md, "| one-way delay | measured RTT (median of 20 pings) | bulk throughput (256 MiB) |\n|---|---|---|");
+    for ow in [0u64, 25] {
+        let f = delay_proxy::measure(Duration::from_millis(ow), 20, 256 << 20).unwrap();
+        let _ = writeln!(
+            md,
+            "| {ow} ms | {:.2} ms | {:.0} MiB/s |",
+            f.rtt.as_secs_f64() * 1000.0,
+            f.mib_per_s
+        );
+        eprintln!("proxy {ow} ms: {f:?}");
+    }
+    let _ = writeln!(md);
+
+    let mut rows: Vec<Row> = Vec::new();
+    for &rtt in &rtts {
+        let proxy = DelayProxy::start(c.sshd.addr(), Duration::from_millis(rtt / 2)).unwrap();
+        // 0 ms goes straight to sshd; 50 ms through the proxy.
+        let port = if rtt == 0 {
+            c.sshd.port()
+        } else {
+            proxy.addr().port()
+        };
+        let so = sh_join(&ssh_opts(&c, port));
+        let extra = arg(args, "--client-args").unwrap_or_default();
+        let ops = |what: &str| {
+            format!(
+                "{} client --port {port} --key {} --host-keys {} {extra} {what}",
+                c.self_exe.display(),
+                c.opsbake_key.display(),
+                c.host_keys.display()
+            )
+        };
+        let host = "127.0.0.1";
+        if cases.contains('a') {
+            let src = work.join("a/big.img").display().to_string();
+            eprintln!("(a) 256 MiB file, RTT {rtt} ms");
+            rows.push(measure(&c, "a", rtt, "opsbake", reps, |d| {
+                (ops(&format!("upload {src} {d}")), vec![])
+            }));
+            if only_ours {
+                continue;
+            }
+            rows.push(measure(&c, "a", rtt, "scp (sftp protocol)", reps, |d| {
+                (format!("scp -q {so} {src} {host}:{d}"), vec![])
+            }));
+            rows.push(measure(&c, "a", rtt, "scp -O (legacy)", reps, |d| {
+                (format!("scp -O -q {so} {src} {host}:{d}"), vec![])
+            }));
+            rows.push(measure(&c, "a", rtt, "sftp -b", reps, |d| {
+                let b = work.join("batch-a");
+                std::fs::write(&b, format!("put {src} {d}\n")).unwrap();
+                (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
+            }));
+            rows.push(measure(&c, "a", rtt, "rsync -e ssh", reps, |d| {
+                (
+                    format!(
+                        "rsync -a -e {} {src} {host}:{d}",
+                        opsbake_core::transport::shell_quote(&format!("ssh {so}"))
+                    ),
+                    vec![],
+                )
+            }));
+            rows.push(measure(&c, "a", rtt, "tar | ssh tar x", reps, |d| (format!("tar -C {} -cf - big.img | ssh {so} {host} 'mkdir -p {d} && tar -C {d} -xf -'", work.join("a").display()), vec![])));
+            if packer {
+                rows.push(measure(&c, "a", rtt, "packer file (scp)", reps, |d| {
+                    let tpl = packer_template(
+                        &c,
+                        port,
+                        "scp",
+                        serde_json::json!([{"type": "file", "source": src, "destination": d}]),
+                    );
+                    (
+                        format!("packer build -color=false {}", tpl.display()),
+                        vec![("CHECKPOINT_DISABLE", "1".into())],
+                    )
+                }));
+                if packer_sftp {
+                    rows.push(measure(&c, "a", rtt, "packer file (sftp)", if rtt > 0 { 1 } else { reps }, |d| {
+                        let tpl = packer_template(&c, port, "sftp", serde_json::json!([{"type": "file", "source": src, "destination": d}]));
+                        (format!("packer build -color=false {}", tpl.display()), vec![("CHECKPOINT_DISABLE", "1".into())])
+                    }));
+                }
+            }
+        }
+        if cases.contains('b') {
+            let tree = work.join("b/tree");
+            let src = tree.display().to_string();
+            eprintln!("(b) 2000 x 4 KiB in 20 folders, RTT {rtt} ms");
+            rows.push(measure(&c, "b", rtt, "opsbake", reps, |d| {
+                (ops(&format!("upload {src} {d}")), vec![])
+            }));
+            rows.push(measure(&c, "b", rtt, "scp -O -r (legacy)", reps, |d| {
+                (format!("scp -O -q -r {so} {src} {host}:{d}"), vec![])
+            }));
+            rows.push(measure(
+                &c,
+                "b",
+                rtt,
+                "scp -r (sftp protocol)",
+                if rtt > 0 { 1 } else { reps },
+                |d| (format!("scp -q -r {so} {src} {host}:{d}"), vec![]),
+            ));
+            rows.push(measure(
+                &c,
+                "b",
+                rtt,
+                "sftp -b put -r",
+                if rtt > 0 { 1 } else { reps },
+                |d| {
+                    let b = work.join("batch-b");
+                    std::fs::write(&b, format!("mkdir {d}\nput -r {src}/. {d}\n")).unwrap();
+                    (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
+                },
+            ));
+            rows.push(measure(&c, "b", rtt, "rsync -e ssh", reps, |d| {
+                (
+                    format!(
+                        "rsync -a -e {} {src}/ {host}:{d}/",
+                        opsbake_core::transport::shell_quote(&format!("ssh {so}"))
+                    ),
+                    vec![],
+                )
+            }));
+            rows.push(measure(&c, "b", rtt, "tar | ssh tar x", reps, |d| {
+                (
+                    format!(
+                        "tar -C {src} -cf - . | ssh {so} {host} 'mkdir -p {d} && tar -C {d} -xf -'"
+                    ),
+                    vec![],
+                )
+            }));
+            if packer {
+                rows.push(measure(&c, "b", rtt, "packer file (scp)", reps, |d| {
+                    let tpl = packer_template(&c, port, "scp", serde_json::json!([{"type": "file", "source": format!("{src}/"), "destination": d}]));
+                    (format!("ssh {so} {host} mkdir -p {d} && packer build -color=false {}", tpl.display()), vec![("CHECKPOINT_DISABLE", "1".into())])
+                }));
+            }
+        }
+        if cases.contains('c') {
+            eprintln!("(c) 20 steps of `true`, RTT {rtt} ms");
+            rows.push(measure(
+                &c,
+                "c",
+                rtt,
+                "opsbake (1 connection)",
+                reps,
+                |_| (ops("steps 20"), vec![]),
+            ));
+            rows.push(measure(&c, "c", rtt, "ssh x20", reps, |_| {
+                (
+                    format!("for i in $(seq 20); do ssh {so} {host} true || exit 1; done"),
+                    vec![],
+                )
+            }));
+            let cp = work.join(format!("cm-{rtt}"));
+            let cps = cp.display().to_string();
+            rows.push(measure(&c, "c", rtt, "ssh x20 + ControlMaster", reps, |_| {
+                (format!("ssh {so} -o ControlMaster=yes -o ControlPath={cps} -o ControlPersist=60 -fN {host} && for i in $(seq 20); do ssh {so} -o ControlPath={cps} {host} true || exit 1; done; ssh {so} -o ControlPath={cps} -O exit {host} 2>/dev/null"), vec![])
+            }));
+            if packer {
+                let scripts: Vec<String> = (0..20)
+                    .map(|i| {
+                        work.join(format!("c/script{i:02}.sh"))
+                            .display()
+                            .to_string()
+                    })
+                    .collect();
+                rows.push(measure(
+                    &c,
+                    "c",
+                    rtt,
+                    "packer shell (20 scripts)",
+                    reps,
+                    |_| {
+                        let tpl = packer_template(
+                            &c,
+                            port,
+                            "scp",
+                            serde_json::json!([{"type": "shell", "scripts": scripts}]),
+                        );
+                        (
+                            format!("packer build -color=false {}", tpl.display()),
+                            vec![("CHECKPOINT_DISABLE", "1".into())],
+                        )
+                    },
+                ));
+            }
+        }
+        drop(proxy);
+    }
+
+    // Tables.
+    for case in ["a", "b", "c"] {
+        let title = match case {
+            "a" => "(a) one 256 MiB file",
+            "b" => "(b) 2000 files of 4 KiB in 20 folders",
+            _ => "(c) 20 steps running `true`",
+        };
+        let rs: Vec<&Row> = rows.iter().filter(|r| r.case == case).collect();
+        if rs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "### {title}\n");
+        let _ = writeln!(md, "| RTT | tool | median s | runs (s) | vs opsbake | peak RSS | note |\n|---|---|---|---|---|---|---|");
+        for &rtt in &rtts {
+            let ours = rs
+                .iter()
+                .find(|r| r.rtt == rtt && r.tool.starts_with("opsbake"))
+                .map(|r| median(&r.secs));
+            for r in rs.iter().filter(|r| r.rtt == rtt) {
+                let m = median(&r.secs);
+                let ratio = ours.map(|o| format!("{:.1}x", m / o)).unwrap_or_default();
+                let rss = r
+                    .rss_kib
+                    .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+                    .unwrap_or_default();
+                let runs = r
+                    .secs
+                    .iter()
+                    .map(|s| format!("{s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(
+                    md,
+                    "| {rtt} ms | {} | {m:.2} | {runs} | {ratio} | {rss} | {} |",
+                    r.tool.replace('|', "\\|"),
+                    r.note
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    println!("{md}");
+    if let Some(f) = out_file {
+        std::fs::write(&f, &md).unwrap();
+        eprintln!("results written to {f}");
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn uname() -> String {
+    Command::new("uname")
+        .arg("-srm")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn openssh_version() -> String {
+    Command::new("ssh")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default()
+}
