@@ -19,7 +19,27 @@ vsphere | vbox)
     log "no IaaS-specific setup for '${APPLIANCE_IAAS:-}'"
     ;;
 esac
-# The console is where a VM without network tells what went wrong.
+# The network of the appliance: the BOSH agent configured it during the
+# build, but the hand-off disables the agent, so the image brings up eth0
+# with DHCP itself (stemcells boot with net.ifnames=0). The agent's own file
+# goes, so that it does not shadow this one.
+log "network: DHCP on eth0 through systemd-networkd"
+mkdir -p /etc/systemd/network
+rm -f /etc/systemd/network/10-bosh-agent.network
+cat >/etc/systemd/network/10-appliance.network <<NET
+[Match]
+Name=eth0
+
+[Network]
+DHCP=ipv4
+NET
+chmod 0644 /etc/systemd/network/10-appliance.network
+systemctl enable systemd-networkd.service >/dev/null 2>&1 || log "warning: cannot enable systemd-networkd"
+[ "$(systemctl is-enabled systemd-networkd.service 2>/dev/null)" = enabled ] || {
+    echo "appliance: error: systemd-networkd is not enabled: the image would boot without network" >&2
+    exit 1
+}
+
 if [ -d /etc/systemd/system ]; then
     mkdir -p /etc/systemd/system/appliance-status.service.d
     cat >/etc/systemd/system/appliance-status.service.d/10-iaas.conf <<CONF
