@@ -106,12 +106,13 @@ fn aws_test_stemcell_extracts_a_sparse_raw_disk() {
 }
 
 #[test]
-fn google_and_azure_test_stemcells_verify_and_azure_is_a_whole_mib_fixed_vhd() {
+fn google_manifest_reads_and_azure_is_a_whole_mib_fixed_vhd() {
     let Some(dir) = stemcell_dir() else { return };
     let g = find(&dir, "google", false);
+    // Reading the MF only: the full verify of the raw-disk path is the aws
+    // test's (debug builds inflate slowly).
     let gm = check_name_and_manifest(&g, "google");
-    let r = verify(&g).unwrap();
-    assert_eq!(r.image_sha1, gm.sha1);
+    assert_eq!(gm.stemcell_formats, ["google-rawdisk"]);
     let a = find(&dir, "azure", false);
     let am = check_name_and_manifest(&a, "azure");
     let t = tempfile::tempdir().unwrap();
