@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tools the stemcell crate's tests use: qemu-img (conversions, checks),
 # isoinfo from genisoimage (reading the ISOs we write), GNU tar and python3
-# (crafting hostile tarballs), xxd-free: nothing else.
+# (crafting hostile tarballs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/lib.sh
