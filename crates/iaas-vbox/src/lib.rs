@@ -410,9 +410,13 @@ impl Builder for VboxBuilder {
         let stemcell = self.stemcell_path().map_err(e)?;
         let dest = work.join("stemcell");
         let raw = work.join("base.raw");
-        let (s2, d2, r2) = (stemcell.clone(), dest.clone(), raw.clone());
-        let (manifest, vmdk_cap) = tokio::task::spawn_blocking(move || {
-            let rep = opsbake_stemcell::extract(&s2, &d2, &opsbake_stemcell::ExtractOptions::default())?;
+        let (s2, d2) = (stemcell.clone(), dest.clone());
+        let (manifest, vmdk) = tokio::task::spawn_blocking(move || {
+            let rep = opsbake_stemcell::extract(
+                &s2,
+                &d2,
+                &opsbake_stemcell::ExtractOptions::default(),
+            )?;
             let vmdk = rep
                 .files
                 .iter()
@@ -422,13 +426,24 @@ impl Builder for VboxBuilder {
                     path: s2.clone(),
                     message: "no .vmdk in the image: the vbox builder needs a vSphere (vsphere-ova) stemcell".into(),
                 })?;
-            let cap = opsbake_stemcell::vmdk::stream_optimized_to_raw(&vmdk, &r2)?;
-            let _ = std::fs::remove_file(&vmdk);
-            Ok::<_, VboxError>((rep.manifest, cap))
+            Ok::<_, VboxError>((rep.manifest, vmdk))
         })
         .await
         .map_err(|j| BuildError::Other(format!("stemcell extraction task: {j}")))?
         .map_err(e)?;
+        // qemu-img expands the VMDK (sparse raw); the guest writes an overlay over it
+        exec::Cmd::new("qemu-img")
+            .args(["convert", "-q", "-f", "vmdk", "-O", "raw"])
+            .arg(&vmdk)
+            .arg(&raw)
+            .run()
+            .await
+            .map_err(e)?;
+        let _ = tokio::fs::remove_file(&vmdk).await;
+        let vmdk_cap = tokio::fs::metadata(&raw)
+            .await
+            .map_err(BuildError::io(&raw))?
+            .len();
         let mut st = self.state.lock().await;
         st.base_raw = Some(raw.clone());
         st.stemcell_sha1 = manifest.sha1.clone();

@@ -1,0 +1,277 @@
+//! Cancellation and crash cleanup of a vbox build under QEMU: a cancel
+//! (what Ctrl-C does in the CLI) mid-provisioning kills QEMU and leaves no
+//! files; after SIGKILL of the building process QEMU keeps running (it is in
+//! its own process group) and the journal's unwinding (`opsbake cleanup`)
+//! ends it by PID and start time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use opsbake_comms_ssh as ssh;
+use opsbake_core::builder::{Connector, KeyAlgorithm, KeyPair, SshAuth, SshTarget};
+use opsbake_core::events::{Emitter, Event, EventSink};
+use opsbake_core::journal::{Journal, Outcome, ProcessIdentity};
+use opsbake_core::runner::{BuildJob, CleanupTracker, Runner};
+use opsbake_core::template::Iaas;
+use opsbake_core::transport::{Transport, TransportError};
+use tokio_util::sync::CancellationToken;
+
+const VSPHERE_TGZ: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
+const TEST: &str = "cancel_and_crash_cleanup_end_qemu";
+
+fn stemcell() -> Option<PathBuf> {
+    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
+        Some(d) => Some(PathBuf::from(d).join(VSPHERE_TGZ)),
+        None if std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1") => None,
+        None => panic!(
+            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
+        ),
+    }
+}
+
+fn oth(message: impl Into<String>) -> TransportError {
+    TransportError::Other {
+        target: "test connector".into(),
+        message: message.into(),
+    }
+}
+
+struct SshConnector;
+
+#[async_trait]
+impl Connector for SshConnector {
+    fn generate_key(&self, _a: KeyAlgorithm, comment: &str) -> Result<KeyPair, TransportError> {
+        let k = ssh::KeyPair::generate(ssh::KeyKind::Ed25519, comment)
+            .map_err(|e| oth(e.to_string()))?;
+        Ok(KeyPair {
+            public_openssh: k.public_openssh().to_string(),
+            private_openssh: k.private_openssh().map_err(|e| oth(e.to_string()))?,
+            algorithm: "ssh-ed25519".into(),
+        })
+    }
+
+    async fn connect(
+        &self,
+        t: &SshTarget,
+        cancel: CancellationToken,
+    ) -> Result<Arc<dyn Transport>, TransportError> {
+        let SshAuth::Key(k) = &t.auth else {
+            return Err(oth("key auth only"));
+        };
+        let kp = ssh::KeyPair::from_openssh(&k.private_openssh).map_err(|e| oth(e.to_string()))?;
+        let mut o = ssh::SshOptions::new(
+            ssh::Target {
+                host: t.host.clone(),
+                port: t.port,
+                user: t.user.clone(),
+            },
+            ssh::Auth::Key(kp),
+            ssh::HostKeyVerifier::new(ssh::HostKeyPolicy::TrustOnFirstUse),
+        );
+        o.login_timeout = t.login_timeout;
+        tokio::select! {
+            _ = cancel.cancelled() => Err(TransportError::Cancelled),
+            r = ssh::SshTransport::connect(o) => Ok(Arc::new(r?) as Arc<dyn Transport>),
+        }
+    }
+}
+
+/// Events as JSON lines; printed on stdout (the crash child's parent reads them).
+#[derive(Default)]
+struct Log(Mutex<Vec<String>>);
+
+impl EventSink for Log {
+    fn emit(&self, e: Event) {
+        let line = serde_json::to_string(&e).unwrap();
+        println!("{line}");
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+fn job(dir: &Path, build_id: &str, stemcell: &Path) -> BuildJob {
+    std::fs::create_dir_all(dir).unwrap();
+    let tpl = dir.join("t.yml");
+    std::fs::write(
+        &tpl,
+        format!(
+            r#"name: appliance
+stemcells:
+  vbox: {{path: "{}"}}
+builds:
+  vbox:
+    memory: 1024
+    ssh: {{user: vcap, login_timeout: 10m}}
+provision:
+  - type: shell
+    inline: ["echo long-step-started", "sleep 900"]
+outputs:
+  directory: "{}"
+"#,
+            stemcell.display(),
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    let loaded = opsbake_core::template::load(&tpl).unwrap();
+    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
+    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Vbox, build_id).unwrap();
+    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
+    BuildJob {
+        builder: opsbake_iaas_vbox::builder(&plan).unwrap(),
+        plan,
+        inputs,
+    }
+}
+
+fn runner(dir: &Path, log: Arc<Log>) -> Runner {
+    let mut r = Runner::new(dir.join("state"), log);
+    r.connector = Some(Arc::new(SshConnector));
+    r.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    r.options.offline = true;
+    r
+}
+
+/// The QEMU PID and start time from a `resource_created` event line.
+fn qemu_of(line: &str) -> Option<i32> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v["event"] == "resource_created" && v["kind"] == "local_process")
+        .then(|| v["id"].as_str()?.parse().ok())
+        .flatten()
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_crash_cleanup_end_qemu() {
+    let Some(stemcell) = stemcell() else { return };
+    // child mode: build until killed
+    if let Ok(dir) = std::env::var("OPSBAKE_VBOX_E2E_HANG") {
+        let log = Arc::new(Log::default());
+        let r = runner(Path::new(&dir), log);
+        r.run_all(
+            vec![job(Path::new(&dir), "vbox-crash", &stemcell)],
+            CancellationToken::new(),
+        )
+        .await;
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+
+    // 1. cancel mid-provisioning
+    let dir = t.path().join("cancel");
+    let log = Arc::new(Log::default());
+    let cancel = CancellationToken::new();
+    let r = runner(&dir, log.clone());
+    let j = job(&dir, "vbox-cancel", &stemcell);
+    let c2 = cancel.clone();
+    let watcher = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(900);
+            while Instant::now() < deadline {
+                if log
+                    .0
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains("long-step-started"))
+                {
+                    c2.cancel();
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            c2.cancel();
+            false
+        })
+    };
+    let res = r.run_all(vec![j], cancel).await;
+    assert!(watcher.await.unwrap(), "the long step never started");
+    let events = log.0.lock().unwrap().clone();
+    let pid = events
+        .iter()
+        .find_map(|l| qemu_of(l))
+        .expect("a QEMU process was recorded");
+    assert_eq!(res[0].outcome, Outcome::Cancelled, "{:?}", res[0].error);
+    assert!(res[0].leftovers.is_empty(), "{:?}", res[0].leftovers);
+    assert!(!alive(pid), "QEMU {pid} survived the cancel");
+    assert!(
+        !dir.join("state/builds/vbox-cancel/vbox").exists(),
+        "work dir left"
+    );
+    assert!(!dir.join("out/appliance.ova").exists());
+
+    // 2. SIGKILL of the building process, then the journal's unwinding
+    let dir = t.path().join("crash");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture"])
+        .env("OPSBAKE_VBOX_E2E_HANG", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut qemu = None;
+    loop {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the crash child did not reach the long step");
+        if let Some(p) = qemu_of(&l) {
+            qemu = Some(p);
+        }
+        if l.contains("long-step-started") {
+            break;
+        }
+    }
+    let qemu = qemu.expect("QEMU pid");
+    nix_kill(child.id());
+    let _ = child.wait();
+    assert!(
+        alive(qemu),
+        "QEMU died with its parent: nothing left to test"
+    );
+    let ident = ProcessIdentity::of(qemu).unwrap();
+    let journal = Journal::open(&dir.join("state"), "vbox-crash").unwrap();
+    let sink = Arc::new(Log::default());
+    let left = opsbake_core::runner::unwind(
+        &journal,
+        &opsbake_iaas_vbox::VboxDeleter,
+        &Emitter::for_build(sink, "vbox", "vbox-crash"),
+        &CleanupTracker::default(),
+    )
+    .await;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!ident.is_alive(), "QEMU {qemu} survived the cleanup");
+    assert!(!dir.join("state/builds/vbox-crash/vbox").exists());
+}
+
+fn nix_kill(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
