@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/lib.sh
 # build: debootstrap, disk tools, GRUB (BIOS) images, image conversion
-apt_install debootstrap debian-archive-keyring e2fsprogs fdisk grub-pc-bin grub-common qemu-utils coreutils tar gzip zstd
+apt_install debootstrap debian-archive-keyring e2fsprogs fdisk grub-pc-bin grub-common qemu-utils coreutils tar gzip
 # boot tests: QEMU, the settings ISO, the OpenSSH client and key generation, password hashes
 apt_install qemu-system-x86 genisoimage openssh-client openssl
 out=$(bash stemcells/build-test-stemcell.sh | tail -1)

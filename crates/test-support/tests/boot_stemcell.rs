@@ -2,9 +2,9 @@
 //! OPSBAKE_TEST_STEMCELL_DIR) under QEMU with a BOSH settings ISO, and logs in
 //! as `vcap` with the key from the settings using the OpenSSH client.
 //!
-//! The settings ISO is made with Debian's genisoimage
-//! (`opsbake_test_support::qemu::settings_iso`); the stemcell crate's own ISO
-//! writer can replace it once it lands.
+//! The settings ISO comes from the stemcell crate's ISO writer
+//! (`opsbake_stemcell::IsoWriter`); `opsbake_test_support::qemu::settings_iso`
+//! (genisoimage) is there for crates that do not depend on it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -161,7 +161,14 @@ fn boots_and_takes_settings_from_the_cdrom() {
     let hash = qemu::password_hash(&password).unwrap();
     let agent_id = "builder-boot-test";
     let settings = qemu::settings_json(agent_id, std::slice::from_ref(&key.public), Some(&hash));
-    let iso = qemu::settings_iso(&settings, "env", &work.path().join("settings.iso")).unwrap();
+    // The settings CD-ROM from the stemcell crate's ISO writer (files `env` and
+    // `ENV`, Rock Ridge names), as the VirtualBox builder makes it.
+    let iso = work.path().join("settings.iso");
+    opsbake_stemcell::IsoWriter::new("BOSH_ENV")
+        .file("env", settings.clone())
+        .file("ENV", settings.clone())
+        .write_to(&iso)
+        .unwrap();
 
     let mut opts = QemuOptions::new(&vmdk).cdrom(&iso);
     opts.work_dir = Some(work.path().join("vm"));
