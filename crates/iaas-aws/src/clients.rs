@@ -19,6 +19,7 @@ pub const MAX_ATTEMPTS: u32 = 6;
 
 /// Clients for every region a build touches.
 pub struct Clients {
+    attempts: u32,
     endpoint: Option<String>,
     home: String,
     sdk: OnceCell<SdkConfig>,
@@ -29,7 +30,13 @@ pub struct Clients {
 impl Clients {
     /// Clients whose default region is `home`, talking to `endpoint` when set.
     pub fn new(home: &str, endpoint: Option<String>) -> Clients {
+        Clients::with_attempts(home, endpoint, MAX_ATTEMPTS)
+    }
+
+    /// The same with another number of attempts per call (1: no retries).
+    pub fn with_attempts(home: &str, endpoint: Option<String>, attempts: u32) -> Clients {
         Clients {
+            attempts: attempts.max(1),
             endpoint,
             home: home.to_string(),
             sdk: OnceCell::new(),
@@ -50,7 +57,7 @@ impl Clients {
                     .region(Region::new(self.home.clone()))
                     .retry_config(
                         RetryConfig::standard()
-                            .with_max_attempts(MAX_ATTEMPTS)
+                            .with_max_attempts(self.attempts)
                             .with_initial_backoff(Duration::from_millis(250))
                             .with_max_backoff(Duration::from_secs(20)),
                     )

@@ -289,7 +289,7 @@ async fn heavy_stemcell_import_reads_back_block_for_block_and_is_reused() {
     );
     let snap = base.details.get("snapshot").unwrap().clone();
     // Every block back through the EBS direct APIs equals the raw disk.
-    let ebs = opsbake_iaas_aws::clients::Clients::new("us-east-1", Some(ep.clone()))
+    let ebs = opsbake_iaas_aws::clients::Clients::with_attempts("us-east-1", Some(ep.clone()), 1)
         .ebs("us-east-1")
         .await
         .unwrap();

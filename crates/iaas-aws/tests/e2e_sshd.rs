@@ -1,0 +1,373 @@
+//! `aws` builds end to end through core's runner with the real SSH
+//! transport (comms-ssh) and provisioners: moto plays EC2, a hardened
+//! OpenSSH sshd on 127.0.0.1 plays the instance (through the `ssh.host` /
+//! `ssh.port` override; moto's invented addresses are never contacted).
+//!
+//! The sshd has no authorized_keys: its `AuthorizedKeysCommand` asks moto
+//! for the user data of the running instances (DescribeInstanceAttribute
+//! userData) and prints `env.bosh.authorized_keys`, so a login proves the
+//! key travelled through the BOSH agent settings, as on AWS.
+//!
+//! The stemcells are the project's test stemcells
+//! (`OPSBAKE_TEST_STEMCELL_DIR`, .ci/setup.d/20-test-stemcell.sh).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use common::*;
+use opsbake_comms_ssh as ssh;
+use opsbake_core::builder::{Connector, KeyAlgorithm, KeyPair, SshAuth, SshTarget};
+use opsbake_core::events::{Event, EventSink};
+use opsbake_core::runner::{BuildJob, Runner};
+use opsbake_core::template::Iaas;
+use opsbake_core::transport::{Transport, TransportError};
+use opsbake_test_support::moto::{Moto, MotoOptions, SeedAmi};
+use opsbake_test_support::sshd::{self, AuthorizedKeysCommand, Sshd, SshdOptions};
+use tokio_util::sync::CancellationToken;
+
+const LIGHT: &str = "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz";
+const HEAVY: &str = "bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz";
+
+fn stemcell(name: &str) -> Option<PathBuf> {
+    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
+        Some(d) => {
+            let p = PathBuf::from(d).join(name);
+            assert!(p.is_file(), "{} missing: rerun .ci/setup.d/20-test-stemcell.sh", p.display());
+            Some(p)
+        }
+        None if opsbake_test_support::moto::skip_peers() => None,
+        None => panic!(
+            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
+        ),
+    }
+}
+
+fn oth(message: impl Into<String>) -> TransportError {
+    TransportError::Other {
+        target: "test connector".into(),
+        message: message.into(),
+    }
+}
+
+/// comms-ssh behind core's Connector (the CLI's wiring belongs to the CLI).
+struct SshConnector;
+
+#[async_trait]
+impl Connector for SshConnector {
+    fn generate_key(&self, _a: KeyAlgorithm, comment: &str) -> Result<KeyPair, TransportError> {
+        let k = ssh::KeyPair::generate(ssh::KeyKind::Ed25519, comment)
+            .map_err(|e| oth(e.to_string()))?;
+        Ok(KeyPair {
+            public_openssh: k.public_openssh().to_string(),
+            private_openssh: k.private_openssh().map_err(|e| oth(e.to_string()))?,
+            algorithm: "ssh-ed25519".into(),
+        })
+    }
+
+    async fn connect(
+        &self,
+        t: &SshTarget,
+        cancel: CancellationToken,
+    ) -> Result<Arc<dyn Transport>, TransportError> {
+        let SshAuth::Key(k) = &t.auth else {
+            return Err(oth("test connector: key auth only"));
+        };
+        // Never anything but the loopback override.
+        assert_eq!(t.host, "127.0.0.1", "the build tried to reach {}", t.host);
+        let kp = ssh::KeyPair::from_openssh(&k.private_openssh).map_err(|e| oth(e.to_string()))?;
+        let mut o = ssh::SshOptions::new(
+            ssh::Target {
+                host: t.host.clone(),
+                port: t.port,
+                user: t.user.clone(),
+            },
+            ssh::Auth::Key(kp),
+            ssh::HostKeyVerifier::new(ssh::HostKeyPolicy::TrustOnFirstUse),
+        );
+        o.login_timeout = t.login_timeout;
+        tokio::select! {
+            _ = cancel.cancelled() => Err(TransportError::Cancelled),
+            r = ssh::SshTransport::connect(o) => Ok(Arc::new(r?) as Arc<dyn Transport>),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Log(std::sync::Mutex<Vec<String>>);
+
+impl EventSink for Log {
+    fn emit(&self, e: Event) {
+        let line = serde_json::to_string(&e).unwrap();
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+/// A hardened sshd whose keys come from the instances' user data at moto.
+fn sshd_reading_user_data(moto: &Moto) -> Sshd {
+    let dir = sshd::private_script_dir("aws-user-data").unwrap();
+    let script = dir.join(format!("keys-{}", moto.port()));
+    // Debian's python3 (readable by `nobody`), plain EC2 query calls.
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/usr/bin/python3
+# Prints env.bosh.authorized_keys of every running instance's user data.
+import base64, json, urllib.parse, urllib.request, xml.etree.ElementTree as ET
+EP = "{}"
+def call(**params):
+    params.update(Version="2016-11-15")
+    body = urllib.parse.urlencode(params).encode()
+    req = urllib.request.Request(EP + "/", data=body, headers={{
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x"}})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return ET.fromstring(r.read())
+def strip(t):
+    return t.split("}}", 1)[-1]
+root = call(Action="DescribeInstances")
+for item in root.iter():
+    if strip(item.tag) != "item":
+        continue
+    iid = state = None
+    for c in item:
+        if strip(c.tag) == "instanceId":
+            iid = c.text
+        if strip(c.tag) == "instanceState":
+            for s in c:
+                if strip(s.tag) == "name":
+                    state = s.text
+    if not iid or state != "running":
+        continue
+    a = call(Action="DescribeInstanceAttribute", InstanceId=iid, Attribute="userData")
+    for v in a.iter():
+        if strip(v.tag) == "value" and v.text:
+            for k in json.loads(base64.b64decode(v.text))["env"]["bosh"]["authorized_keys"]:
+                print(k)
+"#,
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Sshd::start(SshdOptions {
+        authorized_keys_command: Some(AuthorizedKeysCommand {
+            command: script,
+            args: "%u".into(),
+            user: "nobody".into(),
+        }),
+        ..SshdOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn write_template(
+    dir: &Path,
+    stemcell: &Path,
+    endpoint: &str,
+    port: u16,
+    options: &str,
+) -> PathBuf {
+    let t = dir.join("appliance.yml");
+    std::fs::write(
+        &t,
+        format!(
+            r#"name: appliance
+version: "1.0"
+stemcells:
+  aws: {{path: "{}"}}
+builds:
+  aws:
+    network: {{ssh_cidrs: [203.0.113.0/24]}}
+    ssh: {{user: vcap, host: 127.0.0.1, port: {port}, login_timeout: 60s}}
+    options: {{region: us-east-1, endpoint: "{endpoint}", instance_type: t3.micro{options}}}
+provision:
+  - type: shell
+    sudo: false
+    inline:
+      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
+outputs:
+  directory: out
+"#,
+            stemcell.display()
+        ),
+    )
+    .unwrap();
+    t
+}
+
+async fn run(
+    dir: &Path,
+    template: &Path,
+    id: &str,
+) -> (opsbake_core::runner::BuildResult, Vec<String>) {
+    let loaded = opsbake_core::template::load(template).unwrap();
+    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
+    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Aws, id).unwrap();
+    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
+    let builder = opsbake_iaas_aws::builder(&plan).unwrap();
+    let log = Arc::new(Log::default());
+    let mut runner = Runner::new(dir.join("state"), log.clone());
+    runner.connector = Some(Arc::new(SshConnector));
+    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    let r = runner
+        .run_all(
+            vec![BuildJob {
+                plan,
+                builder,
+                inputs,
+            }],
+            CancellationToken::new(),
+        )
+        .await;
+    let events = log.0.lock().unwrap().clone();
+    (r[0].clone(), events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_stemcell_build_logs_in_with_the_key_from_the_agent_settings() {
+    aws_env();
+    let Some(sc) = stemcell(LIGHT) else { return };
+    let moto = Moto::start(MotoOptions {
+        seed_amis: vec![
+            SeedAmi {
+                ami_id: "ami-0bd5e7e57c0ffee01".into(),
+                name: "bosh-aws-xen-hvm-debian-bookworm-go_agent-1.0".into(),
+                root_device_name: "/dev/sda1".into(),
+            },
+            SeedAmi {
+                ami_id: "ami-0bd5e7e57c0ffee02".into(),
+                name: "bosh-aws-xen-hvm-debian-bookworm-go_agent-1.0".into(),
+                root_device_name: "/dev/sda1".into(),
+            },
+        ],
+        env: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sshd = sshd_reading_user_data(&moto);
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_template(
+        dir.path(),
+        &sc,
+        &moto.endpoint(),
+        sshd.port(),
+        ", copy_regions: [eu-west-1], tags: {appliance: 'true'}",
+    );
+    let id = "ob-e2e-light-1";
+    let started = Instant::now();
+    let (r, events) = run(dir.path(), &t, id).await;
+    assert!(
+        r.error.is_none(),
+        "{:?}\n{}\nsshd log:\n{}",
+        r.error,
+        events.join("\n"),
+        sshd.log_text()
+    );
+    eprintln!(
+        "light build against moto + sshd: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let marker = std::fs::read_to_string(sshd.home().join("opsbake-marker")).unwrap();
+    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
+    // The key came through the command (vcap's authorized_keys is empty).
+    assert!(
+        sshd.log_text().contains("Accepted publickey for vcap"),
+        "{}",
+        sshd.log_text()
+    );
+    let art = r.artifact.unwrap();
+    assert_eq!(art.id.split(',').count(), 2, "{}", art.id);
+    let left = leftovers(&moto.endpoint(), &["us-east-1", "eu-west-1"], id).await;
+    assert!(
+        left.iter()
+            .all(|l| l.contains(" image ") || l.contains(" snapshot ")),
+        "{left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_stemcell_build_imports_the_disk_block_for_block() {
+    aws_env();
+    let Some(sc) = stemcell(HEAVY) else { return };
+    let moto = Moto::start(MotoOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let sshd = sshd_reading_user_data(&moto);
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_template(dir.path(), &sc, &moto.endpoint(), sshd.port(), "");
+    let id = "ob-e2e-heavy-1";
+    let started = Instant::now();
+    let (r, events) = run(dir.path(), &t, id).await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    let took = started.elapsed().as_secs_f64();
+    let upload = events
+        .iter()
+        .find(|e| e.contains("blocks (") && e.contains("uploaded"))
+        .cloned()
+        .unwrap_or_default();
+    eprintln!("heavy build against moto + sshd: {took:.2} s; {upload}");
+    for e in events.iter().filter(|e| e.contains("step_finished")) {
+        eprintln!("{e}");
+    }
+    // The imported snapshot, block for block, against the stemcell's disk.
+    let x = dir.path().join("x");
+    opsbake_stemcell::extract(&sc, &x, &Default::default()).unwrap();
+    let disk = std::fs::read(x.join("root.img")).unwrap();
+    let c = ec2(&moto.endpoint(), "us-east-1").await;
+    let snaps = c
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:opsbake:role")
+                .values("base-image")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let snap = snaps.snapshots()[0].snapshot_id().unwrap().to_string();
+    // No retries: moto answers a missing (zero) block with a 500.
+    let ebs =
+        opsbake_iaas_aws::clients::Clients::with_attempts("us-east-1", Some(moto.endpoint()), 1)
+            .ebs("us-east-1")
+            .await
+            .unwrap();
+    let bs = 512 * 1024;
+    let mut sent = 0;
+    let t0 = Instant::now();
+    for idx in 0..disk.len().div_ceil(bs) {
+        let mut want = disk[idx * bs..((idx + 1) * bs).min(disk.len())].to_vec();
+        let zero = want.iter().all(|b| *b == 0);
+        want.resize(bs, 0);
+        match ebs
+            .get_snapshot_block()
+            .snapshot_id(&snap)
+            .block_index(idx as i32)
+            .block_token("any")
+            .send()
+            .await
+        {
+            Ok(got) => {
+                assert!(!zero, "zero block {idx} uploaded");
+                let data = got.block_data.collect().await.unwrap().into_bytes();
+                assert!(data.as_ref() == want.as_slice(), "block {idx} differs");
+                sent += 1;
+            }
+            Err(e) => assert!(zero, "block {idx} missing: {e:?}"),
+        }
+    }
+    eprintln!(
+        "read back {} blocks ({} non-zero) in {:.2} s",
+        disk.len().div_ceil(bs),
+        sent,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(sent > 0);
+    let marker = std::fs::read_to_string(sshd.home().join("opsbake-marker")).unwrap();
+    assert!(marker.contains("vcap"));
+}
