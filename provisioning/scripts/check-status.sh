@@ -3,10 +3,11 @@
 # Called by name from setup.sh (the staging dir is on PATH) and run as its
 # own step at the end of the build.
 set -eu
+# (busybox 1.35 wget segfaults with -T: coreutils timeout bounds it instead)
 PORT=${APPLIANCE_PORT:-8080}
 NAME=${APPLIANCE_NAME:-appliance}
 waited=0
-until busybox wget -q -T 2 -O /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null; do
+until timeout 5 busybox wget -q -O /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null; do
     waited=$((waited + 1))
     if [ "$waited" -ge 30 ]; then
         echo "check-status: nothing answers on port $PORT after 30 s" >&2
@@ -15,7 +16,7 @@ until busybox wget -q -T 2 -O /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null; d
     fi
     sleep 1
 done
-body=$(busybox wget -q -T 5 -O - "http://127.0.0.1:$PORT/cgi-bin/status")
+body=$(timeout 10 busybox wget -q -O - "http://127.0.0.1:$PORT/cgi-bin/status")
 case "$body" in
 *"\"name\": \"$NAME\""*) echo "check-status: ok: $body" ;;
 *)

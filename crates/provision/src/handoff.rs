@@ -449,6 +449,48 @@ mod tests {
     }
 
     #[test]
+    fn the_ovf_helper_adds_public_ssh_key_once() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("opsbake-ovf-ssh-key");
+        std::fs::write(&script, OVF_SCRIPT).unwrap();
+        let keys = d.path().join("authorized_keys");
+        let run = |xml: &str| {
+            let env = d.path().join("ovf-env.xml");
+            std::fs::write(&env, xml).unwrap();
+            std::process::Command::new("sh")
+                .arg(&script)
+                .env("OPSBAKE_OVF_ENV_FILE", &env)
+                .env("OPSBAKE_OVF_KEYS_FILE", &keys)
+                .output()
+                .unwrap()
+        };
+        let xml = "<?xml version=\"1.0\"?>\n<Environment xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\">\n<PropertySection>\n  <Property oe:key=\"hostname\" oe:value=\"x\"/>\n  <Property oe:key=\"public_ssh_key\" oe:value=\"ssh-ed25519 AAAAC3Nz a&amp;b\"/>\n</PropertySection>\n</Environment>\n";
+        for _ in 0..2 {
+            let out = run(xml);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(&keys).unwrap(),
+            "ssh-ed25519 AAAAC3Nz a&b\n"
+        );
+        // value before key, and a non-key value is refused
+        let out = run("<Property oe:value=\"ssh-rsa BBBB r\" oe:key=\"public_ssh_key\"/>");
+        assert!(out.status.success());
+        assert!(std::fs::read_to_string(&keys)
+            .unwrap()
+            .ends_with("ssh-rsa BBBB r\n"));
+        let out = run("<Property oe:key=\"public_ssh_key\" oe:value=\"rm -rf /\"/>");
+        assert!(!out.status.success());
+        let out = run("<Environment/>");
+        assert!(out.status.success(), "no key: nothing to do");
+        assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 2);
+    }
+
+    #[test]
     fn identity_parses() {
         let i = Identity::parse("1000\nabc\n1234-5\n");
         assert_eq!(i, id("abc", "1234-5"));

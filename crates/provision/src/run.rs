@@ -549,6 +549,9 @@ impl Session<'_> {
         } else {
             s.valid_exit_codes.clone()
         };
+        if s.expect_disconnect {
+            self.wait_firstboot(label).await;
+        }
         let mut req = ExecRequest::new(cmd);
         req.timeout = timeout;
         let r = self.transport.exec(req, sink.clone()).await;
@@ -573,6 +576,35 @@ impl Session<'_> {
                 check_status(label, st, &valid, sink)?;
                 self.await_disconnect(label, wait).await
             }
+        }
+    }
+
+    /// Before a reboot: a stemcell makes its host keys on the first boot
+    /// (`/root/firstboot.sh`) and marks them done with `/root/firstboot_done`
+    /// a little after the first login is possible. A reboot before the
+    /// marker makes new host keys, which the pinned host key then refuses.
+    /// Wait for the marker (best effort: needs root to look).
+    async fn wait_firstboot(&self, label: &str) {
+        let sink = Arc::new(StepSink::new(None, label));
+        let script = "if [ -e /root/firstboot.sh ] || [ -e /etc/systemd/system/firstboot.service ]; then i=0; while [ ! -e /root/firstboot_done ] && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done; [ -e /root/firstboot_done ] || { echo 'no /root/firstboot_done after 300 s' >&2; exit 3; }; fi";
+        let cmd = format!(
+            "{}sh -c {}",
+            self.sudo(),
+            opsbake_core::transport::shell_quote(script)
+        );
+        match self
+            .transport
+            .exec(ExecRequest::new(cmd), sink.clone())
+            .await
+        {
+            Ok(st) if st.success() => {}
+            Ok(st) => self.ctx.events.warn(format!(
+                "{label}: could not wait for the first-boot host keys before the reboot ({st}){}",
+                sink.tail_message()
+            )),
+            Err(e) => self.ctx.events.warn(format!(
+                "{label}: could not wait for the first-boot host keys before the reboot: {e}"
+            )),
         }
     }
 

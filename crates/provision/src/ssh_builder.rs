@@ -162,3 +162,64 @@ impl Builder for SshBuilder {
         Ok(a)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opsbake_core::plan::plan_build;
+    use opsbake_core::template::parse;
+    use opsbake_core::vars::{resolve, VarSources};
+
+    fn builder_of(yaml: &str) -> SshBuilder {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("key"), "k").unwrap();
+        let path = d.path().join("t.yml");
+        let l = parse(&path, yaml.to_string()).unwrap();
+        let v = resolve(&l, &VarSources::default()).unwrap();
+        SshBuilder::from_plan(&plan_build(&l, &v, Iaas::Ssh, "b1").unwrap())
+    }
+
+    #[test]
+    fn target_from_the_template() {
+        let b = builder_of(
+            "name: t\nbuilds:\n  ssh:\n    ssh: {host: 192.0.2.7, port: 2222, user: ops, private_key_file: key, host_key: {pin: [\"SHA256:abc\"]}}\n",
+        );
+        let t = b.target().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.user.as_str()),
+            ("192.0.2.7", 2222, "ops")
+        );
+        assert!(matches!(t.auth, SshAuth::KeyFile(ref p) if p.ends_with("key")));
+        assert_eq!(t.host_key, HostKeyPolicy::Pin(vec!["SHA256:abc".into()]));
+        let b = builder_of("name: t\nbuilds:\n  ssh:\n    ssh: {host: 192.0.2.7, password: pw}\n");
+        let t = b.target().unwrap();
+        assert_eq!(t.port, 22);
+        assert_eq!(t.user, "vcap");
+        assert!(matches!(t.auth, SshAuth::Password(_)));
+        assert_eq!(t.host_key, HostKeyPolicy::TrustOnFirstUse);
+    }
+
+    #[test]
+    fn loopback_needs_allow_loopback_and_credentials_are_required() {
+        let e = builder_of("name: t\nbuilds:\n  ssh:\n    ssh: {host: 127.0.0.1, password: pw}\n")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow_loopback"), "{e}");
+        assert!(builder_of(
+            "name: t\nbuilds:\n  ssh:\n    ssh: {host: 127.0.0.1, password: pw}\n    options: {allow_loopback: true}\n"
+        )
+        .check()
+        .is_ok());
+        let e = builder_of("name: t\nbuilds:\n  ssh:\n    ssh: {host: 192.0.2.7}\n")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private_key_file"), "{e}");
+        let e = builder_of("name: t\nbuilds:\n  ssh: {}\n")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host"), "{e}");
+    }
+}

@@ -172,7 +172,17 @@ if [ -d /var/vcap/data ]; then
     find /var/vcap/data -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system {} + 2>/dev/null || true
     [ -z "$(ls -A /var/vcap/data 2>/dev/null)" ] || fail "/var/vcap/data is not empty: $(ls -A /var/vcap/data | head -5 | tr '\n' ' ')"
 fi
-# host keys and the firstboot marker go together (firstboot.sh regenerates both)
+# host keys and the firstboot marker go together (firstboot.sh regenerates
+# both); first let a first boot still making keys finish, or its keys come back
+if [ -e /root/firstboot.sh ] && [ ! -e /root/firstboot_done ]; then
+    step "waiting for the first-boot host keys (/root/firstboot_done) before removing them"
+    waited=0
+    while [ ! -e /root/firstboot_done ] && [ "$waited" -lt 300 ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    [ -e /root/firstboot_done ] || fail "/root/firstboot_done did not appear in 300 s"
+fi
 rm -f /etc/ssh/ssh_host_* /root/firstboot_done
 if ls /etc/ssh/ssh_host_* >/dev/null 2>&1 || [ -e /root/firstboot_done ]; then
     fail "host keys or /root/firstboot_done still present"
