@@ -346,6 +346,55 @@ impl VboxBuilder {
     }
 }
 
+impl VboxBuilder {
+    async fn stop_failed_kvm(
+        &self,
+        ctx: &BuildContext,
+        mut vm: qemu::QemuVm,
+    ) -> Result<(), BuildError> {
+        ctx.events.warn(format!(
+            "the guest did not boot under KVM in {:?}: TCG from now on",
+            qemu::KVM_BOOT_CHECK
+        ));
+        let _ = vm.child.kill().await;
+        let _ = vm.child.wait().await;
+        if let Some(seq) = self.state.lock().await.proc_seq.take() {
+            ctx.deleted(seq, LOCAL_PROCESS, &vm.pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn restart_tcg(
+        &self,
+        ctx: &BuildContext,
+        work: &Path,
+        overlay: &Path,
+        iso: &Path,
+    ) -> Result<(qemu::QemuVm, qemu::Accel), BuildError> {
+        qemu::KVM_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed);
+        // a fresh overlay: the failed guest may have written to it
+        let _ = tokio::fs::remove_file(overlay).await;
+        let base = self
+            .state
+            .lock()
+            .await
+            .base_raw
+            .clone()
+            .ok_or_else(|| BuildError::Other("no base disk".into()))?;
+        exec::Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&base)
+            .arg(overlay)
+            .run()
+            .await
+            .map_err(e)?;
+        let vm = self
+            .start_qemu(ctx, work, overlay, iso, qemu::Accel::Tcg)
+            .await?;
+        Ok((vm, qemu::Accel::Tcg))
+    }
+}
+
 #[async_trait]
 impl Deleter for VboxBuilder {
     async fn delete(&self, res: &Resource) -> Result<Deleted, BuildError> {
@@ -512,7 +561,47 @@ impl Builder for VboxBuilder {
         let accel = qemu::choose_accel(self.options.accel.as_deref())
             .await
             .map_err(e)?;
-        let vm = self.start_qemu(ctx, &work, &overlay, &iso, accel).await?;
+        let forced = self.options.accel.as_deref().is_some_and(|a| a != "auto")
+            || std::env::var("OPSBAKE_QEMU_ACCEL").is_ok_and(|v| !v.is_empty());
+        let (vm, accel) = if accel == qemu::Accel::Kvm && !forced {
+            match self.start_qemu(ctx, &work, &overlay, &iso, accel).await {
+                Ok(mut vm) => {
+                    let deadline = std::time::Instant::now() + qemu::KVM_BOOT_CHECK;
+                    let mut booted = false;
+                    while std::time::Instant::now() < deadline {
+                        if vm.serial_contains("Freeing unused kernel") {
+                            booted = true;
+                            break;
+                        }
+                        if vm
+                            .child
+                            .try_wait()
+                            .map_err(BuildError::io(qemu::QEMU))?
+                            .is_some()
+                        {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    if booted {
+                        (vm, accel)
+                    } else {
+                        self.stop_failed_kvm(ctx, vm).await?;
+                        self.restart_tcg(ctx, &work, &overlay, &iso).await?
+                    }
+                }
+                Err(err) => {
+                    ctx.events
+                        .warn(format!("the guest did not start under KVM ({err}): TCG"));
+                    self.restart_tcg(ctx, &work, &overlay, &iso).await?
+                }
+            }
+        } else {
+            (
+                self.start_qemu(ctx, &work, &overlay, &iso, accel).await?,
+                accel,
+            )
+        };
         let port = vm.config.ssh_port;
         {
             let mut st = self.state.lock().await;

@@ -77,6 +77,14 @@ pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
     }
 }
 
+/// Set when a real guest failed under a probed KVM: TCG from then on.
+pub static KVM_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a guest under a probed KVM may take to show the kernel's
+/// `Freeing unused kernel` line on its serial console before it is restarted
+/// under TCG (KVM guests hang or abort on some hosts even when the probe runs).
+pub const KVM_BOOT_CHECK: Duration = Duration::from_secs(30);
+
 /// The KVM probe's result, once per process.
 static KVM_WORKS: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
 
@@ -217,10 +225,6 @@ impl QemuConfig {
         push("pc");
         push("-accel");
         push(self.accel.as_str());
-        if self.accel == Accel::Kvm {
-            push("-cpu");
-            push("host");
-        }
         push("-m");
         push(&self.memory_mib.to_string());
         push("-smp");
@@ -535,7 +539,6 @@ mod tests {
             .collect();
         let joined = a.join(" ");
         assert!(joined.contains("-accel tcg"), "{joined}");
-        assert!(!joined.contains("-cpu host"));
         assert!(joined.contains(
             "-drive file=/s/overlay.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap"
         ));
@@ -556,7 +559,7 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(!joined.contains("restrict=on"));
-        assert!(joined.contains("-accel kvm -cpu host"));
+        assert!(joined.contains("-accel kvm"));
     }
 
     #[test]

@@ -196,8 +196,15 @@ async fn cancel_and_crash_cleanup_end_qemu() {
             false
         })
     };
-    let res = r.run_all(vec![j], cancel).await;
-    assert!(watcher.await.unwrap(), "the long step never started");
+    let res = r.run_all(vec![j], cancel.clone()).await;
+    let started = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("long-step-started"));
+    watcher.abort();
+    assert!(started, "the long step never started: {:?}", res[0].error);
     let events = log.0.lock().unwrap().clone();
     let pid = events
         .iter()
