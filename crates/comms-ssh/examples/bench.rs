@@ -130,6 +130,9 @@ struct Row {
 }
 
 fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[s.len() / 2]
@@ -167,7 +170,7 @@ fn sh_join(v: &[String]) -> String {
 fn timed(script: &str, env: &[(&str, &str)]) -> (f64, Option<u64>) {
     let t = Instant::now();
     let out = Command::new("/usr/bin/time")
-        .args(["-v", "sh", "-c", script])
+        .args(["-v", "timeout", "900", "sh", "-c", script])
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -176,7 +179,8 @@ fn timed(script: &str, env: &[(&str, &str)]) -> (f64, Option<u64>) {
     let secs = t.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        panic!("benchmark command failed: {script}\n{err}");
+        eprintln!("benchmark command failed: {script}\n{err}");
+        return (f64::NAN, None);
     }
     let rss = err
         .lines()
@@ -226,6 +230,10 @@ fn measure(
         let (script, env) = make(&dest);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (s, r) = timed(&script, &env);
+        if s.is_nan() {
+            note = "FAILED (see stderr)".into();
+            break;
+        }
         secs.push(s);
         rss = rss.max(r);
         clean(c);

@@ -871,9 +871,11 @@ pub(crate) async fn verify_sha256(
                 reason: format!("{st}: {}", err.trim()),
             });
         }
+        // GNU sha256sum prefixes the line with `\` when it escaped the name.
         let remote: Vec<&str> = out
             .lines()
             .filter_map(|l| l.split_whitespace().next())
+            .map(|h| h.trim_start_matches('\\'))
             .collect();
         for (i, f) in batch.iter().enumerate() {
             let want = local_sha256(&f.src).await?;

@@ -845,3 +845,55 @@ mod tests {
         assert!(!passwd.contains("opsbake test vcap"));
     }
 }
+
+#[cfg(test)]
+mod akc_tests {
+    use super::*;
+
+    #[test]
+    fn authorized_keys_command_outside_tmp() {
+        // First start: get a client key generated, then serve it from the command.
+        let dir = private_script_dir("akc-test").unwrap();
+        let script = dir.join("keys.sh");
+        let probe = Sshd::start(SshdOptions {
+            openssh_client_key: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let args = probe.openssh_args().unwrap();
+        let pubkey = std::fs::read_to_string(format!("{}.pub", args[1])).unwrap();
+        write(
+            &script,
+            &format!("#!/bin/sh\n[ \"$1\" = vcap ] && echo '{}'\n", pubkey.trim()),
+            0o755,
+        )
+        .unwrap();
+        let sshd = Sshd::start(SshdOptions {
+            openssh_client_key: true,
+            authorized_keys_command: Some(AuthorizedKeysCommand {
+                command: script.clone(),
+                args: "%u".into(),
+                user: "nobody".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        // vcap's authorized_keys holds only this sshd's own client key; log
+        // in with the probe's key, which only the command knows.
+        sshd.set_authorized_keys(&[]).unwrap();
+        let mut a = sshd.openssh_args().unwrap();
+        a[1] = args[1].clone();
+        let out = Command::new("ssh")
+            .args(&a)
+            .args(["127.0.0.1", "id -un"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sshd.log_text()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "vcap");
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# comms-ssh upload benchmark: opsbake vs OpenSSH (scp, sftp -b, rsync, tar | ssh,
+# ControlMaster) vs Packer 1.6.6's null builder, against one hardened test sshd,
+# at 0 ms (direct) and 50 ms RTT (userspace delay proxy). Needs root (the test
+# sshd runs in a private mount namespace), Debian's openssh-server, rsync, time
+# and packer: OPSBAKE_BENCH=1 .ci/setup.d/10-sshd.sh installs them.
+#
+#   crates/comms-ssh/bench/run.sh [--reps 3] [--rtt-ms 0,50] [--cases a,b,c] \
+#       [--no-packer] [--no-packer-sftp] [--out results.md]
+#
+# Data (256 MiB file, 2000 small files) is generated once under
+# /var/tmp/opsbake-bench (--work DIR to change). Results: a markdown table on
+# stdout (and in --out); progress and per-run figures on stderr.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+export CHECKPOINT_DISABLE=1
+cargo build --release -q -p opsbake-comms-ssh --example bench
+exec target/release/examples/bench "$@"
