@@ -182,6 +182,9 @@ fn timed(script: &str, env: &[(&str, &str)]) -> (f64, Option<u64>) {
         eprintln!("benchmark command failed: {script}\n{err}");
         return (f64::NAN, None);
     }
+    for l in err.lines().filter(|l| l.starts_with("opsbake: login")) {
+        eprintln!("    {l}");
+    }
     let rss = err
         .lines()
         .find(|l| l.contains("Maximum resident set size"))
@@ -421,48 +424,47 @@ fn harness(args: &[String]) {
             rows.push(measure(&c, "a", rtt, "opsbake", reps, |d| {
                 (ops(&format!("upload {src} {d}")), vec![])
             }));
-            if only_ours {
-                continue;
-            }
-            rows.push(measure(&c, "a", rtt, "scp (sftp protocol)", reps, |d| {
-                (format!("scp -q {so} {src} {host}:{d}"), vec![])
-            }));
-            rows.push(measure(&c, "a", rtt, "scp -O (legacy)", reps, |d| {
-                (format!("scp -O -q {so} {src} {host}:{d}"), vec![])
-            }));
-            rows.push(measure(&c, "a", rtt, "sftp -b", reps, |d| {
-                let b = work.join("batch-a");
-                std::fs::write(&b, format!("put {src} {d}\n")).unwrap();
-                (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
-            }));
-            rows.push(measure(&c, "a", rtt, "rsync -e ssh", reps, |d| {
-                (
-                    format!(
-                        "rsync -a -e {} {src} {host}:{d}",
-                        opsbake_core::transport::shell_quote(&format!("ssh {so}"))
-                    ),
-                    vec![],
-                )
-            }));
-            rows.push(measure(&c, "a", rtt, "tar | ssh tar x", reps, |d| (format!("tar -C {} -cf - big.img | ssh {so} {host} 'mkdir -p {d} && tar -C {d} -xf -'", work.join("a").display()), vec![])));
-            if packer {
-                rows.push(measure(&c, "a", rtt, "packer file (scp)", reps, |d| {
-                    let tpl = packer_template(
-                        &c,
-                        port,
-                        "scp",
-                        serde_json::json!([{"type": "file", "source": src, "destination": d}]),
-                    );
+            if !only_ours {
+                rows.push(measure(&c, "a", rtt, "scp (sftp protocol)", reps, |d| {
+                    (format!("scp -q {so} {src} {host}:{d}"), vec![])
+                }));
+                rows.push(measure(&c, "a", rtt, "scp -O (legacy)", reps, |d| {
+                    (format!("scp -O -q {so} {src} {host}:{d}"), vec![])
+                }));
+                rows.push(measure(&c, "a", rtt, "sftp -b", reps, |d| {
+                    let b = work.join("batch-a");
+                    std::fs::write(&b, format!("put {src} {d}\n")).unwrap();
+                    (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
+                }));
+                rows.push(measure(&c, "a", rtt, "rsync -e ssh", reps, |d| {
                     (
-                        format!("packer build -color=false {}", tpl.display()),
-                        vec![("CHECKPOINT_DISABLE", "1".into())],
+                        format!(
+                            "rsync -a -e {} {src} {host}:{d}",
+                            opsbake_core::transport::shell_quote(&format!("ssh {so}"))
+                        ),
+                        vec![],
                     )
                 }));
-                if packer_sftp {
-                    rows.push(measure(&c, "a", rtt, "packer file (sftp)", if rtt > 0 { 1 } else { reps }, |d| {
+                rows.push(measure(&c, "a", rtt, "tar | ssh tar x", reps, |d| (format!("tar -C {} -cf - big.img | ssh {so} {host} 'mkdir -p {d} && tar -C {d} -xf -'", work.join("a").display()), vec![])));
+                if packer {
+                    rows.push(measure(&c, "a", rtt, "packer file (scp)", reps, |d| {
+                        let tpl = packer_template(
+                            &c,
+                            port,
+                            "scp",
+                            serde_json::json!([{"type": "file", "source": src, "destination": d}]),
+                        );
+                        (
+                            format!("packer build -color=false {}", tpl.display()),
+                            vec![("CHECKPOINT_DISABLE", "1".into())],
+                        )
+                    }));
+                    if packer_sftp {
+                        rows.push(measure(&c, "a", rtt, "packer file (sftp)", if rtt > 0 { 1 } else { reps }, |d| {
                         let tpl = packer_template(&c, port, "sftp", serde_json::json!([{"type": "file", "source": src, "destination": d}]));
                         (format!("packer build -color=false {}", tpl.display()), vec![("CHECKPOINT_DISABLE", "1".into())])
                     }));
+                    }
                 }
             }
         }
@@ -473,51 +475,53 @@ fn harness(args: &[String]) {
             rows.push(measure(&c, "b", rtt, "opsbake", reps, |d| {
                 (ops(&format!("upload {src} {d}")), vec![])
             }));
-            rows.push(measure(&c, "b", rtt, "scp -O -r (legacy)", reps, |d| {
-                (format!("scp -O -q -r {so} {src} {host}:{d}"), vec![])
-            }));
-            rows.push(measure(
-                &c,
-                "b",
-                rtt,
-                "scp -r (sftp protocol)",
-                if rtt > 0 { 1 } else { reps },
-                |d| (format!("scp -q -r {so} {src} {host}:{d}"), vec![]),
-            ));
-            rows.push(measure(
-                &c,
-                "b",
-                rtt,
-                "sftp -b put -r",
-                if rtt > 0 { 1 } else { reps },
-                |d| {
-                    let b = work.join("batch-b");
-                    std::fs::write(&b, format!("mkdir {d}\nput -r {src}/. {d}\n")).unwrap();
-                    (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
-                },
-            ));
-            rows.push(measure(&c, "b", rtt, "rsync -e ssh", reps, |d| {
-                (
-                    format!(
-                        "rsync -a -e {} {src}/ {host}:{d}/",
-                        opsbake_core::transport::shell_quote(&format!("ssh {so}"))
-                    ),
-                    vec![],
-                )
-            }));
-            rows.push(measure(&c, "b", rtt, "tar | ssh tar x", reps, |d| {
-                (
-                    format!(
+            if !only_ours {
+                rows.push(measure(&c, "b", rtt, "scp -O -r (legacy)", reps, |d| {
+                    (format!("scp -O -q -r {so} {src} {host}:{d}"), vec![])
+                }));
+                rows.push(measure(
+                    &c,
+                    "b",
+                    rtt,
+                    "scp -r (sftp protocol)",
+                    if rtt > 0 { 1 } else { reps },
+                    |d| (format!("scp -q -r {so} {src} {host}:{d}"), vec![]),
+                ));
+                rows.push(measure(
+                    &c,
+                    "b",
+                    rtt,
+                    "sftp -b put -r",
+                    if rtt > 0 { 1 } else { reps },
+                    |d| {
+                        let b = work.join("batch-b");
+                        std::fs::write(&b, format!("mkdir {d}\nput -r {src}/. {d}\n")).unwrap();
+                        (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
+                    },
+                ));
+                rows.push(measure(&c, "b", rtt, "rsync -e ssh", reps, |d| {
+                    (
+                        format!(
+                            "rsync -a -e {} {src}/ {host}:{d}/",
+                            opsbake_core::transport::shell_quote(&format!("ssh {so}"))
+                        ),
+                        vec![],
+                    )
+                }));
+                rows.push(measure(&c, "b", rtt, "tar | ssh tar x", reps, |d| {
+                    (
+                        format!(
                         "tar -C {src} -cf - . | ssh {so} {host} 'mkdir -p {d} && tar -C {d} -xf -'"
                     ),
-                    vec![],
-                )
-            }));
-            if packer {
-                rows.push(measure(&c, "b", rtt, "packer file (scp)", reps, |d| {
+                        vec![],
+                    )
+                }));
+                if packer {
+                    rows.push(measure(&c, "b", rtt, "packer file (scp)", reps, |d| {
                     let tpl = packer_template(&c, port, "scp", serde_json::json!([{"type": "file", "source": format!("{src}/"), "destination": d}]));
                     (format!("ssh {so} {host} mkdir -p {d} && packer build -color=false {}", tpl.display()), vec![("CHECKPOINT_DISABLE", "1".into())])
                 }));
+                }
             }
         }
         if cases.contains('c') {

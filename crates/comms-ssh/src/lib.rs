@@ -13,6 +13,7 @@
 //! through russh's `ring` backend (no cmake/nasm needed to build).
 
 pub mod connect;
+pub mod connector;
 mod exec;
 pub mod hostkey;
 pub mod keys;
@@ -23,4 +24,5 @@ mod transport;
 pub use connect::{Auth, LoginReport, PasswordGuard, SshOptions, Target};
 pub use hostkey::{HostKeyPolicy, HostKeyVerifier};
 pub use keys::{KeyKind, KeyPair};
+pub use connector::SshConnector;
 pub use transport::SshTransport;

@@ -30,8 +30,11 @@ use crate::exec::{capture, disconnected};
 pub const CHUNK: usize = 64 << 10;
 /// Files at least this big are split across channels.
 pub const SPLIT_AT: u64 = 8 << 20;
+/// Files up to this size are read whole and sent in one pipelined burst
+/// (bounds memory: `FILE_CONCURRENCY * SMALL_FILE`).
+const SMALL_FILE: u64 = 128 << 10;
 /// Files in flight at once.
-const FILE_CONCURRENCY: usize = 128;
+const FILE_CONCURRENCY: usize = 256;
 
 /// A pool of SFTP sessions (one channel each) on one connection.
 pub(crate) struct SftpPool {
@@ -335,6 +338,14 @@ async fn mkdir_p(
     dir: &str,
     known: &mut HashSet<String>,
 ) -> Result<(), TransportError> {
+    // Usually the directory (or its parent) exists: one stat, not one per
+    // component (each is a round trip).
+    if let Ok(a) = sess.stat(dir.to_string()).await {
+        if a.attrs.is_dir() {
+            known.insert(dir.to_string());
+            return Ok(());
+        }
+    }
     let mut prefix = String::new();
     for comp in dir.split('/').filter(|c| !c.is_empty()) {
         prefix.push('/');
@@ -603,6 +614,12 @@ async fn upload_file(
             _ => a,
         }
     };
+    if !resuming && rs.len() == 1 && item.size <= SMALL_FILE {
+        // Small file: every write, the mode, the size check and the close go
+        // out back to back (sftp-server answers a channel's requests in
+        // order), so the file costs two round trips: open, then the rest.
+        return small_file(ctx, first, h.handle, idx, item).await;
+    }
     if rs.len() == 1 {
         let (s, e) = rs[0];
         let from = resume_at((s, e));
@@ -664,11 +681,11 @@ async fn upload_file(
         }
     }
     let hs = h.handle.clone();
-    let (set, st) = futures::join!(
+    let (set, st, close) = futures::join!(
         first.fsetstat(hs.clone(), attrs_for(item)),
-        first.fstat(hs.clone())
+        first.fstat(hs.clone()),
+        first.close(hs)
     );
-    let close = first.close(hs).await;
     set.map_err(|e| ctx.err("fsetstat", &item.remote, e))?;
     let st = st.map_err(|e| ctx.err("fstat", &item.remote, e))?;
     close.map_err(|e| ctx.err("close", &item.remote, e))?;
@@ -684,6 +701,53 @@ async fn upload_file(
     }
     if let Ok(mut s) = ctx.state.lock() {
         s.files_done.insert(idx);
+    }
+    Ok(())
+}
+
+async fn small_file(
+    ctx: &Ctx<'_>,
+    sess: &RawSftpSession,
+    handle: String,
+    idx: usize,
+    item: &FileItem,
+) -> Result<(), TransportError> {
+    let mut reader = Reader::open(&item.src, 0).await?;
+    let mut writes = Vec::new();
+    let mut off = 0u64;
+    while off < item.size {
+        let len = usize::try_from((item.size - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+        let data = reader.next(len).await?;
+        writes.push(sess.write(handle.clone(), off, data));
+        off += len as u64;
+    }
+    // join! polls its futures in order on the first poll: requests leave in
+    // this order.
+    let (w, set, st, close) = futures::join!(
+        futures::future::join_all(writes),
+        sess.fsetstat(handle.clone(), attrs_for(item)),
+        sess.fstat(handle.clone()),
+        sess.close(handle)
+    );
+    for r in w {
+        r.map_err(|e| ctx.err("write", &item.remote, e))?;
+    }
+    set.map_err(|e| ctx.err("fsetstat", &item.remote, e))?;
+    let st = st.map_err(|e| ctx.err("fstat", &item.remote, e))?;
+    close.map_err(|e| ctx.err("close", &item.remote, e))?;
+    let got = st.attrs.size.unwrap_or(0);
+    if got != item.size {
+        return Err(TransportError::Verify {
+            target: ctx.target.into(),
+            path: item.remote.clone(),
+            what: "size".into(),
+            expected: item.size.to_string(),
+            actual: got.to_string(),
+        });
+    }
+    if let Ok(mut s) = ctx.state.lock() {
+        s.files_done.insert(idx);
+        s.bytes += item.size;
     }
     Ok(())
 }
