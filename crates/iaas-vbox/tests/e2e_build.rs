@@ -228,8 +228,17 @@ async fn offline_build_exports_a_reproducible_ova_that_deploys() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
+    // OPSBAKE_VBOX_E2E_KEEP=1 keeps the builds' directories (debugging a difference)
+    let (_guard, root) = if std::env::var("OPSBAKE_VBOX_E2E_KEEP").is_ok_and(|v| v == "1") {
+        let p = t.keep();
+        eprintln!("keeping {}", p.display());
+        (None, p)
+    } else {
+        let p = t.path().to_path_buf();
+        (Some(t), p)
+    };
     let started = Instant::now();
-    let b = build(&t.path().join("one"), "vbox-e2e-first", &stemcell).await;
+    let b = build(&root.as_path().join("one"), "vbox-e2e-first", &stemcell).await;
     eprintln!("first build: {:.1}s", b.seconds);
     let ev = b.events.join("\n");
     assert!(
@@ -243,13 +252,13 @@ async fn offline_build_exports_a_reproducible_ova_that_deploys() {
         "engine named"
     );
     // manifest names the engine and the stemcell
-    let manifest = std::fs::read_to_string(t.path().join("one/out/manifest.json")).unwrap();
+    let manifest = std::fs::read_to_string(root.as_path().join("one/out/manifest.json")).unwrap();
     assert!(manifest.contains("\"engine\": \"qemu\""), "{manifest}");
     assert!(manifest.contains("stemcell_sha1"), "{manifest}");
     assert!(!manifest.contains("\"shutdown\": \"killed\""), "{manifest}");
 
     // the OVA: members in order, OVF, .mf digests, the VMDK
-    let x = t.path().join("x");
+    let x = root.as_path().join("x");
     std::fs::create_dir_all(&x).unwrap();
     let list = run(Command::new("tar").arg("-tvf").arg(&b.ova));
     let names: Vec<&str> = list
@@ -284,7 +293,7 @@ async fn offline_build_exports_a_reproducible_ova_that_deploys() {
         .args(["check", "-f", "vmdk"])
         .arg(&vmdk));
     // equal to the normalised raw disk (read back by our own reader)
-    let raw = t.path().join("back.raw");
+    let raw = root.as_path().join("back.raw");
     opsbake_stemcell::vmdk::stream_optimized_to_raw(&vmdk, &raw).unwrap();
     let cmp = run(Command::new("qemu-img")
         .args(["compare", "-f", "vmdk", "-F", "raw"])
@@ -306,7 +315,7 @@ async fn offline_build_exports_a_reproducible_ova_that_deploys() {
                 "offline_build_exports_a_reproducible_ova_that_deploys",
                 "--nocapture",
             ])
-            .env("OPSBAKE_VBOX_E2E_ONLY_BUILD", t.path().join("two"))
+            .env("OPSBAKE_VBOX_E2E_ONLY_BUILD", root.as_path().join("two"))
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
         let sha2 = out
             .lines()
@@ -326,7 +335,7 @@ async fn offline_build_exports_a_reproducible_ova_that_deploys() {
     }
 
     // deploy: boot the VMDK with an ovf-env.xml CD-ROM that gives public_ssh_key
-    deploy_and_login(t.path(), &vmdk).await;
+    deploy_and_login(root.as_path(), &vmdk).await;
     eprintln!("whole test: {:.1}s", started.elapsed().as_secs_f64());
 }
 
