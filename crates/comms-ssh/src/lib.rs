@@ -22,7 +22,7 @@ mod sftp;
 mod transport;
 
 pub use connect::{Auth, LoginReport, PasswordGuard, SshOptions, Target};
+pub use connector::SshConnector;
 pub use hostkey::{HostKeyPolicy, HostKeyVerifier};
 pub use keys::{KeyKind, KeyPair};
-pub use connector::SshConnector;
 pub use transport::SshTransport;
