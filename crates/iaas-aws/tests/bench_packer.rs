@@ -115,10 +115,11 @@ async fn bench_opsbake_vs_packer_amazon_ebs() {
         std::fs::write(
             &t,
             format!(
-                "name: bench\nstemcells:\n  aws: {{path: \"{}\"}}\nbuilds:\n  aws:\n    network: {{ssh_cidrs: [203.0.113.0/24]}}\n    ssh: {{user: vcap, host: 127.0.0.1, port: {}}}\n    options: {{region: us-east-1, endpoint: \"{}\", instance_type: t3.micro, ami_name: opsbake-bench-{run}}}\nprovision:\n  - type: shell\n    sudo: false\n    inline: [\"true\"]\noutputs: {{directory: out-{run}}}\n",
+                "name: bench\nstemcells:\n  aws: {{path: \"{}\"}}\nbuilds:\n  aws:\n    network: {{ssh_cidrs: [203.0.113.0/24]}}\n    ssh: {{user: vcap, host: 127.0.0.1, port: {}}}\n    options: {{region: us-east-1, endpoint: \"{}\", instance_type: t3.micro, ami_name: opsbake-bench-{run}}}\nprovision:\n  - type: shell\n    sudo: false\n    inline: [\"true\"]\noutputs: {{directory: \"{}\"}}\n",
                 sc.display(),
                 sshd.port(),
-                proxy.endpoint()
+                proxy.endpoint(),
+                dir.path().join(format!("out-{run}")).display()
             ),
         )
         .unwrap();

@@ -193,9 +193,10 @@ provision:
     inline:
       - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
 outputs:
-  directory: out
+  directory: "{}"
 "#,
-            stemcell.display()
+            stemcell.display(),
+            dir.join("out").display()
         ),
     )
     .unwrap();

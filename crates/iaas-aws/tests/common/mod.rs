@@ -115,8 +115,9 @@ pub fn template_file(
     std::fs::write(
         &t,
         format!(
-            "name: appliance\nstemcells:\n  aws: {{path: {}}}\nbuilds:\n  aws:\n    network: {{ssh_cidrs: [203.0.113.0/24]}}\n    ssh: {{user: vcap, host: 127.0.0.1, port: 2222}}\n    options: {{region: us-east-1, endpoint: \"{endpoint}\", instance_type: t3.micro{options}}}\noutputs: {{directory: out}}\n",
-            stemcell.display()
+            "name: appliance\nstemcells:\n  aws: {{path: {}}}\nbuilds:\n  aws:\n    network: {{ssh_cidrs: [203.0.113.0/24]}}\n    ssh: {{user: vcap, host: 127.0.0.1, port: 2222}}\n    options: {{region: us-east-1, endpoint: \"{endpoint}\", instance_type: t3.micro{options}}}\noutputs: {{directory: \"{}\"}}\n",
+            stemcell.display(),
+            dir.join(format!("out-{name}")).display()
         ),
     )
     .unwrap();
