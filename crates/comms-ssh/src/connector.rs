@@ -49,11 +49,9 @@ pub fn options(t: &SshTarget) -> Result<SshOptions, TransportError> {
             KeyPair::from_openssh(&k.private_openssh).map_err(|e| err(&name, e.to_string()))?,
         ),
         SshAuth::KeyFile(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| {
-                TransportError::LocalIo {
-                    path: path.clone(),
-                    source,
-                }
+            let text = std::fs::read_to_string(path).map_err(|source| TransportError::LocalIo {
+                path: path.clone(),
+                source,
             })?;
             Auth::Key(
                 KeyPair::from_openssh(&Secret::new(text))

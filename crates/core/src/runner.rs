@@ -344,6 +344,14 @@ impl Runner {
             let comment = format!("opsbake-{}", plan.build_id);
             let key = c.generate_key(builder.key_algorithm(), &comment)?;
             crate::secret::redactor().register(key.private_openssh.expose());
+            if ctx.options.debug_keep_key {
+                let path = ctx.state_dir().join("id_build");
+                write_private_key(&path, key.private_openssh.expose())?;
+                ctx.events.warn(format!(
+                    "--debug-keep-key: the build's private key is in {} (delete it when done)",
+                    path.display()
+                ));
+            }
             access.key = Some(Arc::new(key));
         }
         let target = step(ctx, "launch", builder.launch(ctx, &base, &access)).await?;
@@ -409,6 +417,20 @@ impl Runner {
         });
         Ok(artifact)
     }
+}
+
+/// Write a private key readable by its owner only (created 0600, never
+/// widened).
+fn write_private_key(path: &std::path::Path, key: &str) -> Result<(), BuildError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(BuildError::io(path))?;
+    f.write_all(key.as_bytes()).map_err(BuildError::io(path))
 }
 
 /// Run one step: events around it, and cancellation.

@@ -438,6 +438,7 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
     runner.asker = Some(Arc::new(TtyAsker));
     runner.fail_fast = a.fail_fast;
     runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone(), runner.tracker.clone());
     let results = runner.run_all(jobs, cancel.clone()).await;

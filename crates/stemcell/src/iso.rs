@@ -258,7 +258,7 @@ fn dir_record(
     r[28..32].copy_from_slice(&both16(1));
     r[32] = ident.len() as u8;
     r.extend_from_slice(ident);
-    if ident.len() % 2 == 0 {
+    if ident.len().is_multiple_of(2) {
         r.push(0);
     }
     r.extend_from_slice(system_use);
