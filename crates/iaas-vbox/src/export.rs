@@ -150,6 +150,8 @@ for d in tmp var/tmp var/cache/apt/archives/partial var/lib/dhcp var/lib/systemd
 done
 rm -f "$R"/var/cache/apt/*.bin
 find "$R" -xdev -type d -name __pycache__ -prune -exec rm -rf {} +
+# the journal's per-machine directory (named after the machine-id)
+if [ -d "$R/var/log/journal" ]; then find "$R/var/log/journal" -xdev -mindepth 1 -delete; fi
 # the day of the last password change: the day of SOURCE_DATE_EPOCH
 day=$((epoch / 86400))
 for s in etc/shadow etc/shadow-; do
@@ -158,6 +160,10 @@ for s in etc/shadow etc/shadow-; do
         cat "$R/$s.opsbake" >"$R/$s"
         rm -f "$R/$s.opsbake"
     fi
+done
+# the backups that shadow-utils leave (shadow- held the build's password hash)
+for f in passwd group shadow gshadow; do
+    if [ -f "$R/etc/$f" ] && [ -f "$R/etc/$f-" ]; then cat "$R/etc/$f" >"$R/etc/$f-"; fi
 done
 # file times
 find "$R" -xdev -exec touch -h -d "@$epoch" {} +
