@@ -19,6 +19,9 @@ if command -v journalctl >/dev/null; then
     journalctl --rotate >/dev/null 2>&1 || true
     journalctl --vacuum-time=1s >/dev/null 2>&1 || true
 fi
-rm -rf /tmp/* /tmp/.[!.]* 2>/dev/null || true
+# /tmp and /var/tmp may be the same directory (the BOSH agent bind-mounts both
+# from /var/vcap/data): keep opsbake's staging dir, which the build still uses
+# (the hand-off removes it at the end).
+find /tmp -mindepth 1 -maxdepth 1 ! -name opsbake -exec rm -rf {} + 2>/dev/null || true
 sync
 log "clean"

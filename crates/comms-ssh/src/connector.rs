@@ -73,6 +73,11 @@ pub fn options(t: &SshTarget) -> Result<SshOptions, TransportError> {
         HostKeyVerifier::new(policy(&t.host_key)),
     );
     o.login_timeout = t.login_timeout;
+    // sshd's MaxSessions (10 on stemcells) counts every open channel: the
+    // pooled SFTP channels stay open for the build, and exec channels come
+    // and go beside them (a provisioner may run a command while the previous
+    // channel is still closing). 6 leaves room; 8 was seen to exhaust it.
+    o.sftp_channels = o.sftp_channels.min(6);
     if let Some(b) = &t.bastion {
         o.jump = Some(Box::new(options(b)?));
     }
