@@ -137,7 +137,7 @@ impl SshOptions {
             attempt_timeout: Duration::from_secs(20),
             keepalive: Some(Duration::from_secs(15)),
             jump: None,
-            sftp_channels: 8,
+            sftp_channels: 6,
             sftp_window: 2 << 20,
             sftp_request_timeout: Duration::from_secs(60),
             transfer_retries: 3,

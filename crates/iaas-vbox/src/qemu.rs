@@ -61,16 +61,16 @@ pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
     match want.as_str() {
         "tcg" => Ok(Accel::Tcg),
         "kvm" => Ok(Accel::Kvm),
-        "auto" => Ok(
-            if *KVM_WORKS
-                .get_or_try_init(|| probe_kvm(KVM_PROBE_TIMEOUT))
-                .await?
-            {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            },
-        ),
+        "auto" => Ok(if KVM_BROKEN.load(std::sync::atomic::Ordering::SeqCst) {
+            Accel::Tcg
+        } else if *KVM_WORKS
+            .get_or_try_init(|| probe_kvm(KVM_PROBE_TIMEOUT))
+            .await?
+        {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }),
         other => Err(VboxError::Config(format!(
             "builds.vbox.options.accel `{other}`: expected auto, kvm or tcg"
         ))),
