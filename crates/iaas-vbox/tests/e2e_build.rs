@@ -121,6 +121,9 @@ provision:
       - echo 'appliance ok' | sudo tee /var/www/status
       - printf '[Unit]\nDescription=appliance status page\nAfter=network.target\n[Service]\nExecStart=/bin/busybox httpd -f -p 8080 -h /var/www\n[Install]\nWantedBy=multi-user.target\n' | sudo tee /etc/systemd/system/appliance-status.service
       - sudo systemctl enable appliance-status.service
+      - sudo rm -f /etc/systemd/network/10-bosh-agent.network
+      - printf '[Match]\nName=eth0\n[Network]\nDHCP=ipv4\n' | sudo tee /etc/systemd/network/10-appliance.network
+      - sudo systemctl enable systemd-networkd.service
   - type: handoff
 outputs:
   directory: "{}"
