@@ -216,7 +216,7 @@ async fn shell_local_runs_on_the_build_host_in_the_template_dir() {
 
 #[tokio::test]
 async fn one_upload_batch_then_one_exec_per_script() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, password: x}\nprovision:\n  - type: shell\n    scripts: [a.sh, b.sh]\n  - type: shell\n    inline: [\"echo hi\"]\n    environment_vars: {K: \"v w\"}\n  - type: shell\n    script: a.sh\n    sudo: false\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: shell\n    scripts: [a.sh, b.sh]\n  - type: shell\n    inline: [\"echo hi\"]\n    environment_vars: {K: \"v w\"}\n  - type: shell\n    script: a.sh\n    sudo: false\n";
     let h = Harness::new(
         yaml,
         Iaas::Ssh,
@@ -283,7 +283,7 @@ async fn one_upload_batch_then_one_exec_per_script() {
 
 #[tokio::test]
 async fn expect_disconnect_reconnects_and_the_next_step_runs() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, password: x}\nprovision:\n  - type: shell\n    name: reboot\n    inline: [\"reboot\"]\n    expect_disconnect: true\n    start_retry_timeout: 2m\n  - type: shell\n    name: after\n    inline: [\"echo after\"]\n  - type: shell\n    name: reboot-late\n    inline: [\"shutdown -r now\"]\n    expect_disconnect: true\n  - type: shell\n    name: last\n    inline: [\"echo last\"]\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: shell\n    name: reboot\n    inline: [\"reboot\"]\n    expect_disconnect: true\n    start_retry_timeout: 2m\n  - type: shell\n    name: after\n    inline: [\"echo after\"]\n  - type: shell\n    name: reboot-late\n    inline: [\"shutdown -r now\"]\n    expect_disconnect: true\n  - type: shell\n    name: last\n    inline: [\"echo last\"]\n";
     let h = Harness::new(yaml, Iaas::Ssh, &[], RunOptions::default());
     let rec = Recorder::new(1000);
     // The first reboot drops the connection during the command; the second
@@ -316,7 +316,7 @@ async fn expect_disconnect_reconnects_and_the_next_step_runs() {
 
 #[tokio::test]
 async fn chef_solo_is_staged_and_invoked_at_the_right_level() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, password: x}\nprovision:\n  - type: chef-solo\n    cookbook_paths: [recipes]\n    roles_path: roles\n    run_list: [\"recipe[app]\"]\n    json: {app: {port: 81}}\n    log_level: warn\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: chef-solo\n    cookbook_paths: [recipes]\n    roles_path: roles\n    run_list: [\"recipe[app]\"]\n    json: {app: {port: 81}}\n    log_level: warn\n";
     let files = [
         ("recipes/app/recipes/default.rb", "log 'x'\n", 0o644),
         ("roles/r.json", "{}\n", 0o644),
@@ -367,7 +367,7 @@ async fn chef_solo_is_staged_and_invoked_at_the_right_level() {
 
 #[tokio::test]
 async fn chef_install_omnitruck_is_refused_offline() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, password: x}\nprovision:\n  - type: chef-solo\n    run_list: [\"recipe[app]\"]\n    install: omnitruck\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: chef-solo\n    run_list: [\"recipe[app]\"]\n    install: omnitruck\n";
     let h = Harness::new(
         yaml,
         Iaas::Ssh,
@@ -492,7 +492,7 @@ async fn the_handoff_refuses_the_build_host() {
 
 #[tokio::test]
 async fn handoff_grants_with_the_password_once_and_runs_the_uploaded_script() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, private_key_file: key}\nprovision:\n  - type: shell\n    inline: [\"echo hi\"]\n  - type: handoff\n    sudo_password: s3cret\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, private_key_file: key}\nprovision:\n  - type: shell\n    inline: [\"echo hi\"]\n  - type: handoff\n    sudo_password: s3cret\n";
     let h = Harness::new(
         yaml,
         Iaas::Ssh,
@@ -553,7 +553,7 @@ async fn handoff_grants_with_the_password_once_and_runs_the_uploaded_script() {
 
 #[tokio::test]
 async fn a_refused_sudo_password_is_not_retried() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, password: wrong}\nprovision:\n  - type: handoff\n    max_retries: 5\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: wrong}\nprovision:\n  - type: handoff\n    max_retries: 5\n";
     let h = Harness::new(yaml, Iaas::Ssh, &[], RunOptions::default());
     let rec = Recorder::new(1000);
     rec.answer("sudo -n true", &[], Ok(1), 0);
@@ -572,7 +572,7 @@ async fn a_refused_sudo_password_is_not_retried() {
 
 #[tokio::test]
 async fn steps_after_the_handoff_that_use_the_vm_are_refused() {
-    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 10.0.0.5, password: x}\nprovision:\n  - type: handoff\n  - type: shell\n    inline: [\"true\"]\n";
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: handoff\n  - type: shell\n    inline: [\"true\"]\n";
     let h = Harness::new(yaml, Iaas::Ssh, &[], RunOptions::default());
     let rec = Recorder::new(1000);
     let e = Provision::default()
