@@ -444,7 +444,14 @@ mod tests {
         assert!(e.to_string().contains("loopback"), "{e}");
         assert!(guard(&id("", "b-vm"), &host, Iaas::Ssh, Some("127.0.0.1"), true).is_ok());
         assert!(guard(&id("", "b-vm"), &host, Iaas::Ssh, Some("::1"), false).is_err());
-        assert!(guard(&id("", "b-vm"), &host, Iaas::Ssh, Some("build-vm.invalid"), false).is_ok());
+        assert!(guard(
+            &id("", "b-vm"),
+            &host,
+            Iaas::Ssh,
+            Some("build-vm.invalid"),
+            false
+        )
+        .is_ok());
         assert!(guard(&id("", ""), &host, Iaas::Vbox, None, true).is_err());
     }
 
