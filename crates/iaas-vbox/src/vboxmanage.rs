@@ -88,9 +88,16 @@ pub fn storagectl_ide(vm: &str) -> Call {
     ])
 }
 
-/// Attach a disk or the settings ISO.
-pub fn storageattach(vm: &str, port: u32, device: u32, kind: &str, medium: &Path) -> Call {
-    let mut a: Vec<OsString> = ["storageattach", vm, "--storagectl", "IDE", "--port"]
+/// Attach a disk or the settings ISO to controller `ctl`.
+pub fn storageattach(
+    vm: &str,
+    ctl: &str,
+    port: u32,
+    device: u32,
+    kind: &str,
+    medium: &Path,
+) -> Call {
+    let mut a: Vec<OsString> = ["storageattach", vm, "--storagectl", ctl, "--port"]
         .map(OsString::from)
         .to_vec();
     a.push(port.to_string().into());
@@ -100,6 +107,26 @@ pub fn storageattach(vm: &str, port: u32, device: u32, kind: &str, medium: &Path
     a.push(kind.into());
     a.push("--medium".into());
     a.push(p(medium));
+    call(a)
+}
+
+/// `modifyvm <vm> --biossystemtimeoffset <ms>`: the guest's clock starts
+/// `offset_ms` away from the host's (VirtualBox's way to start it at
+/// `SOURCE_DATE_EPOCH`).
+pub fn bios_time_offset(vm: &str, offset_ms: i64) -> Call {
+    call([
+        "modifyvm".to_string(),
+        vm.to_string(),
+        "--biossystemtimeoffset".to_string(),
+        offset_ms.to_string(),
+    ])
+}
+
+/// `closemedium disk <path>`: forget a medium `clonemedium` registered
+/// (the file itself is left to the caller).
+pub fn close_medium(path: &Path) -> Call {
+    let mut a: Vec<OsString> = ["closemedium", "disk"].map(OsString::from).to_vec();
+    a.push(p(path));
     call(a)
 }
 
@@ -143,6 +170,63 @@ pub fn vm_state(showvminfo: &str) -> Option<String> {
         l.strip_prefix("VMState=")
             .map(|v| v.trim().trim_matches('"').to_string())
     })
+}
+
+/// One storage controller of `showvminfo --machinereadable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// Its name (`storagecontrollernameN`).
+    pub name: String,
+    /// Its chipset (`storagecontrollertypeN`: PIIX3, PIIX4, ICH6, LsiLogic, IntelAhci, ...).
+    pub kind: String,
+}
+
+impl Controller {
+    /// An IDE controller (the bus the root disk and the CD-ROM go on).
+    pub fn is_ide(&self) -> bool {
+        matches!(self.kind.as_str(), "PIIX3" | "PIIX4" | "ICH6")
+    }
+}
+
+fn machine_value(line: &str) -> Option<(String, String)> {
+    let (k, v) = line.split_once('=')?;
+    let k = k.trim().trim_matches('"').to_string();
+    let v = v.trim().trim_matches('"').to_string();
+    Some((k, v))
+}
+
+/// The storage controllers of `showvminfo --machinereadable` output, in order.
+pub fn controllers(showvminfo: &str) -> Vec<Controller> {
+    let mut names = std::collections::BTreeMap::new();
+    let mut kinds = std::collections::BTreeMap::new();
+    for (k, v) in showvminfo.lines().filter_map(machine_value) {
+        if let Some(i) = k.strip_prefix("storagecontrollername") {
+            if let Ok(i) = i.parse::<u32>() {
+                names.insert(i, v);
+            }
+        } else if let Some(i) = k.strip_prefix("storagecontrollertype") {
+            if let Ok(i) = i.parse::<u32>() {
+                kinds.insert(i, v);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|(i, name)| Controller {
+            name,
+            kind: kinds.remove(&i).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// What is attached at `<ctl>-<port>-<device>` (a path, `emptydrive` or `none`).
+pub fn attachment(showvminfo: &str, ctl: &str, port: u32, device: u32) -> Option<String> {
+    let key = format!("{ctl}-{port}-{device}");
+    showvminfo
+        .lines()
+        .filter_map(machine_value)
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// Runs calls with one VBoxManage binary.
@@ -265,6 +349,7 @@ mod tests {
         assert_eq!(
             s(&storageattach(
                 "vm",
+                "IDE",
                 1,
                 0,
                 "dvddrive",
@@ -317,6 +402,37 @@ mod tests {
             s(&showvminfo("vm")),
             ["showvminfo", "vm", "--machinereadable"]
         );
+    }
+
+    #[test]
+    fn time_and_medium_args() {
+        assert_eq!(
+            s(&bios_time_offset("vm", -86_400_000)),
+            ["modifyvm", "vm", "--biossystemtimeoffset", "-86400000"]
+        );
+        assert_eq!(
+            s(&close_medium(Path::new("/s/disk.raw"))),
+            ["closemedium", "disk", "/s/disk.raw"]
+        );
+    }
+
+    #[test]
+    fn parses_storage() {
+        // the shape of VirtualBox 7's `showvminfo --machinereadable`
+        let info = "name=\"vm\"\nstoragecontrollername0=\"SCSI\"\nstoragecontrollertype0=\"LsiLogic\"\n\
+                    storagecontrollername1=\"IDE\"\nstoragecontrollertype1=\"PIIX4\"\n\
+                    \"IDE-0-0\"=\"/vms/vm/disk1.vmdk\"\n\"IDE-ImageUUID-0-0\"=\"x\"\n\"IDE-1-0\"=\"emptydrive\"\n";
+        let c = controllers(info);
+        assert_eq!(c.len(), 2);
+        assert!(!c[0].is_ide());
+        assert_eq!(c[1].name, "IDE");
+        assert!(c[1].is_ide());
+        assert_eq!(
+            attachment(info, "IDE", 0, 0).as_deref(),
+            Some("/vms/vm/disk1.vmdk")
+        );
+        assert_eq!(attachment(info, "IDE", 1, 0).as_deref(), Some("emptydrive"));
+        assert_eq!(attachment(info, "SCSI", 0, 0), None);
     }
 
     #[test]
