@@ -8,3 +8,4 @@ pub mod fault_proxy;
 pub mod moto;
 pub mod qemu;
 pub mod sshd;
+pub mod vcsim;
