@@ -1125,6 +1125,70 @@ mod tests {
     }
 
     #[test]
+    fn the_check_names_what_differs() {
+        let declared = OvfDeclared {
+            hardware_family: Some("vmx-13".into()),
+            cpus: Some(2),
+            memory_mib: Some(1536),
+            disks: vec![DeclaredDisk {
+                disk_id: "vmdisk1".into(),
+                capacity: 8 << 20,
+                units: None,
+                capacity_bytes: Some(8 << 20),
+            }],
+            nics: vec![DeclaredNic {
+                subtype: Some("E1000".into()),
+                connection: Some("NAT".into()),
+            }],
+            cdroms: 1,
+            properties: vec![],
+        };
+        let good = ImportedVm {
+            name: "x".into(),
+            path: "/DC0/vm/x".into(),
+            cpus: 2,
+            memory_mib: 1536,
+            guest_id: "otherGuest".into(),
+            hardware_version: "vmx-13".into(),
+            disks: vec![VmDisk {
+                label: "disk1".into(),
+                capacity_kb: 8 << 20,
+                file: "[LocalDS_0] x/disk-0.vmdk".into(),
+            }],
+            nics: vec![VmNic {
+                kind: "VirtualE1000".into(),
+                network: "VM Network".into(),
+                mac: "00:0c:29:00:00:01".into(),
+            }],
+            cdroms: 1,
+            extra_config: BTreeMap::new(),
+            declared,
+            import_output: String::new(),
+        };
+        let ova = Path::new("x.ova");
+        check_against_ovf(&good, ova).unwrap();
+        let what = |vm: &ImportedVm| match check_against_ovf(vm, ova) {
+            Err(VcsimError::Mismatch { what, .. }) => what,
+            other => panic!("{other:?}"),
+        };
+        let mut vm = good.clone();
+        vm.cpus = 1;
+        assert_eq!(what(&vm), "vCPUs");
+        let mut vm = good.clone();
+        vm.memory_mib = 1024;
+        assert_eq!(what(&vm), "memory MiB");
+        let mut vm = good.clone();
+        vm.disks[0].capacity_kb = 8 << 10;
+        assert_eq!(what(&vm), "disk 0 (vmdisk1) capacity");
+        let mut vm = good.clone();
+        vm.disks.clear();
+        assert_eq!(what(&vm), "disk count");
+        let mut vm = good.clone();
+        vm.nics[0].kind = "VirtualVmxnet3".into();
+        assert_eq!(what(&vm), "NIC 0 type");
+    }
+
+    #[test]
     fn progress_lines_keep_the_last_state() {
         let t = "\u{1b}[K[x] Uploading a... (38%)\u{1b}[K[x] Uploading a... OK\nnext";
         assert_eq!(last_line_of_progress(t), "[x] Uploading a... OK\nnext");
