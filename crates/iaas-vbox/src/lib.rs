@@ -4,19 +4,23 @@
 //! own, STEMCELLS.md §2) under QEMU, the engine used wherever VirtualBox is
 //! not installed (and always in CI), provisions it over SSH, powers it off,
 //! normalises the disk so that two builds give the same bytes, and writes an
-//! OVA that VirtualBox imports. The VBoxManage engine has a typed wrapper
-//! ([`vboxmanage`]) that is not wired into builds yet (docs/virtualbox.md).
+//! OVA that VirtualBox imports. Where VirtualBox is installed the VM runs
+//! under it instead ([`vbox_engine`], through the typed [`vboxmanage`]
+//! wrapper; never run against a real VirtualBox here, see
+//! docs/virtualbox.md).
 //!
 //! Resources, all journaled before they exist: the work directory in the
 //! build's state dir (`local_dir`: the extracted stemcell, the base disk, the
 //! qcow2 overlay, the settings ISO, the QMP socket, the serial log), the
 //! QEMU process (`local_process`, by PID and start time, so that cancel and
-//! `opsbake cleanup` end it) and the OVA (`local_file`, kept on success).
+//! `opsbake cleanup` end it), or the VirtualBox VM (`vbox_vm`, by name), and
+//! the OVA (`local_file`, kept on success).
 
 pub mod error;
 pub mod exec;
 pub mod export;
 pub mod qemu;
+pub mod vbox_engine;
 pub mod vboxmanage;
 
 use std::collections::BTreeMap;
@@ -51,6 +55,28 @@ pub const AGENT_ID: &str = "opsbake-build";
 
 /// The sudoers file the hand-off also uses for the build's passwordless sudo.
 pub const GRANT_FILE: &str = "/etc/sudoers.d/opsbake-build";
+
+/// Set to `1` to keep the normalised raw disk (the bytes the VMDK encodes)
+/// next to the OVA as `<vm_name>-disk1.raw` (sparse): for checking the
+/// export with `qemu-img compare`, or for other raw-disk consumers.
+pub const KEEP_RAW_ENV: &str = "OPSBAKE_VBOX_KEEP_RAW";
+
+/// The OpenSSH SHA-256 fingerprint (`SHA256:...`, as `ssh-keygen -l` prints
+/// it) of a public key line `type base64 [comment]`; `None` if it does not
+/// parse.
+pub fn public_key_fingerprint(public_openssh: &str) -> Option<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let blob = public_openssh.split_whitespace().nth(1)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .ok()?;
+    let d = sha2::Sha256::digest(&raw);
+    Some(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(d)
+    ))
+}
 
 /// The engine that runs the build VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +133,7 @@ pub fn source_date_epoch() -> Result<i64, VboxError> {
 #[derive(Default)]
 struct State {
     work: Option<PathBuf>,
+    key_fingerprint: Option<String>,
     base_raw: Option<PathBuf>,
     overlay: Option<PathBuf>,
     vm: Option<qemu::QemuVm>,
@@ -118,6 +145,11 @@ struct State {
     stemcell_version: String,
     debian: bool,
     shutdown: &'static str,
+    engine: Option<EngineKind>,
+    /// VirtualBox engine: the prepared stemcell OVF.
+    ovf: Option<PathBuf>,
+    /// VirtualBox engine: the VM's name and journal sequence.
+    vbox_vm: Option<(String, u64)>,
 }
 
 /// The `vbox` builder.
@@ -156,6 +188,9 @@ pub struct VboxDeleter;
 #[async_trait]
 impl Deleter for VboxDeleter {
     async fn delete(&self, res: &Resource) -> Result<Deleted, BuildError> {
+        if res.kind == vbox_engine::VBOX_VM {
+            return delete_vbox_vm(res).await;
+        }
         match opsbake_core::builder::delete_local(res).await {
             Some(r) => r,
             None => Err(BuildError::Other(format!(
@@ -163,6 +198,25 @@ impl Deleter for VboxDeleter {
                 res.kind
             ))),
         }
+    }
+}
+
+/// Delete a VirtualBox VM of a build (power off, unregister, delete its
+/// files) by the name in the journal.
+async fn delete_vbox_vm(res: &Resource) -> Result<Deleted, BuildError> {
+    let vbm = vboxmanage::VBoxManage::find().ok_or_else(|| {
+        e(VboxError::Missing {
+            program: "VBoxManage".into(),
+            package: format!(
+                "{} (needed to delete VirtualBox VM {})",
+                exec::package_of("VBoxManage"),
+                res.name
+            ),
+        })
+    })?;
+    match vbox_engine::destroy(&vbm, &res.name).await.map_err(e)? {
+        true => Ok(Deleted::Now),
+        false => Ok(Deleted::AlreadyGone),
     }
 }
 
@@ -203,11 +257,29 @@ pub async fn password_hash(password: &Secret<String>) -> Result<Secret<String>, 
 
 impl VboxBuilder {
     fn engine(&self, ctx: &BuildContext) -> Result<EngineKind, VboxError> {
+        let chosen = ctx
+            .options
+            .engine
+            .as_deref()
+            .or(self.options.engine.as_deref());
+        let auto = matches!(chosen, None | Some("auto" | ""));
+        // VirtualBox's NAT cannot be restricted to the SSH forward: an
+        // offline build picks QEMU when it is installed.
+        if auto && ctx.options.offline && exec::which(qemu::QEMU).is_some() {
+            return Ok(EngineKind::Qemu);
+        }
         pick_engine(
             ctx.options.engine.as_deref(),
             self.options.engine.as_deref(),
             vboxmanage::VBoxManage::find().is_some(),
         )
+    }
+
+    fn vbox(&self) -> Result<vboxmanage::VBoxManage, VboxError> {
+        vboxmanage::VBoxManage::find().ok_or_else(|| VboxError::Missing {
+            program: "VBoxManage".into(),
+            package: exec::package_of("VBoxManage").into(),
+        })
     }
 
     fn shutdown_timeout(&self) -> Duration {
@@ -347,6 +419,171 @@ impl VboxBuilder {
 }
 
 impl VboxBuilder {
+    /// The engine `validate` picked (picked again if it did not run).
+    async fn engine_of(&self, ctx: &BuildContext) -> Result<EngineKind, VboxError> {
+        if let Some(k) = self.state.lock().await.engine {
+            return Ok(k);
+        }
+        let k = self.engine(ctx)?;
+        self.state.lock().await.engine = Some(k);
+        Ok(k)
+    }
+
+    fn ssh_target(&self, port: u16, key: Arc<opsbake_core::builder::KeyPair>) -> ConnectTarget {
+        let host_key = match &self.plan.ssh.host_key {
+            HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
+            HostKeySpec::Insecure => HostKeyPolicy::Insecure,
+            HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
+        };
+        ConnectTarget::Ssh(SshTarget {
+            host: "127.0.0.1".into(),
+            port,
+            user: self.plan.ssh.user.clone(),
+            auth: SshAuth::Key(key),
+            host_key,
+            login_timeout: self.plan.ssh.login_timeout,
+            bastion: None,
+        })
+    }
+
+    /// VirtualBox engine: the stemcell's OVF with the CPI's controller fix;
+    /// the VMDK stays as it is (VirtualBox imports it).
+    async fn base_image_vbox(
+        &self,
+        ctx: &BuildContext,
+        manifest: &opsbake_stemcell::Manifest,
+        vmdk: &Path,
+    ) -> Result<BaseImage, BuildError> {
+        let dir = vmdk
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| BuildError::Other(format!("{}: no parent", vmdk.display())))?;
+        let ovf = tokio::task::spawn_blocking(move || vbox_engine::prepare_ovf(&dir))
+            .await
+            .map_err(|j| BuildError::Other(format!("OVF task: {j}")))?
+            .map_err(e)?;
+        let mut st = self.state.lock().await;
+        st.ovf = Some(ovf.clone());
+        st.stemcell_sha1 = manifest.sha1.clone();
+        st.stemcell_name = manifest.name.clone();
+        st.stemcell_version = manifest.version.clone();
+        st.debian = manifest
+            .operating_system
+            .as_deref()
+            .is_some_and(|o| o.contains("debian"));
+        let mut details = BTreeMap::new();
+        details.insert("stemcell_name".into(), manifest.name.clone());
+        details.insert("stemcell_version".into(), manifest.version.clone());
+        details.insert("stemcell_sha1".into(), manifest.sha1.clone());
+        details.insert("ovf".into(), ovf.display().to_string());
+        ctx.events.info(format!(
+            "stemcell {} {} (sha1 {}): {} for VirtualBox",
+            manifest.name,
+            manifest.version,
+            manifest.sha1,
+            ovf.display()
+        ));
+        Ok(BaseImage {
+            id: ovf.display().to_string(),
+            details,
+        })
+    }
+
+    /// VirtualBox engine: import, configure and start the VM (journaled by
+    /// name before the import); returns the SSH forward's host port.
+    async fn launch_vbox(
+        &self,
+        ctx: &BuildContext,
+        work: &Path,
+        iso: &Path,
+        epoch: i64,
+    ) -> Result<u16, BuildError> {
+        let vbm = self.vbox().map_err(e)?;
+        let ovf = self
+            .state
+            .lock()
+            .await
+            .ovf
+            .clone()
+            .ok_or_else(|| BuildError::Other("launch: no prepared OVF".into()))?;
+        let name = format!("opsbake-{}", self.plan.build_id);
+        let basefolder = work.join("vms");
+        let port = qemu::free_port().map_err(e)?;
+        let seq = ctx.intent(
+            vbox_engine::VBOX_VM,
+            &name,
+            serde_json::json!({ "basefolder": basefolder.display().to_string(), "ssh_port": port }),
+        )?;
+        // registered from the import on: the unwinding deletes it by name
+        self.state.lock().await.vbox_vm = Some((name.clone(), seq));
+        let spec = vbox_engine::VmSpec {
+            name: name.clone(),
+            ovf,
+            basefolder,
+            cpus: self.plan.cpus.max(1),
+            memory_mib: self.plan.memory_mib.max(512),
+            ssh_port: port,
+            iso: iso.to_path_buf(),
+            serial_log: work.join("serial.log"),
+            epoch,
+        };
+        vbox_engine::create_and_start(&vbm, &spec)
+            .await
+            .map_err(e)?;
+        ctx.created(
+            seq,
+            vbox_engine::VBOX_VM,
+            &name,
+            serde_json::json!({ "ssh_port": port }),
+        )?;
+        ctx.events.info(format!(
+            "VirtualBox VM {name} started headless, SSH forward 127.0.0.1:{port}, serial console {}",
+            spec.serial_log.display()
+        ));
+        Ok(port)
+    }
+
+    /// VirtualBox engine: ACPI power-off, then `poweroff` after the timeout.
+    async fn capture_vbox(
+        &self,
+        ctx: &BuildContext,
+        timeout: Duration,
+    ) -> Result<Artifact, BuildError> {
+        let vbm = self.vbox().map_err(e)?;
+        let mut st = self.state.lock().await;
+        let Some((name, _)) = st.vbox_vm.clone() else {
+            return Err(BuildError::Other("capture: no VM is running".into()));
+        };
+        let how = vbm.shutdown(&name, timeout).await.map_err(e)?;
+        ctx.events
+            .info(format!("VirtualBox VM {name} powered off ({how})"));
+        st.shutdown = how;
+        let mut custom = BTreeMap::new();
+        custom.insert("engine".into(), EngineKind::Vbox.as_str().into());
+        custom.insert("shutdown".into(), how.into());
+        Ok(Artifact {
+            id: name,
+            files: Vec::new(),
+            custom_data: custom,
+        })
+    }
+
+    /// VirtualBox engine: the root disk as raw (for the normalisation and
+    /// the OVA), then the VM is deleted with its files.
+    async fn vbox_disk_to_raw(&self, ctx: &BuildContext, raw: &Path) -> Result<(), BuildError> {
+        let vbm = self.vbox().map_err(e)?;
+        let Some((name, seq)) = self.state.lock().await.vbox_vm.clone() else {
+            return Err(BuildError::Other("export: no VirtualBox VM".into()));
+        };
+        vbox_engine::disk_to_raw(&vbm, &name, raw)
+            .await
+            .map_err(e)?;
+        vbox_engine::destroy(&vbm, &name).await.map_err(e)?;
+        ctx.deleted(seq, vbox_engine::VBOX_VM, &name)?;
+        self.state.lock().await.vbox_vm = None;
+        Ok(())
+    }
+
     async fn stop_failed_kvm(
         &self,
         ctx: &BuildContext,
@@ -414,10 +651,12 @@ impl Builder for VboxBuilder {
 
     async fn validate(&self, ctx: &BuildContext) -> Result<(), BuildError> {
         let engine = self.engine(ctx).map_err(e)?;
-        if engine == EngineKind::Vbox {
-            return Err(BuildError::NotImplemented {
-                what: "builds with the VBoxManage engine (the wrapper exists, untested against VirtualBox; use `--engine qemu`)".into(),
-            });
+        self.state.lock().await.engine = Some(engine);
+        if engine == EngineKind::Vbox && ctx.options.offline {
+            return Err(e(VboxError::Offline(
+                "VirtualBox's NAT cannot be limited to the SSH port forward; use `--engine qemu`"
+                    .into(),
+            )));
         }
         let stemcell = self.stemcell_path().map_err(e)?;
         if !stemcell.is_file() {
@@ -426,8 +665,14 @@ impl Builder for VboxBuilder {
                 message: "not found".into(),
             }));
         }
+        let runner = if engine == EngineKind::Vbox {
+            self.vbox().map_err(e)?;
+            "VBoxManage"
+        } else {
+            qemu::QEMU
+        };
         for p in [
-            qemu::QEMU,
+            runner,
             "qemu-img",
             "openssl",
             "mkfs.ext4",
@@ -444,12 +689,17 @@ impl Builder for VboxBuilder {
                     .into(),
             )));
         }
-        qemu::choose_accel(self.options.accel.as_deref())
-            .await
-            .map(|a| {
-                ctx.events.info(format!("vbox engine: qemu ({a})"));
-            })
-            .map_err(e)?;
+        if engine == EngineKind::Vbox {
+            ctx.events
+                .info("vbox engine: VirtualBox (VBoxManage)".to_string());
+        } else {
+            qemu::choose_accel(self.options.accel.as_deref())
+                .await
+                .map(|a| {
+                    ctx.events.info(format!("vbox engine: qemu ({a})"));
+                })
+                .map_err(e)?;
+        }
         source_date_epoch().map_err(e)?;
         Ok(())
     }
@@ -460,6 +710,7 @@ impl Builder for VboxBuilder {
         let dest = work.join("stemcell");
         let raw = work.join("base.raw");
         let (s2, d2) = (stemcell.clone(), dest.clone());
+        let vbox_engine = self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox;
         let (manifest, vmdk) = tokio::task::spawn_blocking(move || {
             let rep = opsbake_stemcell::extract(
                 &s2,
@@ -480,6 +731,9 @@ impl Builder for VboxBuilder {
         .await
         .map_err(|j| BuildError::Other(format!("stemcell extraction task: {j}")))?
         .map_err(e)?;
+        if vbox_engine {
+            return self.base_image_vbox(ctx, &manifest, &vmdk).await;
+        }
         // qemu-img expands the VMDK (sparse raw); the guest writes an overlay over it
         exec::Cmd::new("qemu-img")
             .args(["convert", "-q", "-f", "vmdk", "-O", "raw"])
@@ -549,6 +803,22 @@ impl Builder for VboxBuilder {
         let iso = work.join("settings.iso");
         opsbake_stemcell::write_agent_settings_iso(&settings, epoch, &iso)
             .map_err(|x| e(x.into()))?;
+        let fingerprint = public_key_fingerprint(&key.public_openssh);
+        ctx.events.info(format!(
+            "agent settings ISO: the build's ephemeral key {} ({}) for {}, a per-build password hash",
+            fingerprint.as_deref().unwrap_or("(unparsed)"),
+            key.public_openssh
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or("no comment"),
+            self.plan.ssh.user
+        ));
+        self.state.lock().await.key_fingerprint = fingerprint;
+        if self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox {
+            let port = self.launch_vbox(ctx, &work, &iso, epoch).await?;
+            self.state.lock().await.password = Some(password);
+            return Ok(self.ssh_target(port, key));
+        }
         // copy-on-write overlay over the base disk
         let overlay = work.join("overlay.qcow2");
         exec::Cmd::new("qemu-img")
@@ -566,24 +836,7 @@ impl Builder for VboxBuilder {
         let (vm, accel) = if accel == qemu::Accel::Kvm && !forced {
             match self.start_qemu(ctx, &work, &overlay, &iso, accel).await {
                 Ok(mut vm) => {
-                    let deadline = std::time::Instant::now() + qemu::KVM_BOOT_CHECK;
-                    let mut booted = false;
-                    while std::time::Instant::now() < deadline {
-                        if vm.serial_contains("Freeing unused kernel") {
-                            booted = true;
-                            break;
-                        }
-                        if vm
-                            .child
-                            .try_wait()
-                            .map_err(BuildError::io(qemu::QEMU))?
-                            .is_some()
-                        {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    if booted {
+                    if vm.kernel_booted(qemu::KVM_BOOT_CHECK).await.map_err(e)? {
                         (vm, accel)
                     } else {
                         self.stop_failed_kvm(ctx, vm).await?;
@@ -610,20 +863,7 @@ impl Builder for VboxBuilder {
             st.accel = Some(accel);
             st.vm = Some(vm);
         }
-        let host_key = match &self.plan.ssh.host_key {
-            HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
-            HostKeySpec::Insecure => HostKeyPolicy::Insecure,
-            HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
-        };
-        Ok(ConnectTarget::Ssh(SshTarget {
-            host: "127.0.0.1".into(),
-            port,
-            user: self.plan.ssh.user.clone(),
-            auth: SshAuth::Key(key),
-            host_key,
-            login_timeout: self.plan.ssh.login_timeout,
-            bastion: None,
-        }))
+        Ok(self.ssh_target(port, key))
     }
 
     async fn before_provision(
@@ -631,6 +871,35 @@ impl Builder for VboxBuilder {
         ctx: &BuildContext,
         transport: &dyn Transport,
     ) -> Result<(), BuildError> {
+        // Who we are: the login the connector made with the build's key
+        // (the only credential the target carries).
+        let who = Arc::new(std::sync::Mutex::new(String::new()));
+        let w2 = who.clone();
+        let sink = move |stream: opsbake_core::transport::Stream, line: &str| {
+            if stream == opsbake_core::transport::Stream::Stdout {
+                if let Ok(mut w) = w2.lock() {
+                    w.push_str(line.trim());
+                }
+            }
+        };
+        let st = transport
+            .exec(ExecRequest::new("id -un"), Arc::new(sink))
+            .await?;
+        let who = who.lock().map(|w| w.clone()).unwrap_or_default();
+        let user = &self.plan.ssh.user;
+        if !st.success() || who != *user {
+            return Err(BuildError::Step {
+                step: "before_provision".into(),
+                message: format!(
+                    "`id -un` on the build VM printed {who:?} ({st}); the template's user is {user}"
+                ),
+            });
+        }
+        let fp = self.state.lock().await.key_fingerprint.clone();
+        ctx.events.info(format!(
+            "logged in as {who} with the build's ephemeral key {}",
+            fp.as_deref().unwrap_or("(unparsed)")
+        ));
         // Passwordless sudo for the build, with the password this build set
         // through the agent settings (sent once on stdin, never retried).
         let already = transport
@@ -642,7 +911,6 @@ impl Builder for VboxBuilder {
         let Some(pw) = self.state.lock().await.password.clone() else {
             return Ok(());
         };
-        let user = &self.plan.ssh.user;
         let line = format!("{user} ALL=(ALL) NOPASSWD: ALL");
         let body = format!(
             "set -e; f={GRANT_FILE}; umask 0337; printf '%s\\n' {} > \"$f.tmp\"; visudo -cf \"$f.tmp\" >/dev/null; mv \"$f.tmp\" \"$f\"",
@@ -669,6 +937,9 @@ impl Builder for VboxBuilder {
 
     async fn capture(&self, ctx: &BuildContext) -> Result<Artifact, BuildError> {
         let timeout = self.shutdown_timeout();
+        if self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox {
+            return self.capture_vbox(ctx, timeout).await;
+        }
         let mut st = self.state.lock().await;
         let Some(mut vm) = st.vm.take() else {
             return Err(BuildError::Other("capture: no VM is running".into()));
@@ -709,19 +980,26 @@ impl Builder for VboxBuilder {
                 st.debian,
             )
         };
-        let (Some(work), Some(overlay)) = (work, overlay) else {
+        let Some(work) = work else {
             return Err(BuildError::Other("export: nothing was captured".into()));
         };
         let epoch = source_date_epoch().map_err(e)?;
         let raw = work.join("disk.raw");
         let t0 = std::time::Instant::now();
-        exec::Cmd::new("qemu-img")
-            .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
-            .arg(&overlay)
-            .arg(&raw)
-            .run()
-            .await
-            .map_err(e)?;
+        if self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox {
+            self.vbox_disk_to_raw(ctx, &raw).await?;
+        } else {
+            let Some(overlay) = overlay else {
+                return Err(BuildError::Other("export: nothing was captured".into()));
+            };
+            exec::Cmd::new("qemu-img")
+                .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+                .arg(&overlay)
+                .arg(&raw)
+                .run()
+                .await
+                .map_err(e)?;
+        }
         let g = export::normalise(&raw, &work.join("normalise"), epoch)
             .await
             .map_err(e)?;
@@ -759,7 +1037,23 @@ impl Builder for VboxBuilder {
             .map_err(e)?;
         ctx.created(seq, LOCAL_FILE, &ova_name, serde_json::Value::Null)?;
         ctx.keep(seq, LOCAL_FILE, &ova_name)?;
-        let _ = tokio::fs::remove_file(&raw).await;
+        let kept_raw = if std::env::var(KEEP_RAW_ENV).is_ok_and(|v| v == "1") {
+            let dest = out_dir.join(format!("{vm_name}-disk1.raw"));
+            let name = dest.display().to_string();
+            let seq = ctx.intent(LOCAL_FILE, &name, serde_json::Value::Null)?;
+            tokio::fs::rename(&raw, &dest)
+                .await
+                .map_err(BuildError::io(&dest))?;
+            ctx.created(seq, LOCAL_FILE, &name, serde_json::Value::Null)?;
+            ctx.keep(seq, LOCAL_FILE, &name)?;
+            ctx.events.info(format!(
+                "{KEEP_RAW_ENV}=1: the normalised raw disk is {name}"
+            ));
+            Some(name)
+        } else {
+            let _ = tokio::fs::remove_file(&raw).await;
+            None
+        };
         ctx.events.info(format!(
             "OVA {} ({} bytes; VMDK {} bytes, {} grains, {} zero grains skipped) in {:.1}s",
             ova.display(),
@@ -781,6 +1075,9 @@ impl Builder for VboxBuilder {
         c.insert("source_date_epoch".into(), epoch.to_string());
         c.insert("disk_capacity".into(), rep.vmdk.capacity.to_string());
         c.insert("disk_uuid".into(), rep.disk_uuid.clone());
+        if let Some(r) = kept_raw {
+            c.insert("raw_disk".into(), r);
+        }
         for d in &rep.digests {
             c.insert(format!("sha256:{}", d.file), d.digest.clone());
         }
@@ -805,6 +1102,18 @@ mod tests {
             EngineKind::Vbox
         );
         assert!(pick_engine(Some("xen"), None, false).is_err());
+    }
+
+    #[test]
+    fn fingerprints_match_ssh_keygen() {
+        // `ssh-keygen -lf` of this key prints SHA256:1nYdTIVuw3+9+ZVOiJbRYI3qhCjHcmewPtb6UP0vtvo
+        let k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDsFbl/8jLKm3Vzo3vQzaAh33FWREevpFAkSxBcTmMLJ deployer";
+        assert_eq!(
+            public_key_fingerprint(k).as_deref(),
+            Some("SHA256:1nYdTIVuw3+9+ZVOiJbRYI3qhCjHcmewPtb6UP0vtvo")
+        );
+        assert_eq!(public_key_fingerprint("ssh-ed25519 !!!"), None);
+        assert_eq!(public_key_fingerprint("nothing"), None);
     }
 
     #[test]

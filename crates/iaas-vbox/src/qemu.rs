@@ -348,6 +348,23 @@ impl QemuVm {
         }
     }
 
+    /// Whether the guest's kernel came up within `within`: the serial
+    /// console shows `Freeing unused kernel` (the line before init starts).
+    /// False when QEMU exits or the time runs out (a KVM guest that hangs).
+    pub async fn kernel_booted(&mut self, within: Duration) -> Result<bool, VboxError> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.serial_contains("Freeing unused kernel") {
+                return Ok(true);
+            }
+            if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(self.serial_contains("Freeing unused kernel"))
+    }
+
     /// Whether the serial log contains `needle`.
     pub fn serial_contains(&self, needle: &str) -> bool {
         std::fs::read(&self.config.serial_log)

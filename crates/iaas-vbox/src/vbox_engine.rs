@@ -97,7 +97,11 @@ pub fn switch_root_disk_to_ide(ovf: &str, path: &Path) -> Result<Option<String>,
         .iter()
         .find(|i| i.instance_id == parent)
         .map(|i| i.resource_type.as_str())
-        .ok_or_else(|| err(format!("the disk's controller (InstanceID {parent}) is missing")))?;
+        .ok_or_else(|| {
+            err(format!(
+                "the disk's controller (InstanceID {parent}) is missing"
+            ))
+        })?;
     if parent_type == "5" {
         return Ok(None);
     }
@@ -170,8 +174,7 @@ pub fn prepare_ovf(dir: &Path) -> Result<PathBuf, VboxError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let m = std::fs::read_to_string(&mf).map_err(io_err(&mf))?;
-        std::fs::write(&mf, rewrite_manifest(&m, &name, fixed.as_bytes()))
-            .map_err(io_err(&mf))?;
+        std::fs::write(&mf, rewrite_manifest(&m, &name, fixed.as_bytes())).map_err(io_err(&mf))?;
     }
     tracing::debug!(ovf = %ovf.display(), "root disk moved to the IDE controller");
     Ok(ovf)
@@ -343,7 +346,10 @@ mod tests {
         let e = switch_root_disk_to_ide(&no_ide, Path::new("/s/image.ovf"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/s/image.ovf") && e.contains("no IDE controller"), "{e}");
+        assert!(
+            e.contains("/s/image.ovf") && e.contains("no IDE controller"),
+            "{e}"
+        );
         let no_disk = VSPHERE_LIKE.replace("<rasd:ResourceType>17</rasd:ResourceType>", "");
         let e = switch_root_disk_to_ide(&no_disk, Path::new("x.ovf"))
             .unwrap_err()
