@@ -16,6 +16,9 @@ if [ ! -e "$out/.complete" ]; then
     work="$(mktemp -d "${TMPDIR:-/tmp}/opsbake-vcsim.XXXXXX")"
     trap 'rm -rf "$work"' EXIT
     mkdir -p "$work/apt/parts" "$work/apt/lists/partial" "$work/src"
+    # apt downloads as the _apt user when it exists
+    chmod 0755 "$work"
+    if id _apt >/dev/null 2>&1; then chown _apt "$work/src"; fi
     sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$work/apt/parts/src.sources"
     ao=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/apt/parts"
         -o "Dir::State::Lists=$work/apt/lists")
