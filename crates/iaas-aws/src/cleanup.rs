@@ -301,7 +301,9 @@ impl AwsDeleter {
             Err(e) => {
                 let e = api("DeleteVolume", region, Some(id))(e);
                 if e.is_not_found() {
-                    Ok(Deleted::AlreadyGone)
+                    // It existed above: gone with the instance terminated
+                    // just now (delete on termination), i.e. deleted now.
+                    Ok(Deleted::Now)
                 } else {
                     Err(e)
                 }

@@ -4,6 +4,7 @@
 //! exponential backoff).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ pub struct Clients {
     attempts: u32,
     endpoint: Option<String>,
     home: String,
+    offline: AtomicBool,
     sdk: OnceCell<SdkConfig>,
     ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     ebs: Mutex<HashMap<String, aws_sdk_ebs::Client>>,
@@ -39,6 +41,7 @@ impl Clients {
             attempts: attempts.max(1),
             endpoint,
             home: home.to_string(),
+            offline: AtomicBool::new(false),
             sdk: OnceCell::new(),
             ec2: Mutex::new(HashMap::new()),
             ebs: Mutex::new(HashMap::new()),
@@ -50,10 +53,23 @@ impl Clients {
         self.endpoint.as_deref()
     }
 
+    /// `--offline`: take credentials from the environment only (no IMDS,
+    /// SSO, container or web-identity endpoints are contacted). Must be set
+    /// before the first client is made.
+    pub fn set_offline(&self) {
+        self.offline.store(true, Ordering::SeqCst);
+    }
+
     async fn sdk(&self) -> &SdkConfig {
         self.sdk
             .get_or_init(|| async {
-                aws_config::defaults(BehaviorVersion::latest())
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if self.offline.load(Ordering::SeqCst) {
+                    loader = loader.credentials_provider(
+                        aws_config::environment::credentials::EnvironmentVariableCredentialsProvider::new(),
+                    );
+                }
+                loader
                     .region(Region::new(self.home.clone()))
                     .retry_config(
                         RetryConfig::standard()

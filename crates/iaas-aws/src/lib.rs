@@ -87,6 +87,67 @@ fn all_regions(region: &str, opts: &AwsOptions) -> Vec<String> {
     v
 }
 
+/// Empty strings stand for "not set": a template variable with an empty
+/// default (`endpoint: "${var.aws_endpoint}"`, `copy_regions:
+/// ["${var.aws_copy_region}"]`) switches the setting off instead of sending
+/// an empty value to AWS.
+pub fn normalise(mut o: AwsOptions) -> AwsOptions {
+    fn set(v: &mut Option<String>) {
+        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            *v = None;
+        }
+    }
+    fn list(v: &mut Vec<String>) {
+        v.retain(|s| !s.trim().is_empty());
+        v.iter_mut().for_each(|s| *s = s.trim().to_string());
+    }
+    set(&mut o.region);
+    set(&mut o.instance_type);
+    set(&mut o.ami_name);
+    set(&mut o.ami_description);
+    set(&mut o.deprecate_at);
+    set(&mut o.security_group_id);
+    set(&mut o.endpoint);
+    set(&mut o.import);
+    set(&mut o.import_bucket);
+    list(&mut o.copy_regions);
+    list(&mut o.ami_users);
+    list(&mut o.ami_groups);
+    list(&mut o.snapshot_users);
+    o.kms_key_ids
+        .retain(|k, v| !k.trim().is_empty() && !v.trim().is_empty());
+    o.tags.retain(|k, _| !k.trim().is_empty());
+    o
+}
+
+/// The SSH CIDRs of a plan without empty entries (see [`normalise`]).
+fn ssh_cidrs(plan: &BuildPlan) -> Vec<String> {
+    plan.network
+        .ssh_cidrs
+        .iter()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// Whether an endpoint URL names this machine (127.0.0.0/8, ::1,
+/// `localhost`): the only endpoints `--offline` allows.
+pub fn is_loopback_endpoint(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(h) = host_port.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The builder for one plan.
 pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
     Ok(Arc::new(AwsBuilder::new(plan)?))
@@ -100,7 +161,7 @@ impl AwsBuilder {
                 "the template has no builds.aws entry".into(),
             ))
         })?;
-        let opts = spec.options.clone();
+        let opts = normalise(spec.options.clone());
         let region = opts
             .region
             .clone()
@@ -189,7 +250,7 @@ impl AwsBuilder {
     }
 
     fn ssh_cidrs_ok(&self, ctx: &BuildContext) -> Result<(), AwsError> {
-        if self.opts.security_group_id.is_none() && ctx.plan.network.ssh_cidrs.is_empty() {
+        if self.opts.security_group_id.is_none() && ssh_cidrs(&ctx.plan).is_empty() {
             return Err(AwsError::Invalid(
                 "network.ssh_cidrs is empty: name the CIDRs allowed to reach SSH on the build instance, or an existing security_group_id".into(),
             ));
@@ -835,6 +896,25 @@ impl Builder for AwsBuilder {
 
     async fn validate(&self, ctx: &BuildContext) -> Result<(), BuildError> {
         let o = &self.opts;
+        if ctx.options.offline {
+            // `--offline`: nothing may leave this machine. An EC2 API on
+            // loopback (moto) is allowed; credentials then come from the
+            // environment only (no IMDS, SSO or container endpoints).
+            match o.endpoint.as_deref() {
+                Some(e) if is_loopback_endpoint(e) => self.clients.set_offline(),
+                Some(e) => {
+                    return Err(be(AwsError::Invalid(format!(
+                        "--offline: the endpoint {e} is not on this machine (an aws build is offline only against a loopback endpoint such as moto)"
+                    ))))
+                }
+                None => {
+                    return Err(be(AwsError::Invalid(format!(
+                        "--offline: an aws build talks to the EC2 API of {} (set options.endpoint to a loopback emulator, or build without --offline)",
+                        self.region
+                    ))))
+                }
+            }
+        }
         self.ssh_cidrs_ok(ctx).map_err(be)?;
         match o.import.as_deref() {
             None | Some("ebs-direct") => {}
@@ -1056,7 +1136,7 @@ impl Builder for AwsBuilder {
                     .ip_protocol("tcp")
                     .from_port(22)
                     .to_port(22);
-                for c in &plan.network.ssh_cidrs {
+                for c in &ssh_cidrs(plan) {
                     perm = perm.ip_ranges(
                         IpRange::builder()
                             .cidr_ip(c)
@@ -1206,9 +1286,9 @@ impl Builder for AwsBuilder {
         }
         // Where to connect: the override (tests, tunnels), else the address
         // of the interface asked for.
-        let host = match &plan.ssh.host {
-            Some(h) => h.clone(),
-            None => {
+        let host = match plan.ssh.host.as_deref().map(str::trim) {
+            Some(h) if !h.is_empty() => h.to_string(),
+            _ => {
                 let public = inst.public_ip_address().map(str::to_string);
                 let private = inst.private_ip_address().map(str::to_string);
                 match plan.ssh.interface.as_deref() {
@@ -1442,4 +1522,48 @@ pub fn deleter(cleanup_config: &serde_json::Value) -> Result<Arc<dyn Deleter>, B
         regions,
         Waiter::with_timeout(Duration::from_secs(15 * 60)),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints_only() {
+        for ok in [
+            "http://127.0.0.1:5000",
+            "http://127.9.8.7/",
+            "http://localhost:1234/x",
+            "https://[::1]:443",
+            "http://user@127.0.0.1:80",
+        ] {
+            assert!(is_loopback_endpoint(ok), "{ok}");
+        }
+        for no in [
+            "https://ec2.us-east-1.amazonaws.com",
+            "http://10.0.0.1:5000",
+            "http://127.0.0.1.example.com",
+            "http://[2001:db8::1]:80",
+            "",
+        ] {
+            assert!(!is_loopback_endpoint(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn empty_strings_mean_unset() {
+        let mut o = AwsOptions {
+            endpoint: Some(String::new()),
+            copy_regions: vec!["".into(), " eu-west-1 ".into()],
+            ami_users: vec!["".into()],
+            ..AwsOptions::default()
+        };
+        o.tags.insert("appliance".into(), "1".into());
+        o.tags.insert("".into(), "".into());
+        let o = normalise(o);
+        assert_eq!(o.endpoint, None);
+        assert_eq!(o.copy_regions, vec!["eu-west-1".to_string()]);
+        assert!(o.ami_users.is_empty());
+        assert_eq!(o.tags.len(), 1);
+    }
 }

@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use common::*;
-use opsbake_comms_ssh as ssh;
-use opsbake_core::builder::{Connector, KeyAlgorithm, KeyPair, SshAuth, SshTarget};
+use opsbake_core::builder::{Connector, KeyAlgorithm, KeyPair, SshTarget};
 use opsbake_core::events::MemorySink;
 use opsbake_core::runner::{BuildJob, Runner};
 use opsbake_core::template::Iaas;
@@ -31,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 const AMI: &str = "ami-0bd5e7e57c0ffee01";
 
-/// A fixed key (the one sshd authorizes) for both tools.
+/// The CLI's connector with a fixed key (the one sshd authorizes) instead
+/// of a fresh one, so that both tools log in the same way (no
+/// AuthorizedKeysCommand in either's path).
 struct FixedKey(KeyPair);
 
 #[async_trait]
@@ -43,23 +44,9 @@ impl Connector for FixedKey {
     async fn connect(
         &self,
         t: &SshTarget,
-        _cancel: CancellationToken,
+        cancel: CancellationToken,
     ) -> Result<Arc<dyn Transport>, TransportError> {
-        let SshAuth::Key(k) = &t.auth else {
-            panic!("key auth")
-        };
-        let kp = ssh::KeyPair::from_openssh(&k.private_openssh).unwrap();
-        let mut o = ssh::SshOptions::new(
-            ssh::Target {
-                host: t.host.clone(),
-                port: t.port,
-                user: t.user.clone(),
-            },
-            ssh::Auth::Key(kp),
-            ssh::HostKeyVerifier::new(ssh::HostKeyPolicy::TrustOnFirstUse),
-        );
-        o.login_timeout = t.login_timeout;
-        Ok(Arc::new(ssh::SshTransport::connect(o).await?))
+        opsbake_comms_ssh::SshConnector.connect(t, cancel).await
     }
 }
 

@@ -19,16 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use common::*;
-use opsbake_comms_ssh as ssh;
-use opsbake_core::builder::{Connector, KeyAlgorithm, KeyPair, SshAuth, SshTarget};
 use opsbake_core::events::{Event, EventSink};
 use opsbake_core::runner::{BuildJob, Runner};
 use opsbake_core::template::Iaas;
-use opsbake_core::transport::{Transport, TransportError};
 use opsbake_test_support::moto::{Moto, MotoOptions, SeedAmi};
-use opsbake_test_support::sshd::{self, AuthorizedKeysCommand, Sshd, SshdOptions};
+use opsbake_test_support::sshd::Sshd;
 use tokio_util::sync::CancellationToken;
 
 const LIGHT: &str = "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz";
@@ -48,56 +44,6 @@ fn stemcell(name: &str) -> Option<PathBuf> {
     }
 }
 
-fn oth(message: impl Into<String>) -> TransportError {
-    TransportError::Other {
-        target: "test connector".into(),
-        message: message.into(),
-    }
-}
-
-/// comms-ssh behind core's Connector (the CLI's wiring belongs to the CLI).
-struct SshConnector;
-
-#[async_trait]
-impl Connector for SshConnector {
-    fn generate_key(&self, _a: KeyAlgorithm, comment: &str) -> Result<KeyPair, TransportError> {
-        let k = ssh::KeyPair::generate(ssh::KeyKind::Ed25519, comment)
-            .map_err(|e| oth(e.to_string()))?;
-        Ok(KeyPair {
-            public_openssh: k.public_openssh().to_string(),
-            private_openssh: k.private_openssh().map_err(|e| oth(e.to_string()))?,
-            algorithm: "ssh-ed25519".into(),
-        })
-    }
-
-    async fn connect(
-        &self,
-        t: &SshTarget,
-        cancel: CancellationToken,
-    ) -> Result<Arc<dyn Transport>, TransportError> {
-        let SshAuth::Key(k) = &t.auth else {
-            return Err(oth("test connector: key auth only"));
-        };
-        // Never anything but the loopback override.
-        assert_eq!(t.host, "127.0.0.1", "the build tried to reach {}", t.host);
-        let kp = ssh::KeyPair::from_openssh(&k.private_openssh).map_err(|e| oth(e.to_string()))?;
-        let mut o = ssh::SshOptions::new(
-            ssh::Target {
-                host: t.host.clone(),
-                port: t.port,
-                user: t.user.clone(),
-            },
-            ssh::Auth::Key(kp),
-            ssh::HostKeyVerifier::new(ssh::HostKeyPolicy::TrustOnFirstUse),
-        );
-        o.login_timeout = t.login_timeout;
-        tokio::select! {
-            _ = cancel.cancelled() => Err(TransportError::Cancelled),
-            r = ssh::SshTransport::connect(o) => Ok(Arc::new(r?) as Arc<dyn Transport>),
-        }
-    }
-}
-
 #[derive(Default)]
 struct Log(std::sync::Mutex<Vec<String>>);
 
@@ -110,61 +56,7 @@ impl EventSink for Log {
 
 /// A hardened sshd whose keys come from the instances' user data at moto.
 fn sshd_reading_user_data(moto: &Moto) -> Sshd {
-    let dir = sshd::private_script_dir("aws-user-data").unwrap();
-    let script = dir.join(format!("keys-{}", moto.port()));
-    // Debian's python3 (readable by `nobody`), plain EC2 query calls.
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/usr/bin/python3
-# Prints env.bosh.authorized_keys of every running instance's user data.
-import base64, json, urllib.parse, urllib.request, xml.etree.ElementTree as ET
-EP = "{}"
-def call(**params):
-    params.update(Version="2016-11-15")
-    body = urllib.parse.urlencode(params).encode()
-    req = urllib.request.Request(EP + "/", data=body, headers={{
-        "Content-Type": "application/x-www-form-urlencoded",
-        "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x"}})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return ET.fromstring(r.read())
-def strip(t):
-    return t.split("}}", 1)[-1]
-root = call(Action="DescribeInstances")
-for item in root.iter():
-    if strip(item.tag) != "item":
-        continue
-    iid = state = None
-    for c in item:
-        if strip(c.tag) == "instanceId":
-            iid = c.text
-        if strip(c.tag) == "instanceState":
-            for s in c:
-                if strip(s.tag) == "name":
-                    state = s.text
-    if not iid or state != "running":
-        continue
-    a = call(Action="DescribeInstanceAttribute", InstanceId=iid, Attribute="userData")
-    for v in a.iter():
-        if strip(v.tag) == "value" and v.text:
-            for k in json.loads(base64.b64decode(v.text))["env"]["bosh"]["authorized_keys"]:
-                print(k)
-"#,
-            moto.endpoint()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Sshd::start(SshdOptions {
-        authorized_keys_command: Some(AuthorizedKeysCommand {
-            command: script,
-            args: "%u".into(),
-            user: "nobody".into(),
-        }),
-        ..SshdOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
+    opsbake_test_support::moto::instance_sshd(moto, "us-east-1").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn write_template(
@@ -215,7 +107,9 @@ async fn run(
     let builder = opsbake_iaas_aws::builder(&plan).unwrap();
     let log = Arc::new(Log::default());
     let mut runner = Runner::new(dir.join("state"), log.clone());
-    runner.connector = Some(Arc::new(SshConnector));
+    // The CLI's connector: the build's template pins SSH to the loopback
+    // override (moto's invented addresses are never contacted).
+    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
     runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
     let r = runner
         .run_all(

@@ -6,8 +6,8 @@
 //! reopened and unwound like `opsbake cleanup` (tag sweep, then reverse
 //! deletes) and moto must hold nothing of the build.
 //!
-//! (The CLI-level SIGKILL tests are in `kill_cli.rs`; the CLI cannot reach
-//! capture until an SSH connector is wired into it.)
+//! (The CLI-level SIGKILL and SIGINT tests, at every step, are in
+//! `kill_cli.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,7 +26,10 @@ use opsbake_core::runner::{unwind, BuildJob, CleanupTracker, Runner};
 use opsbake_core::transport::{Transport, TransportError};
 use opsbake_test_support::fault_proxy::{Fault, FaultProxy};
 
-/// Keys from ssh-keygen; "connects" to a local directory.
+/// Keys from ssh-keygen; "connects" to a local directory. Not the CLI's
+/// `SshConnector`: these kills are about AWS calls, and a local transport
+/// keeps SSH (and an sshd) out of them; the CLI kill tests (kill_cli.rs)
+/// go through the real connector and sshd.
 struct LocalConnector {
     dir: std::path::PathBuf,
     targets: Mutex<Vec<SshTarget>>,

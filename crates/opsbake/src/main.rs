@@ -140,6 +140,12 @@ struct BuildArgs {
     /// Import the stemcell again even if a base image exists.
     #[arg(long)]
     reimport: bool,
+    /// Run no provisioning steps in the builds of these IaaSes (comma
+    /// separated): the image is the base image as launched and captured.
+    /// For trying an IaaS path against an emulator whose stand-in host must
+    /// not be changed (the AWS tests against moto).
+    #[arg(long, value_delimiter = ',', value_name = "IAAS")]
+    skip_provision: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -408,10 +414,20 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
     let vars = resolve(&loaded, &var_sources(&a.t)?)?;
     validate_all(&loaded, &vars)?;
     let iaases = parse_iaas_list(&a.iaas, &loaded)?;
+    let skip: Vec<Iaas> = parse_iaas_list(&a.skip_provision, &loaded)
+        .map(|l| if a.skip_provision.is_empty() { Vec::new() } else { l })
+        .map_err(|f| bad(format!("--skip-provision: {}", f.message)))?;
     let sd = state_dir(cli);
     let mut jobs = Vec::new();
     for i in iaases {
-        let plan = plan_build(&loaded, &vars, i, &new_build_id(i))?;
+        let mut plan = plan_build(&loaded, &vars, i, &new_build_id(i))?;
+        if skip.contains(&i) && !plan.provision.is_empty() {
+            eprintln!(
+                "[{i}] --skip-provision: not running the {} provisioning step(s)",
+                plan.provision.len()
+            );
+            plan.provision.clear();
+        }
         let builder = dispatch::builder(&plan, &sd).map_err(|e| bad(format!("[{i}] {e}")))?;
         let inputs = opsbake_core::manifest::input_digests(&plan, &vars)
             .map_err(|e| bad(format!("[{i}] {e}")))?;

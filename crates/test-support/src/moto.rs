@@ -378,3 +378,83 @@ impl Drop for Moto {
 pub fn skip_peers() -> bool {
     std::env::var("OPSBAKE_SKIP_PEERS").as_deref() == Ok("1")
 }
+
+/// An `AuthorizedKeysCommand` for the test sshd that plays moto's instance:
+/// it asks moto (directly, not through a proxy) for the user data of every
+/// running instance of `region` (DescribeInstances, then
+/// DescribeInstanceAttribute userData) and prints `env.bosh.authorized_keys`
+/// of the BOSH agent settings found there, so that a login proves the key
+/// travelled through the settings as on AWS. Written with Debian's python3
+/// into a directory sshd accepts ([`crate::sshd::private_script_dir`]).
+pub fn user_data_keys_command(
+    moto: &Moto,
+    region: &str,
+) -> Result<crate::sshd::AuthorizedKeysCommand, crate::sshd::SshdError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = crate::sshd::private_script_dir("aws-user-data")?;
+    let script = dir.join(format!("keys-{}-{region}", moto.port()));
+    let text = format!(
+        r#"#!/usr/bin/python3
+# Prints env.bosh.authorized_keys of every running instance's user data.
+import base64, json, urllib.parse, urllib.request, xml.etree.ElementTree as ET
+EP = "{ep}"
+def call(**params):
+    params.update(Version="2016-11-15")
+    body = urllib.parse.urlencode(params).encode()
+    req = urllib.request.Request(EP + "/", data=body, headers={{
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=x"}})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return ET.fromstring(r.read())
+def strip(t):
+    return t.split("}}", 1)[-1]
+root = call(Action="DescribeInstances")
+for item in root.iter():
+    if strip(item.tag) != "item":
+        continue
+    iid = state = None
+    for c in item:
+        if strip(c.tag) == "instanceId":
+            iid = c.text
+        if strip(c.tag) == "instanceState":
+            for s in c:
+                if strip(s.tag) == "name":
+                    state = s.text
+    if not iid or state != "running":
+        continue
+    a = call(Action="DescribeInstanceAttribute", InstanceId=iid, Attribute="userData")
+    for v in a.iter():
+        if strip(v.tag) == "value" and v.text:
+            for k in json.loads(base64.b64decode(v.text))["env"]["bosh"]["authorized_keys"]:
+                print(k)
+"#,
+        ep = moto.endpoint(),
+    );
+    std::fs::write(&script, text).map_err(|source| crate::sshd::SshdError::Io {
+        path: script.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(
+        |source| crate::sshd::SshdError::Io {
+            path: script.clone(),
+            source,
+        },
+    )?;
+    Ok(crate::sshd::AuthorizedKeysCommand {
+        command: script,
+        args: "%u".into(),
+        user: "nobody".into(),
+    })
+}
+
+/// A hardened test sshd ([`crate::sshd::Sshd`]) that plays moto's instances
+/// of `region`: no authorized_keys, only [`user_data_keys_command`].
+pub fn instance_sshd(
+    moto: &Moto,
+    region: &str,
+) -> Result<crate::sshd::Sshd, crate::sshd::SshdError> {
+    crate::sshd::Sshd::start(crate::sshd::SshdOptions {
+        authorized_keys_command: Some(user_data_keys_command(moto, region)?),
+        ..crate::sshd::SshdOptions::default()
+    })
+}
