@@ -218,7 +218,9 @@ fn govc_imports_the_ova_opsbake_writes() {
     let Some(sim) = start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (ova, rep) = write_ova(dir.path());
-    let vm = sim.import_ova(&ova, "vcsim-check").unwrap();
+    let vm = sim
+        .import_ova(&ova, "vcsim-check")
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_vm_matches(&vm, &rep);
 }
 
@@ -282,7 +284,7 @@ fn govc_imports_the_ova_with_a_vmx_hardware_family() {
                 properties: vec![("public_ssh_key".into(), key.into())],
             },
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_vm_matches(&vm, &rep);
     assert_eq!(vm.declared.properties, ["public_ssh_key"]);
     assert_eq!(
