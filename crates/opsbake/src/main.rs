@@ -414,9 +414,12 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
     let vars = resolve(&loaded, &var_sources(&a.t)?)?;
     validate_all(&loaded, &vars)?;
     let iaases = parse_iaas_list(&a.iaas, &loaded)?;
-    let skip: Vec<Iaas> = parse_iaas_list(&a.skip_provision, &loaded)
-        .map(|l| if a.skip_provision.is_empty() { Vec::new() } else { l })
-        .map_err(|f| bad(format!("--skip-provision: {}", f.message)))?;
+    let skip: Vec<Iaas> = if a.skip_provision.is_empty() {
+        Vec::new()
+    } else {
+        parse_iaas_list(&a.skip_provision, &loaded)
+            .map_err(|f| bad(format!("--skip-provision: {}", f.message)))?
+    };
     let sd = state_dir(cli);
     let mut jobs = Vec::new();
     for i in iaases {

@@ -1,0 +1,244 @@
+//! Shared by the CLI's aws tests (`aws_*.rs`, `qemu_aws_vbox.rs`): moto with
+//! the test stemcell's AMIs, the sshd that plays the instance, the CLI run
+//! with moto's credentials, and what is left in moto
+//! (crates/iaas-aws/tests/common/leftovers.rs, included by path).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use opsbake_test_support::moto::{Moto, MotoOptions, SeedAmi};
+use serde_json::Value;
+
+#[path = "../../../iaas-aws/tests/common/leftovers.rs"]
+mod leftovers;
+pub use leftovers::*;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
+/// The AMIs the light test stemcell maps us-east-1 and eu-west-1 to.
+pub const LIGHT_AMIS: [&str; 2] = ["ami-0bd5e7e57c0ffee01", "ami-0bd5e7e57c0ffee02"];
+/// images/moto.vars.yml's launch permission.
+pub const AMI_USER: &str = "111122223333";
+
+pub fn skip_peers() -> bool {
+    opsbake_test_support::moto::skip_peers()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The test stemcell dir holding the aws stemcells, or None when peers are
+/// skipped.
+pub fn stemcell_dir() -> Option<PathBuf> {
+    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").map(PathBuf::from) {
+        Some(d) => {
+            for n in [
+                "bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
+                "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
+            ] {
+                assert!(
+                    d.join(n).is_file(),
+                    "{} missing: rerun .ci/setup.d/20-test-stemcell.sh",
+                    d.join(n).display()
+                );
+            }
+            Some(d)
+        }
+        None if skip_peers() => None,
+        None => panic!(
+            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
+        ),
+    }
+}
+
+/// moto with the light test stemcell's AMIs seeded, or None when peers are
+/// skipped and moto is missing.
+pub fn moto() -> Option<Moto> {
+    if skip_peers() && opsbake_test_support::moto::binary().is_err() {
+        eprintln!("OPSBAKE_SKIP_PEERS=1 and no moto_server: skipped");
+        return None;
+    }
+    Some(
+        Moto::start(MotoOptions {
+            seed_amis: LIGHT_AMIS
+                .iter()
+                .map(|a| SeedAmi {
+                    ami_id: (*a).into(),
+                    name: "bosh-aws-xen-hvm-debian-bookworm-go_agent-1.0".into(),
+                    root_device_name: "/dev/sda1".into(),
+                })
+                .collect(),
+            env: vec![],
+        })
+        .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+/// moto's credentials for this process's SDK clients (the test's own
+/// checks); the CLI gets them through [`aws_command`].
+pub fn aws_env() {
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("AWS_SESSION_TOKEN");
+    std::env::remove_var("AWS_PROFILE");
+}
+
+const AWS_ENV: [(&str, &str); 5] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent/opsbake-test"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/opsbake-test"),
+];
+
+/// `opsbake --state-dir DIR/state --no-progress --json build
+/// images/appliance.yml --var-file images/moto.vars.yml --var
+/// aws_endpoint=... --var aws_ssh_port=... ARGS`, from `dir`.
+pub fn aws_command(dir: &Path, endpoint: &str, ssh_port: u16, args: &[&str]) -> Command {
+    let root = repo_root();
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--no-progress", "--json", "build"])
+        .arg(root.join("images/appliance.yml"))
+        .arg("--var-file")
+        .arg(root.join("images/moto.vars.yml"))
+        .arg("--var")
+        .arg(format!("aws_endpoint={endpoint}"))
+        .arg("--var")
+        .arg(format!("aws_ssh_port={ssh_port}"))
+        .args(args)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION");
+    for (k, v) in AWS_ENV {
+        c.env(k, v);
+    }
+    c
+}
+
+/// The `--json` events of a run.
+pub fn events(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The `build_finished` event of one IaaS.
+pub fn finished<'a>(events: &'a [Value], iaas: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "build_finished" && e["build"] == iaas)
+        .unwrap_or_else(|| panic!("no build_finished for {iaas}: {events:?}"))
+}
+
+/// What an aws build must have produced in moto: the AMI of the build
+/// region and its copy, each available, named, tagged as asked, launchable
+/// by [`AMI_USER`], with tagged snapshots; nothing else of the build left.
+pub async fn check_aws_artifact(endpoint: &str, build_id: &str, artifact_id: &str) {
+    let pairs: Vec<(&str, &str)> = artifact_id
+        .split(',')
+        .map(|p| p.split_once(':').unwrap())
+        .collect();
+    let regions: Vec<&str> = pairs.iter().map(|(r, _)| *r).collect();
+    assert_eq!(regions, ["us-east-1", "eu-west-1"], "{artifact_id}");
+    for (region, ami) in &pairs {
+        let c = ec2(endpoint, region).await;
+        let imgs = c.describe_images().image_ids(*ami).send().await.unwrap();
+        let img = imgs
+            .images()
+            .first()
+            .unwrap_or_else(|| panic!("{ami} not in {region}"));
+        assert_eq!(
+            img.state(),
+            Some(&aws_sdk_ec2::types::ImageState::Available)
+        );
+        assert_eq!(
+            img.name(),
+            Some(format!("appliance-1.0.0-{build_id}").as_str())
+        );
+        let tags = tag_map(img.tags());
+        assert_eq!(
+            tags.get("appliance").map(String::as_str),
+            Some("1.0.0"),
+            "{tags:?}"
+        );
+        assert_eq!(
+            tags.get("built-by").map(String::as_str),
+            Some("opsbake"),
+            "{tags:?}"
+        );
+        assert_eq!(
+            tags.get("opsbake:build-id").map(String::as_str),
+            Some(build_id)
+        );
+        let perm = c
+            .describe_image_attribute()
+            .image_id(*ami)
+            .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+            .send()
+            .await
+            .unwrap();
+        let users: Vec<&str> = perm
+            .launch_permissions()
+            .iter()
+            .filter_map(|p| p.user_id())
+            .collect();
+        assert_eq!(users, [AMI_USER], "{region} {ami} launch permissions");
+        let snaps: Vec<String> = img
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+            .collect();
+        assert!(!snaps.is_empty(), "{ami} has no snapshot");
+        let s = c
+            .describe_snapshots()
+            .set_snapshot_ids(Some(snaps))
+            .send()
+            .await
+            .unwrap();
+        for s in s.snapshots() {
+            let t = tag_map(s.tags());
+            assert_eq!(
+                t.get("appliance").map(String::as_str),
+                Some("1.0.0"),
+                "{t:?}"
+            );
+            assert_eq!(
+                t.get("opsbake:build-id").map(String::as_str),
+                Some(build_id)
+            );
+        }
+    }
+    let left = leftovers(endpoint, &regions, build_id).await;
+    assert!(
+        left.iter()
+            .all(|l| l.contains(" image ") || l.contains(" snapshot ")),
+        "temporary resources left: {left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|l| l.contains(" image ")).count(),
+        2,
+        "{left:?}"
+    );
+}
+
+/// The journal of a finished build: outcome recorded, nothing live.
+pub fn check_journal(state: &Path, build_id: &str, outcome: opsbake_core::journal::Outcome) {
+    let j = opsbake_core::journal::Journal::open(state, build_id).unwrap();
+    let st = j.state();
+    assert_eq!(st.outcome, Some(outcome), "{build_id}");
+    assert!(
+        st.live.is_empty(),
+        "{build_id}: journal lists {:?}",
+        st.live
+    );
+}
