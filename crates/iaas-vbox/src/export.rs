@@ -490,6 +490,7 @@ pub fn descriptor(
                 .child(
                     Element::new("Disk")
                         .attr("ovf:capacity", vmdk.capacity.to_string())
+                        .attr("ovf:capacityAllocationUnits", "byte")
                         .attr("ovf:diskId", "vmdisk1")
                         .attr("ovf:fileRef", "file1")
                         .attr("ovf:format", ovf::VMDK_STREAM_OPTIMIZED)
@@ -533,9 +534,7 @@ pub fn descriptor(
                                 .child(
                                     Element::new("vssd:VirtualSystemIdentifier").text(&spec.name),
                                 )
-                                .child(
-                                    Element::new("vssd:VirtualSystemType").text("virtualbox-2.2"),
-                                ),
+                                .child(Element::new("vssd:VirtualSystemType").text("vmx-13")),
                         )
                         .child(item(&[
                             ("Caption", &cpu_name),

@@ -529,10 +529,7 @@ impl Ovf {
                                         Element::new("vssd:VirtualSystemIdentifier")
                                             .text(&spec.name),
                                     )
-                                    .child(
-                                        Element::new("vssd:VirtualSystemType")
-                                            .text("vmx-07 virtualbox-2.2"),
-                                    ),
+                                    .child(Element::new("vssd:VirtualSystemType").text("vmx-13")),
                             )
                             .child(item(&[
                                 ("Caption", &cpu_name),
