@@ -27,12 +27,13 @@ if ! command -v cargo >/dev/null; then
 fi
 echo "== demo: building the CLI (cargo build --release -p opsbake)" >&2
 cargo build --release -p opsbake
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/opsbake"
 setup_done=$(date +%s)
 out=${OPSBAKE_DEMO_OUT:-$PWD/target/demo}
 mkdir -p "$out"
 echo "== demo: opsbake build images/appliance.yml --iaas vbox --offline" >&2
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1704067200} \
-    target/release/opsbake --state-dir "$out/state" build images/appliance.yml --iaas vbox --offline
+    "$bin" --state-dir "$out/state" build images/appliance.yml --iaas vbox --offline
 end=$(date +%s)
 ova=$(find "$PWD/images" "$out" -name '*.ova' -newer "$OPSBAKE_CI_ENV" -print 2>/dev/null | head -1)
 echo
