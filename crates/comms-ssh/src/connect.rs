@@ -116,7 +116,17 @@ pub struct SshOptions {
     pub keepalive: Option<Duration>,
     /// Log in through this bastion first (ProxyJump style).
     pub jump: Option<Box<SshOptions>>,
-    /// SFTP channels used in parallel for uploads.
+    /// Session channels this connection keeps open at once, of every kind
+    /// (SFTP pool, commands, the command channel opened ahead, SCP): sshd's
+    /// `MaxSessions` (default 10, also on stemcells). If the server refuses
+    /// a channel earlier, the lower limit is learned and kept.
+    pub max_sessions: usize,
+    /// How long an operation waits for one of our channels to close when
+    /// none is free (budget used up, or the server refused one).
+    pub channel_wait: Duration,
+    /// SFTP channels used in parallel for transfers, at most. The pool also
+    /// stays at most `max_sessions - 2` (room for a command and the next
+    /// command's channel), and at least 1.
     pub sftp_channels: usize,
     /// Bytes of SFTP writes kept in flight per channel.
     pub sftp_window: usize,
@@ -137,7 +147,9 @@ impl SshOptions {
             attempt_timeout: Duration::from_secs(20),
             keepalive: Some(Duration::from_secs(15)),
             jump: None,
-            sftp_channels: 6,
+            max_sessions: 10,
+            channel_wait: Duration::from_secs(120),
+            sftp_channels: 8,
             sftp_window: 2 << 20,
             sftp_request_timeout: Duration::from_secs(60),
             transfer_retries: 3,

@@ -74,10 +74,8 @@ pub fn options(t: &SshTarget) -> Result<SshOptions, TransportError> {
     );
     o.login_timeout = t.login_timeout;
     // sshd's MaxSessions (10 on stemcells) counts every open channel: the
-    // pooled SFTP channels stay open for the build, and exec channels come
-    // and go beside them (a provisioner may run a command while the previous
-    // channel is still closing). 6 leaves room; 8 was seen to exhaust it.
-    o.sftp_channels = o.sftp_channels.min(6);
+    // defaults budget 10 channels per connection (SFTP pool at most 8) and
+    // learn a lower limit from the first refused channel.
     if let Some(b) = &t.bastion {
         o.jump = Some(Box::new(options(b)?));
     }

@@ -8,9 +8,9 @@ use opsbake_core::secret::redactor;
 use opsbake_core::transport::{
     env_prefix, ExecRequest, ExitStatus, OutputSink, Stream, TransportError,
 };
-use russh::client::Msg;
-use russh::{Channel, ChannelMsg, Sig};
+use russh::{ChannelMsg, Sig};
 
+use crate::conn::{Conn, Leased};
 use crate::connect::SshHandle;
 
 /// Splits a byte stream into lines for an [`OutputSink`].
@@ -94,33 +94,19 @@ pub(crate) fn command_line(target: &str, req: &ExecRequest) -> Result<String, Tr
     Ok(format!("{prefix}{}", req.command))
 }
 
-/// Run one command on `handle`.
-pub(crate) async fn exec(
-    handle: &SshHandle,
-    target: &str,
-    req: ExecRequest,
-    sink: Arc<dyn OutputSink>,
-) -> Result<ExitStatus, TransportError> {
-    exec_on(handle, target, req, sink, None).await
-}
-
-/// Run one command, on `spare` (a session channel opened ahead of time, so
-/// that a step costs one round trip less) when given and still usable.
+/// Run one command on `leased` (a session channel opened by the
+/// connection's budget; a spare one opened ahead of time costs a round trip
+/// less). The permit is given back when the channel has closed.
 pub(crate) async fn exec_on(
     handle: &SshHandle,
     target: &str,
     req: ExecRequest,
     sink: Arc<dyn OutputSink>,
-    spare: Option<Channel<Msg>>,
+    leased: Leased,
 ) -> Result<ExitStatus, TransportError> {
     let cmd = command_line(target, &req)?;
-    let mut ch = match spare {
-        Some(ch) => ch,
-        None => handle
-            .channel_open_session()
-            .await
-            .map_err(|e| disconnected(target, "opening a session channel", e))?,
-    };
+    let Leased { mut ch, permit } = leased;
+    let _permit = permit;
     if req.pty {
         ch.request_pty(true, "xterm", 200, 50, 0, 0, &[])
             .await
@@ -178,26 +164,40 @@ pub(crate) async fn exec_on(
         }
         Ok(())
     };
-    let timed_out = match req.timeout {
+    let (res, timed_out) = match req.timeout {
         Some(t) => match tokio::time::timeout(t, run).await {
-            Ok(r) => {
-                r?;
-                None
-            }
-            Err(_) => Some(t),
+            Ok(r) => (r, None),
+            Err(_) => (Ok(()), Some(t)),
         },
-        None => {
-            run.await?;
-            None
-        }
+        None => (run.await, None),
     };
+    if let Err(e) = res {
+        // The channel is still open on the server (it refused the request,
+        // not the channel): close it before its permit is given back.
+        let _ = ch.close().await;
+        return Err(e);
+    }
     out.finish(sink.as_ref());
     err.finish(sink.as_ref());
     if let Some(after) = timed_out {
         // OpenSSH honours "signal" requests; closing the channel also hangs
         // up the command's session.
         let _ = ch.signal(Sig::KILL).await;
-        let _ = ch.close().await;
+        // sshd counts the session until the killed command is gone: wait
+        // (briefly) for its CLOSE before the channel's permit goes back.
+        let server_closed = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(m) = ch.wait().await {
+                if matches!(m, ChannelMsg::Close) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !server_closed {
+            let _ = ch.close().await;
+        }
         return Err(TransportError::Timeout {
             target: target.to_string(),
             what: format!("command {:?}", short(&req.command)),
@@ -235,8 +235,7 @@ fn short(cmd: &str) -> String {
 /// Run a command and collect its stdout (for internal helpers such as
 /// `sha256sum`); stderr is kept for the error.
 pub(crate) async fn capture(
-    handle: &SshHandle,
-    target: &str,
+    conn: &Arc<Conn>,
     command: String,
     timeout: Option<Duration>,
 ) -> Result<(ExitStatus, String, String), TransportError> {
@@ -254,7 +253,7 @@ pub(crate) async fn capture(
     });
     let mut req = ExecRequest::new(command);
     req.timeout = timeout;
-    let st = exec(handle, target, req, sink).await?;
+    let st = conn.exec(req, sink).await?;
     let (o, e) = lines.lock().map(|g| g.clone()).unwrap_or_default();
     Ok((st, o, e))
 }

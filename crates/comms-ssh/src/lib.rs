@@ -8,10 +8,14 @@
 //! - [`SshTransport`]: core's `Transport`: exec with streamed output, exit
 //!   status and signal; pipelined multi-channel SFTP uploads that resume
 //!   after a dropped connection; SCP fallback; reconnect.
+//! - [`channels`]: one channel budget per connection (sshd's `MaxSessions`);
+//!   a refused channel is [`ChannelRefused`], not a lost connection.
 //!
 //! Algorithms: AES-GCM/CTR with HMAC-SHA2 (what hardened stemcells allow),
 //! through russh's `ring` backend (no cmake/nasm needed to build).
 
+pub mod channels;
+mod conn;
 pub mod connect;
 pub mod connector;
 mod exec;
@@ -21,6 +25,7 @@ mod scp;
 mod sftp;
 mod transport;
 
+pub use channels::{ChannelKind, ChannelLimits, ChannelRefused, RefusalReason};
 pub use connect::{Auth, LoginReport, PasswordGuard, SshOptions, Target};
 pub use connector::SshConnector;
 pub use hostkey::{HostKeyPolicy, HostKeyVerifier};

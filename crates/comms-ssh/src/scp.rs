@@ -6,17 +6,16 @@ use futures::stream::StreamExt as _;
 use opsbake_core::transport::{shell_quote, TransferReport, TransportError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::connect::SshHandle;
+use std::sync::Arc;
+
+use crate::channels::ChannelKind;
+use crate::conn::{Conn, PermitStream};
 use crate::exec::{capture, disconnected};
 use crate::sftp::{verify_sha256, FileItem, Plan, Src};
 
-async fn run_checked(
-    handle: &SshHandle,
-    target: &str,
-    what: &str,
-    cmd: String,
-) -> Result<(), TransportError> {
-    let (st, _, err) = capture(handle, target, cmd, Some(Duration::from_secs(300))).await?;
+async fn run_checked(conn: &Arc<Conn>, what: &str, cmd: String) -> Result<(), TransportError> {
+    let target = conn.target.as_str();
+    let (st, _, err) = capture(conn, cmd, Some(Duration::from_secs(300))).await?;
     if !st.success() {
         return Err(TransportError::Remote {
             target: target.into(),
@@ -56,15 +55,15 @@ async fn read_ack<R: tokio::io::AsyncRead + Unpin>(
     })
 }
 
-async fn send_file(handle: &SshHandle, target: &str, f: &FileItem) -> Result<(), TransportError> {
-    let ch = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| disconnected(target, "opening an scp channel", e))?;
-    ch.exec(true, format!("scp -p -t -- {}", shell_quote(&f.remote)))
+async fn send_file(conn: &Conn, f: &FileItem) -> Result<(), TransportError> {
+    let target = conn.target.as_str();
+    let (leased, _) = conn.open(ChannelKind::Scp).await?;
+    leased
+        .ch
+        .exec(true, format!("scp -p -t -- {}", shell_quote(&f.remote)))
         .await
         .map_err(|e| disconnected(target, "scp exec", e))?;
-    let mut s = ch.into_stream();
+    let mut s = PermitStream::new(leased);
     let p = &f.remote;
     read_ack(&mut s, target, p).await?;
     let m = f.mtime.unwrap_or(0);
@@ -120,8 +119,7 @@ async fn send_file(handle: &SshHandle, target: &str, f: &FileItem) -> Result<(),
 
 /// Run a plan with `scp -t` and shell commands.
 pub(crate) async fn upload(
-    handle: &SshHandle,
-    target: &str,
+    conn: &Arc<Conn>,
     plan: &Plan,
 ) -> Result<TransferReport, TransportError> {
     let mut dirs: Vec<String> = plan.parents.clone();
@@ -132,7 +130,7 @@ pub(crate) async fn upload(
             cmd.push(' ');
             cmd.push_str(&shell_quote(d));
         }
-        run_checked(handle, target, "mkdir -p", cmd).await?;
+        run_checked(conn, "mkdir -p", cmd).await?;
     }
     // A previous upload may have left read-only files and directories of
     // ours: make them writable for the owner (their modes are set again below).
@@ -145,13 +143,9 @@ pub(crate) async fn upload(
             cmd.push_str(&shell_quote(p));
         }
         cmd.push_str("; do if [ -d \"$p\" ]; then chmod u+rwx -- \"$p\"; elif [ -f \"$p\" ]; then chmod u+w -- \"$p\"; fi; done; true");
-        run_checked(handle, target, "chmod u+w", cmd).await?;
+        run_checked(conn, "chmod u+w", cmd).await?;
     }
-    let futs: Vec<_> = plan
-        .files
-        .iter()
-        .map(|f| send_file(handle, target, f))
-        .collect();
+    let futs: Vec<_> = plan.files.iter().map(|f| send_file(conn, f)).collect();
     let mut work = futures::stream::iter(futs).buffer_unordered(8);
     while let Some(r) = work.next().await {
         r?;
@@ -170,14 +164,13 @@ pub(crate) async fn upload(
     );
     for batch in cmds.chunks(100) {
         run_checked(
-            handle,
-            target,
+            conn,
             "links and modes",
             format!("set -e; {}", batch.join("; ")),
         )
         .await?;
     }
-    verify_sha256(handle, target, plan).await?;
+    verify_sha256(conn, plan).await?;
     Ok(TransferReport {
         files: plan.files.len() as u64,
         dirs: plan.dirs.len() as u64,

@@ -23,6 +23,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
+use crate::conn::{Conn, Leased, PermitStream};
 use crate::connect::{SshHandle, SshOptions};
 use crate::exec::{capture, disconnected};
 
@@ -35,22 +36,28 @@ pub const SPLIT_AT: u64 = 8 << 20;
 const SMALL_FILE: u64 = 128 << 10;
 /// Files in flight at once.
 const FILE_CONCURRENCY: usize = 256;
+/// Open handles per SFTP channel, at most. OpenSSH's sftp-server hands out
+/// handles as 4-byte indexes (the lowest free slot) and russh-sftp keeps a
+/// handle as a `String` decoded lossily: from index 128 on the last byte is
+/// not valid UTF-8 and the handle comes back wrong (writes then fail with
+/// `SSH_FX_FAILURE`). Stay well below 128 per channel (range handles of big
+/// files and directory handles come on top).
+const HANDLES_PER_CHANNEL: usize = 96;
 
 /// A pool of SFTP sessions (one channel each) on one connection.
 pub(crate) struct SftpPool {
     pub sessions: Vec<Arc<RawSftpSession>>,
 }
 
-/// Open an SFTP channel; `Ok(None)` when the server has no sftp subsystem.
+/// Start the sftp subsystem on `leased`; `Ok(None)` when the server has
+/// none. The channel's permit goes back when the session's stream is dropped.
 pub(crate) async fn open_session(
     handle: &SshHandle,
     target: &str,
+    leased: Leased,
     timeout: Duration,
 ) -> Result<Option<RawSftpSession>, TransportError> {
-    let mut ch = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| disconnected(target, "opening an sftp channel", e))?;
+    let Leased { mut ch, permit } = leased;
     ch.request_subsystem(true, "sftp")
         .await
         .map_err(|e| disconnected(target, "sftp subsystem request", e))?;
@@ -58,7 +65,8 @@ pub(crate) async fn open_session(
         match ch.wait().await {
             Some(ChannelMsg::Success) => break,
             Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
-                return Ok(None)
+                let _ = ch.close().await;
+                return Ok(None);
             }
             Some(_) => {}
             None => {
@@ -73,42 +81,12 @@ pub(crate) async fn open_session(
             }
         }
     }
-    let sess = RawSftpSession::new(ch.into_stream());
+    let sess = RawSftpSession::new(PermitStream::new(Leased { ch, permit }));
     sess.set_timeout(timeout.as_secs().max(1));
     sess.init()
         .await
         .map_err(|e| disconnected(target, "sftp init", e))?;
     Ok(Some(sess))
-}
-
-/// Open `n` sessions (`Ok(None)` without an sftp subsystem).
-pub(crate) async fn open_pool(
-    handle: &SshHandle,
-    target: &str,
-    n: usize,
-    timeout: Duration,
-) -> Result<Option<SftpPool>, TransportError> {
-    let Some(first) = open_session(handle, target, timeout).await? else {
-        return Ok(None);
-    };
-    let mut sessions = vec![Arc::new(first)];
-    let more: Vec<_> =
-        futures::future::join_all((1..n.max(1)).map(|_| open_session(handle, target, timeout)))
-            .await;
-    for s in more {
-        match s {
-            Ok(Some(s)) => sessions.push(Arc::new(s)),
-            Ok(None) => {}
-            // sshd's MaxSessions (10 by default) may refuse extra channels:
-            // work with what we got.
-            Err(e) if !handle.is_closed() => {
-                tracing::debug!(%target, error = %e, "extra sftp channel refused");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    tracing::debug!(%target, channels = sessions.len(), "sftp channels open");
-    Ok(Some(SftpPool { sessions }))
 }
 
 /// Maps an SFTP error: transport failures become `Disconnected`.
@@ -823,7 +801,8 @@ pub(crate) async fn upload(
             futs.push(upload_file(&ctx, pool, i, f));
         }
     }
-    let mut work = futures::stream::iter(futs).buffer_unordered(FILE_CONCURRENCY);
+    let in_flight = FILE_CONCURRENCY.min(HANDLES_PER_CHANNEL * pool.sessions.len());
+    let mut work = futures::stream::iter(futs).buffer_unordered(in_flight);
     let mut first_err = None;
     while let Some(r) = work.next().await {
         if let Err(e) = r {
@@ -882,7 +861,8 @@ pub(crate) async fn upload(
     for r in futures::future::join_all(futs).await {
         r?;
     }
-    verify_sha256(handle, target, plan).await?;
+    // sha256 is checked by the caller once it gave the pool back (a
+    // command needs a channel, and a tight budget may be all pool).
     let bytes = plan.files.iter().map(|f| f.size).sum();
     Ok(TransferReport {
         files: plan.files.len() as u64,
@@ -914,11 +894,8 @@ pub(crate) async fn local_sha256(src: &Src) -> Result<String, TransportError> {
 }
 
 /// Compare sha256 of every file marked `verify` (remote side by `sha256sum`).
-pub(crate) async fn verify_sha256(
-    handle: &SshHandle,
-    target: &str,
-    plan: &Plan,
-) -> Result<(), TransportError> {
+pub(crate) async fn verify_sha256(conn: &Arc<Conn>, plan: &Plan) -> Result<(), TransportError> {
+    let target = conn.target.as_str();
     let files: Vec<&FileItem> = plan.files.iter().filter(|f| f.verify).collect();
     for batch in files.chunks(200) {
         let mut cmd = String::from("sha256sum --");
@@ -926,7 +903,7 @@ pub(crate) async fn verify_sha256(
             cmd.push(' ');
             cmd.push_str(&shell_quote(&f.remote));
         }
-        let (st, out, err) = capture(handle, target, cmd, Some(Duration::from_secs(600))).await?;
+        let (st, out, err) = capture(conn, cmd, Some(Duration::from_secs(600))).await?;
         if !st.success() {
             return Err(TransportError::Remote {
                 target: target.into(),

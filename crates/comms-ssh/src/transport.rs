@@ -8,54 +8,12 @@ use opsbake_core::transport::{
     Download, ExecRequest, ExitStatus, OutputSink, TransferReport, Transport, TransportError,
     Upload,
 };
-use russh::client::Msg;
-use russh::Channel;
-use tokio::sync::{OnceCell, RwLock};
+use tokio::sync::RwLock;
 
-use crate::connect::{wait_for_login, LoginReport, SshHandle, SshOptions};
-use crate::sftp::{self, SftpPool, UploadState};
-
-/// One live connection and its lazily opened SFTP channels.
-struct Conn {
-    handle: SshHandle,
-    _jump: Option<Arc<SshHandle>>,
-    /// `None` inside: the server has no sftp subsystem (use SCP).
-    sftp: OnceCell<Option<SftpPool>>,
-    /// A session channel opened ahead of the next exec.
-    spare: tokio::sync::Mutex<Option<Channel<Msg>>>,
-}
-
-impl Conn {
-    fn new(handle: SshHandle, jump: Option<Arc<SshHandle>>) -> Arc<Conn> {
-        Arc::new(Conn {
-            handle,
-            _jump: jump,
-            sftp: OnceCell::new(),
-            spare: tokio::sync::Mutex::new(None),
-        })
-    }
-
-    /// Open the next exec's channel in the background.
-    fn refill_spare(self: &Arc<Self>) {
-        let c = self.clone();
-        tokio::spawn(async move {
-            let mut slot = c.spare.lock().await;
-            if slot.is_none() && !c.handle.is_closed() {
-                if let Ok(ch) = c.handle.channel_open_session().await {
-                    *slot = Some(ch);
-                }
-            }
-        });
-    }
-
-    async fn take_spare(&self) -> Option<Channel<Msg>> {
-        // Do not wait for a refill in progress: open our own channel then.
-        match self.spare.try_lock() {
-            Ok(mut g) => g.take(),
-            Err(_) => None,
-        }
-    }
-}
+use crate::channels::ChannelLimits;
+use crate::conn::Conn;
+use crate::connect::{wait_for_login, LoginReport, SshOptions};
+use crate::sftp::{self, UploadState};
 
 /// An SSH connection to a build VM.
 pub struct SshTransport {
@@ -72,9 +30,9 @@ impl SshTransport {
         let c = wait_for_login(&opts, opts.login_timeout).await?;
         let describe = format!("ssh {}", opts.target);
         Ok(SshTransport {
-            describe,
+            describe: describe.clone(),
             last_login: Mutex::new(c.report),
-            conn: RwLock::new(Conn::new(c.handle, c.jump)),
+            conn: RwLock::new(Conn::new(c.handle, c.jump, describe.clone(), &opts, None)),
             opts,
         })
     }
@@ -96,23 +54,20 @@ impl SshTransport {
         self.conn.read().await.clone()
     }
 
-    async fn pool<'a>(&self, conn: &'a Conn) -> Result<Option<&'a SftpPool>, TransportError> {
-        let target = self.describe.clone();
-        let p = conn
-            .sftp
-            .get_or_try_init(|| {
-                sftp::open_pool(
-                    &conn.handle,
-                    &target,
-                    self.opts.sftp_channels,
-                    self.opts.sftp_request_timeout,
-                )
-            })
-            .await?;
-        if p.is_none() {
-            tracing::info!(target = %self.describe, "no sftp subsystem: falling back to scp -t");
+    /// The channel budget of the current connection: what `max_sessions`
+    /// allows, what the server taught us (after it refused a channel), how
+    /// many channels are open and how big the SFTP pool is.
+    pub fn channel_limits(&self) -> ChannelLimits {
+        match self.conn.try_read() {
+            Ok(c) => c.limits(),
+            Err(_) => ChannelLimits {
+                configured: self.opts.max_sessions,
+                allowed: 0,
+                learned: None,
+                open: 0,
+                sftp_pool: 0,
+            },
         }
-        Ok(p.as_ref())
     }
 
     async fn relogin(&self, stale: &Arc<Conn>, timeout: Duration) -> Result<(), TransportError> {
@@ -128,7 +83,8 @@ impl SshTransport {
         if let Ok(mut r) = self.last_login.lock() {
             *r = c.report;
         }
-        *guard = Conn::new(c.handle, c.jump);
+        let learned = guard.budget.learned();
+        *guard = Conn::new(c.handle, c.jump, self.describe.clone(), &self.opts, learned);
         Ok(())
     }
 
@@ -153,23 +109,7 @@ impl Transport for SshTransport {
     ) -> Result<ExitStatus, TransportError> {
         let c = self.current().await;
         tracing::debug!(target = %self.describe, command = %req.command, pty = req.pty, "exec");
-        let spare = c.take_spare().await;
-        let had_spare = spare.is_some();
-        c.refill_spare();
-        match crate::exec::exec_on(&c.handle, &self.describe, req.clone(), sink.clone(), spare)
-            .await
-        {
-            // A spare channel the server closed meanwhile: once more on a
-            // fresh one (nothing ran: the exec request itself failed).
-            Err(TransportError::Other { message, .. })
-                if had_spare
-                    && message.contains("refused the exec request")
-                    && !c.handle.is_closed() =>
-            {
-                crate::exec::exec(&c.handle, &self.describe, req, sink).await
-            }
-            other => other,
-        }
+        c.exec(req, sink).await
     }
 
     async fn upload(&self, items: Vec<Upload>) -> Result<TransferReport, TransportError> {
@@ -178,20 +118,28 @@ impl Transport for SshTransport {
         let mut attempt = 0;
         loop {
             let c = self.current().await;
-            let res = match self.pool(&c).await {
+            let res = match c.pool().await {
                 Ok(Some(pool)) => {
                     // Requests on a dead connection may never be answered:
                     // a drop ends the attempt at once (not at the request
                     // timeout) so that it can resume on a new connection.
-                    tokio::select! {
-                        r = sftp::upload(&c.handle, &self.describe, &self.opts, pool, &plan, &state) => r,
+                    let r = tokio::select! {
+                        r = sftp::upload(&c.handle, &self.describe, &self.opts, &pool, &plan, &state) => r,
                         _ = sftp::connection_closed(&c.handle) => Err(TransportError::Disconnected {
                             target: self.describe.clone(),
                             reason: "connection lost during the upload".into(),
                         }),
+                    };
+                    // Give the pool back before the sha256 command: with a
+                    // tight budget that command may need one of its channels.
+                    drop(pool);
+                    c.pool_released();
+                    match r {
+                        Ok(rep) => sftp::verify_sha256(&c, &plan).await.map(|()| rep),
+                        Err(e) => Err(e),
                     }
                 }
-                Ok(None) => crate::scp::upload(&c.handle, &self.describe, &plan).await,
+                Ok(None) => crate::scp::upload(&c, &plan).await,
                 Err(e) => Err(e),
             };
             match res {
@@ -207,14 +155,20 @@ impl Transport for SshTransport {
 
     async fn download(&self, items: Vec<Download>) -> Result<TransferReport, TransportError> {
         let c = self.current().await;
-        match self.pool(&c).await? {
-            Some(pool) => sftp::download(&c.handle, &self.describe, &self.opts, pool, &items).await,
+        let r = match c.pool().await? {
+            Some(pool) => {
+                let r = sftp::download(&c.handle, &self.describe, &self.opts, &pool, &items).await;
+                drop(pool);
+                c.pool_released();
+                r
+            }
             None => Err(TransportError::Other {
                 target: self.describe.clone(),
                 message: "downloads need the sftp subsystem, which this server does not offer"
                     .into(),
             }),
-        }
+        };
+        r
     }
 
     async fn reconnect(&self, timeout: Duration) -> Result<(), TransportError> {
