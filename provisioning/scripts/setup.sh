@@ -28,12 +28,20 @@ cp -R "$FILES/www/." "$WWW/"
 chmod -R u=rwX,go=rX "$WWW"
 chmod 0755 "$WWW/cgi-bin/status"
 
+# The build time: SOURCE_DATE_EPOCH when the build has one (reproducible
+# builds: two builds must write the same bytes), else the VM's clock.
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+    BUILT_AT=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ) ||
+        die "SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH is not a number of seconds"
+else
+    BUILT_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+fi
 log "writing /etc/appliance-release"
 cat >/etc/appliance-release <<REL
 NAME="$NAME"
 VERSION="$VERSION"
 BUILT_FOR="$IAAS"
-BUILT_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+BUILT_AT="$BUILT_AT"
 REL
 chmod 0644 /etc/appliance-release
 

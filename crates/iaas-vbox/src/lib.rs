@@ -220,6 +220,13 @@ async fn delete_vbox_vm(res: &Resource) -> Result<Deleted, BuildError> {
     }
 }
 
+/// opsbake's state dir (the build's is `<root>/builds/<id>`).
+fn state_root(ctx: &BuildContext) -> Option<PathBuf> {
+    let d = ctx.state_dir();
+    let builds = d.parent()?;
+    (builds.file_name()? == "builds").then(|| builds.parent().map(Path::to_path_buf))?
+}
+
 fn e(err: VboxError) -> BuildError {
     BuildError::iaas(Iaas::Vbox, err)
 }
@@ -608,7 +615,10 @@ impl VboxBuilder {
         overlay: &Path,
         iso: &Path,
     ) -> Result<(qemu::QemuVm, qemu::Accel), BuildError> {
-        qemu::KVM_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed);
+        match state_root(ctx) {
+            Some(root) => qemu::remember_kvm_broken(&root),
+            None => qemu::KVM_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
         // a fresh overlay: the failed guest may have written to it
         let _ = tokio::fs::remove_file(overlay).await;
         let base = self
@@ -693,6 +703,12 @@ impl Builder for VboxBuilder {
             ctx.events
                 .info("vbox engine: VirtualBox (VBoxManage)".to_string());
         } else {
+            if state_root(ctx).is_some_and(|r| qemu::kvm_known_broken(&r)) {
+                ctx.events.info(format!(
+                    "a guest hung under KVM on this host since its last boot ({}): TCG",
+                    qemu::KVM_VERDICT_FILE
+                ));
+            }
             qemu::choose_accel(self.options.accel.as_deref())
                 .await
                 .map(|a| {

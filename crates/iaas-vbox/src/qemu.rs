@@ -80,6 +80,47 @@ pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
 /// Set when a real guest failed under a probed KVM: TCG from then on.
 pub static KVM_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The file (in opsbake's state dir) that remembers, for one boot of this
+/// host, that a real guest hung under KVM although the probe passed: later
+/// builds go straight to TCG instead of losing [`KVM_BOOT_CHECK`] each.
+pub const KVM_VERDICT_FILE: &str = "qemu-kvm-broken";
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Record in `state_root` that KVM guests hang on this host (until reboot),
+/// and switch this process to TCG. Best effort: a failed write only costs
+/// the next build the boot check again.
+pub fn remember_kvm_broken(state_root: &Path) {
+    KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(id) = boot_id() {
+        let p = state_root.join(KVM_VERDICT_FILE);
+        if let Err(e) = std::fs::write(&p, format!("{id}\n")) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot record the KVM verdict");
+        }
+    }
+}
+
+/// Whether `state_root` records that KVM guests hang on this host since
+/// its last boot; if so this process uses TCG for `auto`.
+pub fn kvm_known_broken(state_root: &Path) -> bool {
+    let known = match (
+        std::fs::read_to_string(state_root.join(KVM_VERDICT_FILE)),
+        boot_id(),
+    ) {
+        (Ok(s), Some(id)) => s.trim() == id,
+        _ => false,
+    };
+    if known {
+        KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    known
+}
+
 /// How long a guest under a probed KVM may take to show the kernel's
 /// `Freeing unused kernel` line on its serial console before it is restarted
 /// under TCG (KVM guests hang or abort on some hosts even when the probe runs).
@@ -585,6 +626,16 @@ mod tests {
         assert_eq!(rtc_datetime(951_782_400), "2000-02-29T00:00:00");
         assert_eq!(rtc_datetime(1_704_067_199), "2023-12-31T23:59:59");
         assert_eq!(rtc_datetime(1_735_689_600 + 3661), "2025-01-01T01:01:01");
+    }
+
+    #[test]
+    fn kvm_verdict_is_kept_per_boot() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!kvm_known_broken(d.path()));
+        std::fs::write(d.path().join(KVM_VERDICT_FILE), "another-boot\n").unwrap();
+        assert!(!kvm_known_broken(d.path()));
+        remember_kvm_broken(d.path());
+        assert!(kvm_known_broken(d.path()));
     }
 
     #[test]

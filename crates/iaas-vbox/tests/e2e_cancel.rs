@@ -2,7 +2,8 @@
 //! (what Ctrl-C does in the CLI) mid-provisioning kills QEMU and leaves no
 //! files; after SIGKILL of the building process QEMU keeps running (it is in
 //! its own process group) and the journal's unwinding (`opsbake cleanup`)
-//! ends it by PID and start time.
+//! ends it by PID and start time. The build connects through the production
+//! connector (`opsbake_comms_ssh::SshConnector`, what the CLI uses).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,14 +13,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use opsbake_comms_ssh as ssh;
-use opsbake_core::builder::{Connector, KeyAlgorithm, KeyPair, SshAuth, SshTarget};
+use opsbake_comms_ssh::SshConnector;
 use opsbake_core::events::{Emitter, Event, EventSink};
 use opsbake_core::journal::{Journal, Outcome, ProcessIdentity};
 use opsbake_core::runner::{BuildJob, CleanupTracker, Runner};
 use opsbake_core::template::Iaas;
-use opsbake_core::transport::{Transport, TransportError};
 use tokio_util::sync::CancellationToken;
 
 const VSPHERE_TGZ: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
@@ -32,53 +30,6 @@ fn stemcell() -> Option<PathBuf> {
         None => panic!(
             "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
         ),
-    }
-}
-
-fn oth(message: impl Into<String>) -> TransportError {
-    TransportError::Other {
-        target: "test connector".into(),
-        message: message.into(),
-    }
-}
-
-struct SshConnector;
-
-#[async_trait]
-impl Connector for SshConnector {
-    fn generate_key(&self, _a: KeyAlgorithm, comment: &str) -> Result<KeyPair, TransportError> {
-        let k = ssh::KeyPair::generate(ssh::KeyKind::Ed25519, comment)
-            .map_err(|e| oth(e.to_string()))?;
-        Ok(KeyPair {
-            public_openssh: k.public_openssh().to_string(),
-            private_openssh: k.private_openssh().map_err(|e| oth(e.to_string()))?,
-            algorithm: "ssh-ed25519".into(),
-        })
-    }
-
-    async fn connect(
-        &self,
-        t: &SshTarget,
-        cancel: CancellationToken,
-    ) -> Result<Arc<dyn Transport>, TransportError> {
-        let SshAuth::Key(k) = &t.auth else {
-            return Err(oth("key auth only"));
-        };
-        let kp = ssh::KeyPair::from_openssh(&k.private_openssh).map_err(|e| oth(e.to_string()))?;
-        let mut o = ssh::SshOptions::new(
-            ssh::Target {
-                host: t.host.clone(),
-                port: t.port,
-                user: t.user.clone(),
-            },
-            ssh::Auth::Key(kp),
-            ssh::HostKeyVerifier::new(ssh::HostKeyPolicy::TrustOnFirstUse),
-        );
-        o.login_timeout = t.login_timeout;
-        tokio::select! {
-            _ = cancel.cancelled() => Err(TransportError::Cancelled),
-            r = ssh::SshTransport::connect(o) => Ok(Arc::new(r?) as Arc<dyn Transport>),
-        }
     }
 }
 
