@@ -1,82 +1,24 @@
 //! The `ssh` builder through core's runner, end to end against the test sshd:
 //! validate, launch (the SSH target from the template), connect, the staged
-//! provisioning, capture (the host as artifact), manifest. The connector is a
-//! small test adapter over comms-ssh (comms-ssh's own `Connector` is its
-//! issue's work).
+//! provisioning, capture (the host as artifact), manifest. The connector is
+//! the production one, comms-ssh's `SshConnector` (what `opsbake build` uses).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use opsbake_comms_ssh::{
-    Auth, HostKeyPolicy as SshPolicy, HostKeyVerifier, KeyKind, KeyPair as SshKey, SshOptions,
-    SshTransport, Target,
-};
-use opsbake_core::builder::{Connector, HostKeyPolicy, KeyAlgorithm, KeyPair, SshAuth, SshTarget};
+use opsbake_comms_ssh::{KeyKind, KeyPair as SshKey, SshConnector};
 use opsbake_core::events::{EventKind, MemorySink};
 use opsbake_core::journal::Outcome;
 use opsbake_core::plan::plan_build;
 use opsbake_core::runner::{BuildJob, Runner};
 use opsbake_core::template::{parse, Iaas};
-use opsbake_core::transport::{Stream, Transport, TransportError};
+use opsbake_core::transport::Stream;
 use opsbake_core::vars::{resolve, VarSources};
-use opsbake_core::Secret;
 use opsbake_provision::{ssh_builder, Provision};
 use opsbake_test_support::sshd::{skip_peers, Sshd, SshdError, SshdOptions};
 use tokio_util::sync::CancellationToken;
-
-struct TestConnector;
-
-fn other(m: impl ToString) -> TransportError {
-    TransportError::Other {
-        target: "test connector".into(),
-        message: m.to_string(),
-    }
-}
-
-#[async_trait]
-impl Connector for TestConnector {
-    fn generate_key(&self, _a: KeyAlgorithm, comment: &str) -> Result<KeyPair, TransportError> {
-        let k = SshKey::generate(KeyKind::Ed25519, comment).map_err(other)?;
-        Ok(KeyPair {
-            public_openssh: k.public_openssh().to_string(),
-            private_openssh: k.private_openssh().map_err(other)?,
-            algorithm: "ssh-ed25519".into(),
-        })
-    }
-
-    async fn connect(
-        &self,
-        t: &SshTarget,
-        _cancel: CancellationToken,
-    ) -> Result<Arc<dyn Transport>, TransportError> {
-        let auth = match &t.auth {
-            SshAuth::KeyFile(p) => {
-                let text = std::fs::read_to_string(p).map_err(other)?;
-                Auth::Key(SshKey::from_openssh(&Secret::new(text)).map_err(other)?)
-            }
-            other_auth => return Err(other(format!("unsupported in this test: {other_auth:?}"))),
-        };
-        let policy = match &t.host_key {
-            HostKeyPolicy::Pin(k) => SshPolicy::Pin(k.clone()),
-            HostKeyPolicy::TrustOnFirstUse => SshPolicy::TrustOnFirstUse,
-            HostKeyPolicy::Insecure => SshPolicy::Insecure,
-        };
-        let mut o = SshOptions::new(
-            Target {
-                host: t.host.clone(),
-                port: t.port,
-                user: t.user.clone(),
-            },
-            auth,
-            HostKeyVerifier::new(policy),
-        );
-        o.login_timeout = t.login_timeout;
-        Ok(Arc::new(SshTransport::connect(o).await?))
-    }
-}
 
 #[tokio::test]
 async fn the_ssh_builder_provisions_an_existing_host_through_the_runner() {
@@ -114,7 +56,7 @@ async fn the_ssh_builder_provisions_an_existing_host_through_the_runner() {
     let builder = ssh_builder::builder(&plan).unwrap();
     let sink = Arc::new(MemorySink::default());
     let mut runner = Runner::new(d.path().join("state"), sink.clone());
-    runner.connector = Some(Arc::new(TestConnector));
+    runner.connector = Some(Arc::new(SshConnector));
     runner.provisioning = Some(Arc::new(Provision::default()));
     let results = tokio::time::timeout(
         Duration::from_secs(60),
