@@ -5,69 +5,134 @@
 //! 64 MiB spread over the disk, half random bytes, half repetitive text.
 //!
 //! ```text
-//! cargo run --release -p opsbake-stemcell --example vmdk_bench -- [DIR] [--size-gib N] [--runs N] [--level L]
+//! # everything in one process (disk, both writers, compare):
+//! cargo run --release -p opsbake-stemcell --example vmdk_bench -- [DIR] [--size-gib N] [--runs N] [--level L] [--threads N] [--always-deflate]
+//! # the pieces crates/iaas-vbox/bench/run.sh times one by one (each its own process,
+//! # so /usr/bin/time -v reports the writer's own peak RSS):
+//! vmdk_bench make-disk PATH [--size-gib N] [--runs N]
+//! vmdk_bench write RAW OUT [--level L] [--threads N] [--batch GRAINS] [--always-deflate]
 //! ```
-//! Prints wall times, output sizes and throughputs, and checks both outputs
-//! with `qemu-img compare`.
+//! `write` prints one JSON line: seconds, file_size, grains, zero_grains, level, threads.
+//! `--always-deflate` turns off the stored blocks for incompressible grains
+//! (`VmdkOptions::store_incompressible`): every grain goes through deflate, as in qemu-img.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opsbake_stemcell::vmdk::{write_stream_optimized, VmdkOptions};
 use opsbake_stemcell::QemuImg;
 
+const RUN_LEN: u64 = 64 << 20;
+
+/// The test disk: `size` bytes sparse, `runs` runs of 64 MiB spread evenly,
+/// even runs xorshift random bytes, odd runs a repeated log line. Deterministic.
+fn make_disk(raw: &Path, size: u64, runs: u64) {
+    let mut f = File::create(raw).unwrap();
+    f.set_len(size).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut random = vec![0u8; RUN_LEN as usize];
+    let text: Vec<u8> =
+        "BOSH stemcell appliance log line: opsbake baked this image reproducibly.\n"
+            .repeat((RUN_LEN as usize) / 72 + 1)
+            .into_bytes()[..RUN_LEN as usize]
+            .to_vec();
+    let stride = size / runs;
+    for i in 0..runs {
+        let data = if i % 2 == 0 {
+            for c in random.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            &random
+        } else {
+            &text
+        };
+        f.seek(SeekFrom::Start(i * stride)).unwrap();
+        f.write_all(data).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn num<T: std::str::FromStr>(v: Option<String>, flag: &str) -> T {
+    v.and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{flag} needs a number"))
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let mut dir: Option<PathBuf> = None;
+    let mut positional: Vec<String> = Vec::new();
     let mut size_gib = 5u64;
     let mut runs = 16u64;
     let mut level = 6u32;
     let mut threads = 0usize;
+    let mut batch = VmdkOptions::default().batch_grains;
+    let mut store = true;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--size-gib" => size_gib = args.next().unwrap().parse().unwrap(),
-            "--runs" => runs = args.next().unwrap().parse().unwrap(),
-            "--level" => level = args.next().unwrap().parse().unwrap(),
-            "--threads" => threads = args.next().unwrap().parse().unwrap(),
-            d => dir = Some(PathBuf::from(d)),
+            "--size-gib" => size_gib = num(args.next(), "--size-gib"),
+            "--runs" => runs = num(args.next(), "--runs"),
+            "--level" => level = num(args.next(), "--level"),
+            "--threads" => threads = num(args.next(), "--threads"),
+            "--batch" => batch = num(args.next(), "--batch"),
+            "--always-deflate" => store = false,
+            _ => positional.push(a),
         }
     }
+    let opts = VmdkOptions {
+        level,
+        threads,
+        batch_grains: batch,
+        store_incompressible: store,
+        ..VmdkOptions::default()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match positional.first().map(String::as_str) {
+        Some("make-disk") => {
+            let raw = PathBuf::from(positional.get(1).expect("make-disk PATH"));
+            let t = Instant::now();
+            make_disk(&raw, size_gib << 30, runs);
+            eprintln!(
+                "disk {}: {size_gib} GiB sparse, {runs} runs of 64 MiB, made in {:.1}s",
+                raw.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Some("write") => {
+            let raw = PathBuf::from(positional.get(1).expect("write RAW OUT"));
+            let out = PathBuf::from(positional.get(2).expect("write RAW OUT"));
+            let t = Instant::now();
+            let r = write_stream_optimized(&raw, &out, &opts).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "seconds": s,
+                    "file_size": r.file_size,
+                    "grains": r.grains,
+                    "zero_grains": r.zero_grains,
+                    "level": level,
+                    "threads": if threads == 0 { cores } else { threads },
+                    "batch_grains": batch,
+                    "store_incompressible": store,
+                })
+            );
+        }
+        dir => legacy(dir.map(PathBuf::from), size_gib, runs, &opts, cores),
+    }
+}
+
+/// The original all-in-one run.
+fn legacy(dir: Option<PathBuf>, size_gib: u64, runs: u64, opts: &VmdkOptions, cores: usize) {
     let tmp = tempfile::tempdir_in(dir.unwrap_or_else(std::env::temp_dir)).unwrap();
     let raw = tmp.path().join("disk.raw");
     let size = size_gib << 30;
-    let run_len: u64 = 64 << 20;
     let t = Instant::now();
-    {
-        let mut f = File::create(&raw).unwrap();
-        f.set_len(size).unwrap();
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut random = vec![0u8; run_len as usize];
-        let text: Vec<u8> =
-            "BOSH stemcell appliance log line: opsbake baked this image reproducibly.\n"
-                .repeat((run_len as usize) / 72 + 1)
-                .into_bytes()[..run_len as usize]
-                .to_vec();
-        let stride = size / runs;
-        for i in 0..runs {
-            let data = if i % 2 == 0 {
-                for c in random.chunks_exact_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    c.copy_from_slice(&x.to_le_bytes());
-                }
-                &random
-            } else {
-                &text
-            };
-            f.seek(SeekFrom::Start(i * stride)).unwrap();
-            f.write_all(data).unwrap();
-        }
-        f.sync_all().unwrap();
-    }
+    make_disk(&raw, size, runs);
     println!(
         "disk: {size_gib} GiB sparse, {runs} runs of 64 MiB ({} MiB data, half random, half text), made in {:.1}s",
         runs * 64,
@@ -76,18 +141,13 @@ fn main() {
     let data_mib = (runs * 64) as f64;
 
     let ours = tmp.path().join("ours.vmdk");
-    let opts = VmdkOptions {
-        level,
-        threads,
-        ..VmdkOptions::default()
-    };
     let t = Instant::now();
-    let report = write_stream_optimized(&raw, &ours, &opts).unwrap();
+    let report = write_stream_optimized(&raw, &ours, opts).unwrap();
     let ours_s = t.elapsed().as_secs_f64();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "opsbake (level {level}, {} threads): {ours_s:.2}s, {} bytes, {:.0} MiB/s of data, {:.0} MiB/s of disk",
-        if threads == 0 { cores } else { threads },
+        "opsbake (level {}, {} threads): {ours_s:.2}s, {} bytes, {:.0} MiB/s of data, {:.0} MiB/s of disk",
+        opts.level,
+        if opts.threads == 0 { cores } else { opts.threads },
         report.file_size,
         data_mib / ours_s,
         (size >> 20) as f64 / ours_s
