@@ -473,7 +473,10 @@ impl Conn {
         req: ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<ExitStatus, TransportError> {
-        let (leased, had_spare) = self.open(ChannelKind::Exec).await?;
+        let (leased, had_spare) = match self.take_spare() {
+            Some(l) => (l, true),
+            None => self.open(ChannelKind::Exec).await?,
+        };
         self.refill_spare();
         match crate::exec::exec_on(
             &self.handle,
