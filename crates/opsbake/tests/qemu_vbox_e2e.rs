@@ -759,8 +759,8 @@ async fn deploy(dir: &Path, vmdk: &Path, build_key: &Path) {
                 vm
             } else {
                 eprintln!("deploy: the guest did not boot under KVM: TCG");
-                drop(vm);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // SIGKILL and reap: its overlay is free again
+                vm.0.child.kill().await.unwrap();
                 run(Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
                     .arg(vmdk)
