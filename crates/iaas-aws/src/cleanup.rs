@@ -30,6 +30,10 @@ pub const VOLUME: &str = "aws_volume";
 pub const SNAPSHOT: &str = "aws_snapshot";
 /// Kind of an AMI.
 pub const IMAGE: &str = "aws_image";
+/// Kind of the S3 object of an `import: s3` (id `region:bucket/key`).
+pub const S3_OBJECT: &str = "aws_s3_object";
+/// Kind of an ImportSnapshot task.
+pub const IMPORT_TASK: &str = "aws_import_snapshot_task";
 
 /// The tag holding a resource's idempotency token.
 pub const TOKEN_TAG: &str = "opsbake:token";
@@ -72,6 +76,8 @@ pub struct AwsDeleter {
     pub(crate) clients: Arc<Clients>,
     pub(crate) regions: Vec<String>,
     pub(crate) waiter: Waiter,
+    /// The `import: s3` bucket, swept for `opsbake/<build-id>/` keys.
+    pub(crate) bucket: Option<String>,
 }
 
 fn be(e: AwsError) -> BuildError {
@@ -85,7 +91,14 @@ impl AwsDeleter {
             clients,
             regions,
             waiter,
+            bucket: None,
         }
+    }
+
+    /// Sweep this `import: s3` bucket too.
+    pub fn with_bucket(mut self, bucket: Option<String>) -> AwsDeleter {
+        self.bucket = bucket.filter(|b| !b.is_empty());
+        self
     }
 
     fn home(&self) -> &str {
@@ -426,6 +439,69 @@ impl AwsDeleter {
                     None => Ok(Deleted::AlreadyGone),
                 }
             }
+            S3_OBJECT => {
+                let (bucket, key) = match (
+                    res.data.get("bucket").and_then(|v| v.as_str()),
+                    res.data.get("key").and_then(|v| v.as_str()),
+                ) {
+                    (Some(b), Some(k)) => (b.to_string(), k.to_string()),
+                    // Found by a sweep: `region:bucket/key`.
+                    _ => match id.as_deref().and_then(|i| i.split_once('/')) {
+                        Some((b, k)) => (b.to_string(), k.to_string()),
+                        None => {
+                            return Err(AwsError::Invalid(format!(
+                                "S3 object entry `{}` names no bucket/key",
+                                res.name
+                            )))
+                        }
+                    },
+                };
+                let s3 = self.clients.s3(region).await?;
+                if crate::s3import::delete_object(&s3, region, &bucket, &key).await? {
+                    Ok(Deleted::Now)
+                } else {
+                    Ok(Deleted::AlreadyGone)
+                }
+            }
+            IMPORT_TASK => match id {
+                Some(task) => {
+                    let ec2 = self.clients.ec2(region).await?;
+                    let o = ec2
+                        .describe_import_snapshot_tasks()
+                        .import_task_ids(&task)
+                        .send()
+                        .await;
+                    let active = match o {
+                        Ok(o) => o.import_snapshot_tasks().iter().any(|t| {
+                            t.snapshot_task_detail()
+                                .and_then(|d| d.status())
+                                .is_some_and(|s| s == "active" || s == "pending")
+                        }),
+                        Err(e) => {
+                            let e = api("DescribeImportSnapshotTasks", region, Some(&task))(e);
+                            if e.is_not_found() {
+                                false
+                            } else {
+                                return Err(e);
+                            }
+                        }
+                    };
+                    if !active {
+                        return Ok(Deleted::AlreadyGone);
+                    }
+                    ec2.cancel_import_task()
+                        .import_task_id(&task)
+                        .cancel_reason("opsbake cleanup")
+                        .send()
+                        .await
+                        .map_err(api("CancelImportTask", region, Some(&task)))?;
+                    Ok(Deleted::Now)
+                }
+                // Killed inside ImportSnapshot: its snapshot, if it ever
+                // appears, carries no build tag; the S3 object is deleted
+                // (an import reading it fails).
+                None => Ok(Deleted::AlreadyGone),
+            },
             other => Err(AwsError::Invalid(format!(
                 "unknown resource kind `{other}` in an aws build"
             ))),
@@ -546,6 +622,26 @@ impl Deleter for AwsDeleter {
 
     async fn sweep(&self, build_id: &str) -> Result<Vec<Resource>, BuildError> {
         let mut all = Vec::new();
+        if let (Some(bucket), Some(region)) = (&self.bucket, self.regions.first()) {
+            let s3 = self.clients.s3(region).await.map_err(be)?;
+            let keys =
+                crate::s3import::keys_under(&s3, region, bucket, &format!("opsbake/{build_id}/"))
+                    .await
+                    .map_err(be)?;
+            for k in keys {
+                let full = rid(region, &format!("{bucket}/{k}"));
+                all.push(Resource {
+                    seq: 0,
+                    kind: S3_OBJECT.to_string(),
+                    name: full.clone(),
+                    token: String::new(),
+                    id: Some(full),
+                    data: serde_json::json!({ "region": region, "bucket": bucket, "key": k }),
+                    created_data: serde_json::Value::Null,
+                    last_error: None,
+                });
+            }
+        }
         for r in &self.regions {
             all.extend(self.sweep_region(r, build_id).await.map_err(be)?);
         }

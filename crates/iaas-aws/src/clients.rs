@@ -27,6 +27,7 @@ pub struct Clients {
     sdk: OnceCell<SdkConfig>,
     ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     ebs: Mutex<HashMap<String, aws_sdk_ebs::Client>>,
+    s3: Mutex<HashMap<String, aws_sdk_s3::Client>>,
 }
 
 impl Clients {
@@ -45,6 +46,7 @@ impl Clients {
             sdk: OnceCell::new(),
             ec2: Mutex::new(HashMap::new()),
             ebs: Mutex::new(HashMap::new()),
+            s3: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,6 +120,24 @@ impl Clients {
         }
         let c = aws_sdk_ebs::Client::from_conf(b.build());
         if let Ok(mut m) = self.ebs.lock() {
+            m.insert(region.to_string(), c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The S3 client of a region (path-style addressing with an endpoint
+    /// override, as moto needs; virtual-hosted on AWS).
+    pub async fn s3(&self, region: &str) -> Result<aws_sdk_s3::Client, AwsError> {
+        if let Some(c) = self.s3.lock().ok().and_then(|m| m.get(region).cloned()) {
+            return Ok(c);
+        }
+        let sdk = self.sdk().await;
+        let mut b = aws_sdk_s3::config::Builder::from(sdk).region(Region::new(region.to_string()));
+        if let Some(e) = &self.endpoint {
+            b = b.endpoint_url(e).force_path_style(true);
+        }
+        let c = aws_sdk_s3::Client::from_conf(b.build());
+        if let Ok(mut m) = self.s3.lock() {
             m.insert(region.to_string(), c.clone());
         }
         Ok(c)

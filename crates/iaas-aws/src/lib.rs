@@ -16,6 +16,7 @@ pub mod cleanup;
 pub mod clients;
 pub mod error;
 pub mod import;
+pub mod s3import;
 pub mod wait;
 
 use std::collections::BTreeMap;
@@ -42,8 +43,8 @@ use opsbake_core::plan::BuildPlan;
 use opsbake_core::template::{AwsOptions, HostKeySpec, Iaas};
 
 use crate::cleanup::{
-    filter, rid, AwsDeleter, IMAGE, INSTANCE, KEY_PAIR, ROLE_BASE, ROLE_TAG, SECURITY_GROUP,
-    SNAPSHOT, TOKEN_TAG, VOLUME,
+    filter, rid, AwsDeleter, IMAGE, IMPORT_TASK, INSTANCE, KEY_PAIR, ROLE_BASE, ROLE_TAG,
+    S3_OBJECT, SECURITY_GROUP, SNAPSHOT, TOKEN_TAG, VOLUME,
 };
 use crate::clients::Clients;
 use crate::error::{api, AwsError};
@@ -180,7 +181,8 @@ impl AwsBuilder {
                 .map(|d| d.0)
                 .unwrap_or(wait::DEFAULT_TIMEOUT),
         );
-        let deleter = AwsDeleter::new(clients.clone(), all_regions(&region, &opts), waiter);
+        let deleter = AwsDeleter::new(clients.clone(), all_regions(&region, &opts), waiter)
+            .with_bucket(opts.import_bucket.clone());
         Ok(AwsBuilder {
             opts,
             region,
@@ -459,44 +461,51 @@ impl AwsBuilder {
         let short_sha = &m.sha1[..m.sha1.len().min(12)];
         let name = format!("opsbake-base-{}-{}-{}", m.name, m.version, short_sha);
         // Snapshot.
-        let sseq = ctx.intent(SNAPSHOT, &name, serde_json::json!({ "region": region }))?;
-        let token = ctx.token(sseq);
-        let mut tags = self.tags(ctx, &token, &name);
-        tags.insert(ROLE_TAG.into(), ROLE_BASE.into());
-        tags.insert(STEMCELL_SHA1_TAG.into(), m.sha1.clone());
-        let ebs = self.clients.ebs(region).await.map_err(be)?;
-        let up = import::Upload {
-            ebs: &ebs,
-            region,
-            disk: &disk,
-            volume_gib: volume_gib as i64,
-            description: format!("{name} (opsbake {})", ctx.build_id()),
-            client_token: token.clone(),
-            tags: tags.clone(),
-            concurrency: self
-                .opts
-                .upload_concurrency
-                .map(|c| c as usize)
-                .unwrap_or(DEFAULT_UPLOAD_CONCURRENCY),
+        let mut tags_base = BTreeMap::new();
+        tags_base.insert(ROLE_TAG.to_string(), ROLE_BASE.to_string());
+        tags_base.insert(STEMCELL_SHA1_TAG.to_string(), m.sha1.clone());
+        let (sseq, snap, uploaded) = if self.opts.import.as_deref() == Some("s3") {
+            self.snapshot_via_s3(ctx, &disk, &name, &tags_base).await?
+        } else {
+            let sseq = ctx.intent(SNAPSHOT, &name, serde_json::json!({ "region": region }))?;
+            let token = ctx.token(sseq);
+            let mut tags = self.tags(ctx, &token, &name);
+            tags.extend(tags_base.clone());
+            let ebs = self.clients.ebs(region).await.map_err(be)?;
+            let up = import::Upload {
+                ebs: &ebs,
+                region,
+                disk: &disk,
+                volume_gib: volume_gib as i64,
+                description: format!("{name} (opsbake {})", ctx.build_id()),
+                client_token: token.clone(),
+                tags: tags.clone(),
+                concurrency: self
+                    .opts
+                    .upload_concurrency
+                    .map(|c| c as usize)
+                    .unwrap_or(DEFAULT_UPLOAD_CONCURRENCY),
+            };
+            let (snap, block_size) = import::start(&up).await.map_err(be)?;
+            ctx.created(
+                sseq,
+                SNAPSHOT,
+                &rid(region, &snap),
+                serde_json::json!({ "region": region }),
+            )?;
+            let rep = import::upload_blocks(&up, &snap, block_size)
+                .await
+                .map_err(be)?;
+            ctx.events.info(format!(
+                "uploaded {} of {} blocks ({} MiB) of {} to {snap} in {:.1} s",
+                rep.sent,
+                rep.blocks,
+                rep.bytes_sent >> 20,
+                disk.display(),
+                rep.seconds
+            ));
+            (sseq, snap, rep.sent.to_string())
         };
-        let (snap, block_size) = import::start(&up).await.map_err(be)?;
-        ctx.created(
-            sseq,
-            SNAPSHOT,
-            &rid(region, &snap),
-            serde_json::json!({ "region": region }),
-        )?;
-        let rep = import::upload_blocks(&up, &snap, block_size)
-            .await
-            .map_err(be)?;
-        ctx.events.info(format!(
-            "uploaded {} of {} blocks ({} MiB) of {} to {snap} in {:.1} s",
-            rep.sent,
-            rep.blocks,
-            rep.bytes_sent >> 20,
-            disk.display(),
-            rep.seconds
-        ));
         self.wait_snapshot(region, &snap).await.map_err(be)?;
         // The AMI.
         let root = m
@@ -569,8 +578,165 @@ impl AwsBuilder {
         details.insert("snapshot".into(), snap);
         details.insert("root_device_name".into(), root);
         details.insert("stemcell_sha1".into(), m.sha1.clone());
-        details.insert("blocks_uploaded".into(), rep.sent.to_string());
+        details.insert("blocks_uploaded".into(), uploaded);
         Ok(BaseImage { id: ami, details })
+    }
+
+    /// `import: s3`: the raw disk to S3 (multipart), ImportSnapshot, wait,
+    /// the object deleted; returns (journal seq, snapshot id, what was sent).
+    async fn snapshot_via_s3(
+        &self,
+        ctx: &BuildContext,
+        disk: &std::path::Path,
+        name: &str,
+        extra_tags: &BTreeMap<String, String>,
+    ) -> Result<(u64, String, String), BuildError> {
+        let region = self.region.as_str();
+        let bucket = self.opts.import_bucket.clone().ok_or_else(|| {
+            be(AwsError::Invalid(
+                "import: s3 needs options.import_bucket".into(),
+            ))
+        })?;
+        let key = format!("opsbake/{}/{name}.raw", ctx.build_id());
+        let s3 = self.clients.s3(region).await.map_err(be)?;
+        let object = format!("{bucket}/{key}");
+        let oseq = ctx.intent(
+            S3_OBJECT,
+            &object,
+            serde_json::json!({ "region": region, "bucket": bucket, "key": key }),
+        )?;
+        let up = s3import::S3Upload {
+            s3: &s3,
+            region,
+            bucket: &bucket,
+            key: &key,
+            disk,
+            part_size: s3import::part_size(
+                std::fs::metadata(disk).map_err(BuildError::io(disk))?.len(),
+                s3import::DEFAULT_PART,
+            ),
+            concurrency: self
+                .opts
+                .upload_concurrency
+                .map(|c| c as usize)
+                .unwrap_or(s3import::DEFAULT_CONCURRENCY)
+                .min(16),
+        };
+        let rep = up.run().await.map_err(be)?;
+        ctx.created(
+            oseq,
+            S3_OBJECT,
+            &rid(region, &object),
+            serde_json::json!({ "region": region, "bucket": bucket, "key": key }),
+        )?;
+        ctx.events.info(format!(
+            "uploaded {} ({} MiB, {} parts) to s3://{object} in {:.1} s",
+            disk.display(),
+            rep.bytes >> 20,
+            rep.parts,
+            rep.seconds
+        ));
+        // ImportSnapshot.
+        let ec2 = self.clients.ec2(region).await.map_err(be)?;
+        let tseq = ctx.intent(IMPORT_TASK, name, serde_json::json!({ "region": region }))?;
+        let ttoken = ctx.token(tseq);
+        let out = ec2
+            .import_snapshot()
+            .client_token(&ttoken)
+            .description(format!("{name} (opsbake {})", ctx.build_id()))
+            .disk_container(
+                aws_sdk_ec2::types::SnapshotDiskContainer::builder()
+                    .format("RAW")
+                    .description(name)
+                    .user_bucket(
+                        aws_sdk_ec2::types::UserBucket::builder()
+                            .s3_bucket(&bucket)
+                            .s3_key(&key)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(tag_spec(
+                ResourceType::ImportSnapshotTask,
+                &self.tags(ctx, &ttoken, name),
+            ))
+            .send()
+            .await
+            .map_err(api("ImportSnapshot", region, Some(&object)))
+            .map_err(be)?;
+        let task = out
+            .import_task_id()
+            .ok_or_else(|| {
+                be(AwsError::Missing {
+                    op: "ImportSnapshot",
+                    region: region.to_string(),
+                    what: "import task id",
+                })
+            })?
+            .to_string();
+        ctx.created(
+            tseq,
+            IMPORT_TASK,
+            &rid(region, &task),
+            serde_json::json!({ "region": region }),
+        )?;
+        let snap = self.wait_import(region, &task).await.map_err(be)?;
+        // A finished task cannot be cancelled (it expires by itself).
+        ctx.deleted(tseq, IMPORT_TASK, &rid(region, &task))?;
+        let sseq = ctx.intent(SNAPSHOT, name, serde_json::json!({ "region": region }))?;
+        ctx.created(
+            sseq,
+            SNAPSHOT,
+            &rid(region, &snap),
+            serde_json::json!({ "region": region }),
+        )?;
+        let mut tags = self.tags(ctx, &ctx.token(sseq), name);
+        tags.extend(extra_tags.clone());
+        self.create_tags(region, &snap, &tags).await.map_err(be)?;
+        // The object is no longer needed.
+        s3import::delete_object(&s3, region, &bucket, &key)
+            .await
+            .map_err(be)?;
+        ctx.deleted(oseq, S3_OBJECT, &rid(region, &object))?;
+        Ok((sseq, snap, format!("{} bytes through S3", rep.bytes)))
+    }
+
+    /// Wait for an import snapshot task; returns its snapshot.
+    async fn wait_import(&self, region: &str, task: &str) -> Result<String, AwsError> {
+        let ec2 = self.clients.ec2(region).await?;
+        self.waiter
+            .wait(&format!("import task {task} completed"), region, || {
+                let ec2 = ec2.clone();
+                async move {
+                    let o = ec2
+                        .describe_import_snapshot_tasks()
+                        .import_task_ids(task)
+                        .send()
+                        .await
+                        .map_err(api("DescribeImportSnapshotTasks", region, Some(task)))?;
+                    let Some(d) = o
+                        .import_snapshot_tasks()
+                        .first()
+                        .and_then(|t| t.snapshot_task_detail())
+                    else {
+                        return Ok(Poll::Pending("not visible yet".into()));
+                    };
+                    let status = d.status().unwrap_or("unknown").to_string();
+                    Ok(match status.as_str() {
+                        "completed" => match d.snapshot_id() {
+                            Some(s) => Poll::Ready(s.to_string()),
+                            None => Poll::Failed("completed without a snapshot id".into()),
+                        },
+                        "deleted" | "deleting" | "error" => Poll::Failed(format!(
+                            "{status}: {}",
+                            d.status_message().unwrap_or("no message")
+                        )),
+                        _ => Poll::Pending(format!("{status} {}%", d.progress().unwrap_or("?"))),
+                    })
+                }
+            })
+            .await
+            .map(|(s, _)| s)
     }
 
     async fn create_tags(
@@ -891,6 +1057,7 @@ impl Builder for AwsBuilder {
             "region": self.region,
             "regions": all_regions(&self.region, &self.opts),
             "endpoint": self.opts.endpoint,
+            "import_bucket": self.opts.import_bucket,
         })
     }
 
@@ -918,11 +1085,13 @@ impl Builder for AwsBuilder {
         self.ssh_cidrs_ok(ctx).map_err(be)?;
         match o.import.as_deref() {
             None | Some("ebs-direct") => {}
-            Some("s3") => {
-                return Err(BuildError::NotImplemented {
-                    what: "builds.aws.options.import: s3 (S3 + ImportSnapshot)".into(),
-                })
+            Some("s3") if o.import_bucket.is_none() => {
+                return Err(be(AwsError::Invalid(
+                    "import: s3 needs options.import_bucket (an S3 bucket in the build region)"
+                        .into(),
+                )))
             }
+            Some("s3") => {}
             Some(x) => {
                 return Err(be(AwsError::Invalid(format!(
                     "import: `{x}` is not `ebs-direct` or `s3`"
@@ -962,6 +1131,20 @@ impl Builder for AwsBuilder {
                     m.stemcell_formats
                 ),
             }));
+        }
+        // The import bucket, when a heavy stemcell goes through S3.
+        if let (false, Some("s3"), Some(b)) = (
+            m.is_light(),
+            o.import.as_deref(),
+            o.import_bucket.as_deref(),
+        ) {
+            let s3 = self.clients.s3(&self.region).await.map_err(be)?;
+            s3.head_bucket()
+                .bucket(b)
+                .send()
+                .await
+                .map_err(api("HeadBucket", &self.region, Some(b)))
+                .map_err(be)?;
         }
         // Credentials and the instance type: one call.
         let region = self.region.as_str();
@@ -1517,11 +1700,18 @@ pub fn deleter(cleanup_config: &serde_json::Value) -> Result<Arc<dyn Deleter>, B
         .and_then(|v| v.as_str())
         .map(str::to_string);
     let clients = Arc::new(Clients::new(&region, endpoint));
-    Ok(Arc::new(AwsDeleter::new(
-        clients,
-        regions,
-        Waiter::with_timeout(Duration::from_secs(15 * 60)),
-    )))
+    let bucket = cleanup_config
+        .get("import_bucket")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok(Arc::new(
+        AwsDeleter::new(
+            clients,
+            regions,
+            Waiter::with_timeout(Duration::from_secs(15 * 60)),
+        )
+        .with_bucket(bucket),
+    ))
 }
 
 #[cfg(test)]

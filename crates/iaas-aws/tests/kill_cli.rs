@@ -355,10 +355,12 @@ fn stop_at(
                 .status()
                 .unwrap();
             assert!(st.success());
-            // The held call is dropped by the cancelled build (the proxy
-            // drops held calls of vanished clients); release it anyway.
-            proxy.release();
+            // The cancelled build drops its held call (its connection
+            // closes, and the proxy never forwards a held request of a
+            // vanished client). Releasing before the exit would race that
+            // and forward it: a call that AWS never received.
             assert_eq!(b.wait_exit(), 130, "{label}");
+            proxy.release();
             let rest: Vec<serde_json::Value> = b.rx.try_iter().collect();
             b.seen.extend(rest);
             let fin = b
