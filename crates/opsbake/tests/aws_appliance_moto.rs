@@ -35,7 +35,8 @@ async fn appliance(light: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--iaas", "aws", "--skip-provision", "aws"];
     if light {
-        args.extend(["--var", "aws_stemcell_prefix=light-"]);
+        // Also `--offline`: moto is on loopback, credentials from the env.
+        args.extend(["--var", "aws_stemcell_prefix=light-", "--offline"]);
     }
     let t0 = Instant::now();
     let out = aws_command(dir.path(), &moto.endpoint(), sshd.port(), &args)
@@ -108,4 +109,29 @@ async fn light_stemcell_appliance_through_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_stemcell_appliance_through_the_cli() {
     appliance(false).await;
+}
+
+/// `--offline` means nothing leaves the machine: an aws build without a
+/// loopback endpoint is refused at validate, before anything is created.
+#[test]
+fn offline_refuses_an_aws_build_without_a_loopback_endpoint() {
+    let Some(_stemcells) = stemcell_dir() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for endpoint in ["", "https://ec2.us-east-1.amazonaws.com"] {
+        let out = aws_command(dir.path(), endpoint, 22, &["--iaas", "aws", "--offline"])
+            .output()
+            .unwrap();
+        let ev = events(&out);
+        assert_eq!(out.status.code(), Some(1), "{endpoint}: {ev:?}");
+        let fin = finished(&ev, "aws");
+        assert_eq!(fin["outcome"], "failed");
+        let err = fin["error"].as_str().unwrap();
+        assert!(err.contains("--offline"), "{err}");
+        assert!(
+            !ev.iter().any(|e| e["event"] == "resource_intent"),
+            "created something: {ev:?}"
+        );
+    }
 }
