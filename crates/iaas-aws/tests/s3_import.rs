@@ -232,3 +232,90 @@ async fn import_s3_uploads_then_fails_at_import_snapshot_and_unwinds() {
     let left = leftovers(&moto.endpoint(), &["us-east-1"], id).await;
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Killed while ImportSnapshot is held (the S3 object is uploaded and
+/// journaled): `opsbake cleanup`'s path (reopen the journal, sweep, unwind)
+/// deletes the object, and the sweep alone finds it by its key prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_import_snapshot_then_cleanup_empties_the_bucket() {
+    use opsbake_core::events::{Event, EventSink};
+    use opsbake_core::journal::Journal;
+    use opsbake_core::runner::{unwind, CleanupTracker};
+    use opsbake_test_support::fault_proxy::{Fault, FaultProxy};
+
+    struct Chan(tokio::sync::mpsc::UnboundedSender<Event>);
+    impl EventSink for Chan {
+        fn emit(&self, e: Event) {
+            let _ = self.0.send(e);
+        }
+    }
+
+    let Some(moto) = moto() else { return };
+    let proxy = FaultProxy::start(moto.addr()).unwrap();
+    let c = s3(&moto.endpoint()).await;
+    c.create_bucket()
+        .bucket("opsbake-import")
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = heavy_stemcell(dir.path(), &disk_bytes((6 << 20) + 17), "1.3");
+    let id = "ob-s3-kill";
+    let p = plan(
+        dir.path(),
+        &sc,
+        &proxy.endpoint(),
+        ", import: s3, import_bucket: opsbake-import",
+        id,
+    );
+    let b = opsbake_iaas_aws::builder(&p).unwrap();
+    proxy.rule("ImportSnapshot", Fault::HoldRequest, Some(1));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let r = Runner::new(dir.path().join("state"), Arc::new(Chan(tx)));
+    let task = tokio::spawn(async move {
+        r.run_all(
+            vec![BuildJob {
+                plan: p,
+                builder: b,
+                inputs: InputDigests::default(),
+            }],
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let e = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no S3 object event")
+            .expect("build ended first");
+        if matches!(&e.kind, EventKind::ResourceCreated { kind, .. } if kind == "aws_s3_object") {
+            break;
+        }
+    }
+    let held = tokio::task::block_in_place(|| proxy.wait_held(std::time::Duration::from_secs(60)));
+    assert_eq!(held.as_deref(), Some("ImportSnapshot"));
+    task.abort();
+    let _ = task.await;
+    proxy.clear_rules();
+    assert_eq!(bucket_keys(&c, "opsbake-import").await.len(), 1);
+    // The sweep finds the object by key prefix (as for a journal lost).
+    let jn = Journal::open(&dir.path().join("state"), id).unwrap();
+    let st = jn.state();
+    let d = opsbake_iaas_aws::deleter(&st.header.clone().unwrap().cleanup_config).unwrap();
+    let swept = d.sweep(id).await.unwrap();
+    assert!(
+        swept
+            .iter()
+            .any(|r| r.kind == "aws_s3_object" && r.id.as_deref().is_some_and(|i| i.contains(id))),
+        "{swept:?}"
+    );
+    let sink: Arc<dyn EventSink> = Arc::new(MemorySink::default());
+    let em = opsbake_core::events::Emitter::for_build(sink, "aws", id);
+    let failed = unwind(&jn, d.as_ref(), &em, &CleanupTracker::default()).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(bucket_keys(&c, "opsbake-import").await.is_empty());
+    let left = leftovers(&moto.endpoint(), &["us-east-1"], id).await;
+    assert!(left.is_empty(), "{left:?}");
+    proxy.release();
+}
