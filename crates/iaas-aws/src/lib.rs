@@ -2,7 +2,8 @@
 //!
 //! validate (region, credentials and instance type in one
 //! DescribeInstanceTypes call, copy regions, the stemcell) → base image
-//! (light: the region's AMI from the MF; heavy: EBS direct APIs upload, then
+//! (light: the region's AMI from the MF; heavy: EBS direct APIs upload, or
+//! with `import: s3` an S3 multipart upload and ImportSnapshot, then
 //! RegisterImage, reused by stemcell sha1) → launch (ImportKeyPair of the
 //! ephemeral key, a temporary security group, RunInstances with the BOSH
 //! agent settings as user data and IMDSv2 required) → capture (stop,
