@@ -262,8 +262,22 @@ fn new_build_id(iaas: Iaas) -> String {
     format!("ob-{stamp}-{iaas}-{r:06x}")
 }
 
+/// `println!` that ends the process quietly when stdout is a closed pipe
+/// (`opsbake inspect ... | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = writeln!(o, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 fn print_json(v: &serde_json::Value) {
-    println!("{}", opsbake_core::redactor().scrub(&v.to_string()));
+    outln!("{}", opsbake_core::redactor().scrub(&v.to_string()));
 }
 
 fn cmd_validate(cli: &Cli, t: &TemplateArgs) -> Result<i32, Fail> {
@@ -311,16 +325,16 @@ fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
             &serde_json::json!({"template": a.t.template.display().to_string(), "variables": vars.redacted(), "builds": builds}),
         );
     } else {
-        println!(
+        outln!(
             "template {} ({})",
             a.t.template.display(),
             loaded.template.name
         );
         for (k, v) in vars.redacted() {
-            println!("  var {k} = {v}");
+            outln!("  var {k} = {v}");
         }
         for b in &builds {
-            println!(
+            outln!(
                 "[{}]{} cpus={} memory={}MiB ssh user={} stemcell={}",
                 b["iaas"].as_str().unwrap_or(""),
                 if b["implemented"].as_bool() == Some(true) {
@@ -333,13 +347,13 @@ fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
                 b["ssh_user"].as_str().unwrap_or(""),
                 b["stemcell"].as_str().unwrap_or("-"),
             );
-            println!(
+            outln!(
                 "    validate -> base image -> launch -> connect -> provision -> capture -> export"
             );
             for (n, s) in b["steps"].as_array().into_iter().flatten().enumerate() {
-                println!("    {}. {}", n + 1, s["label"].as_str().unwrap_or(""));
+                outln!("    {}. {}", n + 1, s["label"].as_str().unwrap_or(""));
             }
-            println!(
+            outln!(
                 "    artifacts in {}, manifest {}",
                 b["output_dir"].as_str().unwrap_or(""),
                 b["manifest"].as_str().unwrap_or("")
@@ -715,11 +729,11 @@ fn main() {
             }),
             Cmd::Schema => {
                 let s = template::json_schema();
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
                 Ok(EXIT_OK)
             }
             Cmd::Version => {
-                println!("opsbake {}", env!("CARGO_PKG_VERSION"));
+                outln!("opsbake {}", env!("CARGO_PKG_VERSION"));
                 Ok(EXIT_OK)
             }
             Cmd::Completions { shell } => {

@@ -422,3 +422,19 @@ fn a_named_build_without_a_journal_is_swept_by_tag() {
     );
     assert_eq!(e.root_files(), vec!["ob-other-res-0".to_string()]);
 }
+
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    // `opsbake schema | head -1`: the reader is gone before opsbake writes
+    let mut c = Command::new(BIN)
+        .arg("schema")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
