@@ -78,6 +78,8 @@ pub struct AwsDeleter {
     pub(crate) waiter: Waiter,
     /// The `import: s3` bucket, swept for `opsbake/<build-id>/` keys.
     pub(crate) bucket: Option<String>,
+    /// Delays of [`AwsDeleter::find_again`].
+    pub(crate) recheck: Vec<std::time::Duration>,
 }
 
 fn be(e: AwsError) -> BuildError {
@@ -92,7 +94,30 @@ impl AwsDeleter {
             regions,
             waiter,
             bucket: None,
+            recheck: [1, 2, 4].map(std::time::Duration::from_secs).to_vec(),
         }
+    }
+
+    /// Look up an entry that has only an intent (the process was stopped
+    /// inside its create call) again after 1, 2 and 4 s before taking it as
+    /// never created: a create call cut off by Ctrl-C may still land, and
+    /// EC2's Describe calls are eventually consistent after a create. Used
+    /// for instances and AMIs (the costly ones).
+    async fn find_again<F, Fut>(&self, mut find: F) -> Result<Option<String>, AwsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>, AwsError>>,
+    {
+        if let Some(i) = find().await? {
+            return Ok(Some(i));
+        }
+        for d in &self.recheck {
+            tokio::time::sleep(*d).await;
+            if let Some(i) = find().await? {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
     }
 
     /// Sweep this `import: s3` bucket too.
@@ -397,7 +422,10 @@ impl AwsDeleter {
             INSTANCE => {
                 let id = match id {
                     Some(i) => Some(i),
-                    None => self.find_by_token(region, INSTANCE, &res.token).await?,
+                    None => {
+                        self.find_again(|| self.find_by_token(region, INSTANCE, &res.token))
+                            .await?
+                    }
                 };
                 match id {
                     Some(i) => self.terminate(region, &i).await,
@@ -423,15 +451,22 @@ impl AwsDeleter {
                     Some(i) => Some(i),
                     None => {
                         let ec2 = self.clients.ec2(region).await?;
-                        ec2.describe_images()
-                            .owners("self")
-                            .filters(filter("name", &res.name))
-                            .send()
-                            .await
-                            .map_err(api("DescribeImages", region, Some(&res.name)))?
-                            .images()
-                            .iter()
-                            .find_map(|i| i.image_id().map(str::to_string))
+                        self.find_again(|| {
+                            let ec2 = ec2.clone();
+                            async move {
+                                Ok(ec2
+                                    .describe_images()
+                                    .owners("self")
+                                    .filters(filter("name", &res.name))
+                                    .send()
+                                    .await
+                                    .map_err(api("DescribeImages", region, Some(&res.name)))?
+                                    .images()
+                                    .iter()
+                                    .find_map(|i| i.image_id().map(str::to_string)))
+                            }
+                        })
+                        .await?
                     }
                 };
                 match id {

@@ -282,3 +282,57 @@ async fn killed_mid_copy_leaves_nothing_after_cleanup() {
     )
     .await;
 }
+
+/// An AMI whose create call was cut off (only its intent is journaled) but
+/// that lands a moment later (a request AWS got just before the Ctrl-C, or
+/// a Describe that lags behind the create): the unwind looks again and
+/// deletes it instead of taking it as never created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_only_image_that_lands_late_is_still_deleted() {
+    let Some(s) = setup() else { return };
+    let ep = s.moto.endpoint();
+    let d = opsbake_iaas_aws::deleter(&serde_json::json!({
+        "region": "us-east-1", "regions": ["us-east-1"], "endpoint": ep,
+    }))
+    .unwrap();
+    let res = opsbake_core::journal::Resource {
+        seq: 7,
+        kind: "aws_image".into(),
+        name: "ob-late-image".into(),
+        token: "ob-late-7".into(),
+        id: None,
+        data: serde_json::json!({ "region": "us-east-1" }),
+        created_data: serde_json::Value::Null,
+        last_error: None,
+    };
+    let c = ec2(&ep, "us-east-1").await;
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.copy_image()
+            .source_region("us-east-1")
+            .source_image_id(SEED_AMI)
+            .name("ob-late-image")
+            .send()
+            .await
+            .unwrap()
+            .image_id()
+            .unwrap()
+            .to_string()
+    });
+    let how = d.delete(&res).await.unwrap();
+    let ami = late.await.unwrap();
+    assert_eq!(
+        how,
+        opsbake_core::builder::Deleted::Now,
+        "{ami} not found again"
+    );
+    let left = ec2(&ep, "us-east-1")
+        .await
+        .describe_images()
+        .image_ids(&ami)
+        .send()
+        .await
+        .map(|o| o.images().len())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "{ami} still registered");
+}
