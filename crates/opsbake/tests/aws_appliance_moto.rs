@@ -8,7 +8,9 @@
 //! (imported through the EBS direct APIs). Asserted through moto: the AMI
 //! in us-east-1 and its copy in eu-west-1, available, named, tagged as the
 //! template asks, launchable by the account of the var file, snapshots
-//! tagged, nothing else of the build left; the manifest holds the artifact;
+//! tagged, nothing else of the build left (heavy: every block of the
+//! imported snapshot read back with GetSnapshotBlock equals the raw disk);
+//! the manifest holds the artifact;
 //! the journal is clean.
 //!
 //! `--skip-provision aws`: the appliance's steps change the machine they run
@@ -25,7 +27,7 @@ use aws_support::*;
 use opsbake_core::journal::Outcome;
 
 async fn appliance(light: bool) {
-    let Some(_stemcells) = stemcell_dir() else {
+    let Some(stemcells) = stemcell_dir() else {
         return;
     };
     aws_env();
@@ -95,6 +97,18 @@ async fn appliance(light: bool) {
             .await
             .unwrap();
         assert_eq!(imgs.images().len(), 1, "one kept base image");
+        let t = Instant::now();
+        let (blocks, sent) = read_back_base_snapshot(
+            &moto.endpoint(),
+            &stemcells.join("bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz"),
+            dir.path(),
+        )
+        .await;
+        assert!(sent > 0);
+        eprintln!(
+            "read back {blocks} blocks ({sent} non-zero) of the imported snapshot in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let manifest = std::fs::read_to_string(dir.path().join("out/appliance/manifest.json")).unwrap();
     assert!(manifest.contains(&art), "{manifest}");

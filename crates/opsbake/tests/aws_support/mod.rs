@@ -242,3 +242,63 @@ pub fn check_journal(state: &Path, build_id: &str, outcome: opsbake_core::journa
         st.live
     );
 }
+
+/// Every 512 KiB block of the kept base snapshot (tag
+/// `opsbake:role=base-image`) read back with GetSnapshotBlock equals the
+/// heavy stemcell's raw disk (zero blocks absent); returns (blocks, sent).
+pub async fn read_back_base_snapshot(
+    endpoint: &str,
+    stemcell: &Path,
+    work: &Path,
+) -> (usize, usize) {
+    let x = work.join("readback");
+    opsbake_stemcell::extract(stemcell, &x, &Default::default()).unwrap();
+    let disk = std::fs::read(x.join("root.img")).unwrap();
+    let c = ec2(endpoint, "us-east-1").await;
+    let snaps = c
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:opsbake:role")
+                .values("base-image")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snaps.snapshots().len(), 1, "one base snapshot");
+    let snap = snaps.snapshots()[0].snapshot_id().unwrap().to_string();
+    // One attempt: moto answers a missing (zero) block with a 500.
+    let ebs =
+        opsbake_iaas_aws::clients::Clients::with_attempts("us-east-1", Some(endpoint.into()), 1)
+            .ebs("us-east-1")
+            .await
+            .unwrap();
+    let bs = 512 * 1024;
+    let blocks = disk.len().div_ceil(bs);
+    let mut sent = 0;
+    for idx in 0..blocks {
+        let mut want = disk[idx * bs..((idx + 1) * bs).min(disk.len())].to_vec();
+        let zero = want.iter().all(|b| *b == 0);
+        want.resize(bs, 0);
+        match ebs
+            .get_snapshot_block()
+            .snapshot_id(&snap)
+            .block_index(i32::try_from(idx).unwrap())
+            .block_token("any")
+            .send()
+            .await
+        {
+            Ok(got) => {
+                assert!(!zero, "zero block {idx} uploaded");
+                let data = got.block_data.collect().await.unwrap().into_bytes();
+                assert!(data.as_ref() == want.as_slice(), "block {idx} differs");
+                sent += 1;
+            }
+            Err(e) => assert!(zero, "block {idx} missing: {e:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&x).unwrap();
+    (blocks, sent)
+}
