@@ -414,11 +414,13 @@ impl Conn {
                         continue;
                     }
                     let others = self.budget.in_use().saturating_sub(1);
+                    self.budget.learn(permit, others, reason.clone());
                     tracing::warn!(
                         target = %self.target, %reason, open = others,
-                        "the server refused a channel: it allows {others} at once on this connection (sshd MaxSessions); using at most that many"
+                        allowed = self.budget.capacity(),
+                        "the server refused a channel with {others} of ours open (sshd MaxSessions): using at most {} at once on this connection",
+                        self.budget.capacity()
                     );
-                    self.budget.learn(permit, others, reason.clone());
                     return Err(Ok((reason, others)));
                 }
                 Err(e) => {
