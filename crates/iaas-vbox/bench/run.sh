@@ -63,8 +63,10 @@ unset PACKER_LOG
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 RES="$WORK/results"
-rm -rf "$RES"
 mkdir -p "$RES"
+# a part that runs replaces its earlier results; the other part's stay (results.md has both)
+case "$ONLY" in *a*) rm -f "$RES"/a-* "$RES/a.md" ;; esac
+case "$ONLY" in *b*) rm -f "$RES"/b-* "$RES/b.md" ;; esac
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -94,12 +96,12 @@ fi
 BIN="$ROOT/target/release"
 
 MACHINE="$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
-STARTED=$(date -u +'%Y-%m-%d %H:%M UTC')
-{
-    echo "Run $STARTED with \`bash crates/iaas-vbox/bench/run.sh\` (commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates/stemcell crates/iaas-vbox crates/opsbake crates/core || echo ', with uncommitted changes')) on $MACHINE."
-    echo "Load average (1, 5, 15 min) at the start: $(loadavg). Other engineers' builds and QEMU tests share these cores, so the load is noted before and after every run."
+# who ran what, where: the first lines of each part's results
+run_head() {
+    echo "Run $(date -u +'%Y-%m-%d %H:%M UTC') with \`bash crates/iaas-vbox/bench/run.sh\` (commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates/stemcell crates/iaas-vbox crates/opsbake crates/core crates/comms-ssh crates/provision || echo ', with uncommitted changes in the crates')) on $MACHINE."
+    echo "Load average (1, 5, 15 min) at the start: $(loadavg). Other engineers' builds and QEMU tests share these cores: the load is noted before and after every run."
     echo
-} >"$RES/head.md"
+}
 
 ##############################################################################
 # A. VMDK export
@@ -114,6 +116,7 @@ bench_a() {
         "$BIN/examples/vmdk_bench" make-disk "$raw" --size-gib 5 --runs 16
         touch "$d/disk.done"
     fi
+    run_head >"$RES/a-head.md"
     log "A: disk $(du -h --apparent-size "$raw" | cut -f1) apparent, $(du -h "$raw" | cut -f1) allocated; $REPS_A runs each"
     local tag
     # ours: the default writer; deflate: every grain deflated (as qemu-img does); deflate1: that on 1 thread
@@ -145,8 +148,8 @@ bench_a() {
         log "A: $tag run $rep: $(tail -1 "$RES/a-$tag.s") s, RSS $(tail -1 "$RES/a-$tag.rss") MiB, CPU $(tail -1 "$RES/a-$tag.cpu") s, $bytes bytes; load $l0 -> $(loadavg)"
         if [ "$rep" = 1 ]; then
             local chk cmpr
-            chk=$(qemu-img check -f vmdk "$out" 2>&1 | tr '\n' ' ' | sed 's/ *$//')
-            cmpr=$(qemu-img compare -f raw -F vmdk "$raw" "$out" 2>&1 || true)
+            chk=$(qemu-img check -f vmdk "$out" 2>&1 | tr '\n' ' ' | sed 's/ *$//; s/\.$//')
+            cmpr=$(qemu-img compare -f raw -F vmdk "$raw" "$out" 2>&1 | sed 's/\.$//' || true)
             echo "qemu-img compare with the raw disk: $cmpr; qemu-img check: $chk" >"$RES/a-$tag.check"
             log "A: $tag: $(cat "$RES/a-$tag.check")"
             case "$cmpr" in *identical*) ;; *) echo "run.sh: the $tag VMDK differs from the raw disk: $cmpr" >&2; exit 1 ;; esac
@@ -179,6 +182,7 @@ bench_a() {
     {
         echo "#### A. VMDK export: 5 GiB sparse disk, 1 GiB of data, to streamOptimized"
         echo
+        cat "$RES/a-head.md"
         echo "16 runs of 64 MiB (8 xorshift random, 8 a repeated 72-byte log line), zlib level 6 for both"
         echo "(qemu's \`block/vmdk.c\` calls zlib's \`compress()\`, i.e. \`Z_DEFAULT_COMPRESSION\`). opsbake: the"
         echo "stemcell crate's writer as its own process (\`examples/vmdk_bench write\`, **release profile**),"
@@ -341,6 +345,14 @@ run_opsbake_b() { # $1: run number
     to_disk=$(awk -v a="$t0" -v b="$cap_ts" 'BEGIN {printf "%.2f", b-a}')
     export=$(awk -v a="$cap_ts" -v b="$t1" 'BEGIN {printf "%.2f", b-a}')
     echo "$to_disk" >>"$RES/b-opsbake.disk"
+    # phases: start (to QEMU up: validate, stemcell, launch), boot (to the first login),
+    # provision (sudo grant, uploads, scripts), power-off
+    local launched
+    launched=$(ts_epoch "$(step_end launch)")
+    awk -v a="$t0" -v b="$launched" 'BEGIN {printf "%.2f\n", b-a}' >>"$RES/b-opsbake.p-start"
+    fmt "$(step_secs connect)" >>"$RES/b-opsbake.p-boot"; echo >>"$RES/b-opsbake.p-boot"
+    awk -v a="$(step_secs before_provision)" -v b="$(step_secs provision)" 'BEGIN {printf "%.2f\n", a+b}' >>"$RES/b-opsbake.p-prov"
+    fmt "$(step_secs capture)" >>"$RES/b-opsbake.p-off"; echo >>"$RES/b-opsbake.p-off"
     echo "$total" >>"$RES/b-opsbake.total"
     echo "$export" >>"$RES/b-opsbake.export"
     jq -r 'select(.event == "message") | .text' "$r/events.jsonl" | grep -E '^(root file system rebuilt|OVA |QEMU pid .* stopped)' | sed 's/^/    /' >"$RES/b-opsbake-$1.export-msgs" || true
@@ -379,6 +391,14 @@ run_packer_b() { # $1: run number
     total=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b-a}')
     export=$(awk -v a="$t1" -v b="$t2" 'BEGIN {printf "%.2f", b-a}')
     echo "$total" >>"$RES/b-packer.disk"
+    # the same phases from Packer's -timestamp-ui lines (1 s resolution)
+    pts() { date -u -d "$(grep -m1 "$1" "$r/packer.log" | cut -d' ' -f1 | sed 's/:$//')" +%s; }
+    local vm conn halt
+    vm=$(pts 'Starting VM'); conn=$(pts 'Connected to SSH'); halt=$(pts 'Gracefully halting')
+    awk -v a="$t0" -v b="$vm" 'BEGIN {d = b - a; if (d < 0) d = 0; printf "%.0f\n", d}' >>"$RES/b-packer.p-start"
+    echo $((conn - vm)) >>"$RES/b-packer.p-boot"
+    echo $((halt - conn)) >>"$RES/b-packer.p-prov"
+    awk -v a="$halt" -v b="$t1" 'BEGIN {printf "%.0f\n", b-a}' >>"$RES/b-packer.p-off"
     echo "$export" >>"$RES/b-packer.export"
     awk -v a="$total" -v b="$export" 'BEGIN {printf "%.2f\n", a+b}' >>"$RES/b-packer.total"
     stat -c %s "$r/packer.ova" >"$RES/b-packer.ova-bytes"
@@ -399,8 +419,9 @@ bench_b() {
         exit 2
     }
     prepare_b
+    run_head >"$RES/b-head.md"
     : >"$RES/b-loads"
-    for f in disk total export rss steps; do : >"$RES/b-opsbake.$f"; : >"$RES/b-packer.$f"; done
+    for f in disk total export rss steps p-start p-boot p-prov p-off; do : >"$RES/b-opsbake.$f"; : >"$RES/b-packer.$f"; done
     local i
     for i in $(seq 1 "$REPS_B"); do
         if [ $((i % 2)) = 1 ]; then
@@ -421,6 +442,7 @@ bench_b() {
     {
         echo "#### B. Offline build of the test stemcell: opsbake vs Packer 1.6.6 \`qemu\`"
         echo
+        cat "$RES/b-head.md"
         echo "Same work for both: the test stemcell's disk (opsbake from the vSphere stemcell tarball it"
         echo "takes as input: extract, SHA-1, VMDK to raw; Packer from the same disk as \`disk.raw\`,"
         echo "which it converts to its qcow2 output disk), booted under QEMU **TCG** with 1 vCPU,"
@@ -436,10 +458,14 @@ bench_b() {
         echo "alternating order. \"Powered-off disk\": from process start to the end of opsbake's"
         echo "\`capture\` step / to Packer's exit."
         echo
-        echo "| | opsbake | Packer 1.6.6 | opsbake / Packer |"
+        echo "| | opsbake | Packer 1.6.6 (phases: 1 s resolution) | opsbake / Packer |"
         echo "|---|---|---|---|"
         echo "| **to the provisioned, powered-off disk** (median s) | **$(fmt "$od")** | **$(fmt "$pd")** | **$share** |"
         echo "| runs (s) | $(joined "$RES/b-opsbake.disk") | $(joined "$RES/b-packer.disk") | |"
+        echo "| start: to QEMU running (opsbake: validate, stemcell extract + SHA-1 + VMDK to raw, overlay, ISO; Packer: qcow2 copy of disk.raw) | $(median <"$RES/b-opsbake.p-start") | $(median <"$RES/b-packer.p-start") | |"
+        echo "| boot: QEMU start to the first vcap login (Packer: 10 s fixed wait, then SSH attempts 5 s apart) | $(median <"$RES/b-opsbake.p-boot") | $(median <"$RES/b-packer.p-boot") | $(ratio "$(median <"$RES/b-opsbake.p-boot")" "$(median <"$RES/b-packer.p-boot")") |"
+        echo "| provision: (opsbake: sudo grant, staging) 2000-file upload, 20 scripts | $(median <"$RES/b-opsbake.p-prov") | $(median <"$RES/b-packer.p-prov") | $(ratio "$(median <"$RES/b-opsbake.p-prov")" "$(median <"$RES/b-packer.p-prov")") |"
+        echo "| power-off (opsbake: ACPI, SysRq if ignored; Packer: \`sudo poweroff\` over SSH) | $(median <"$RES/b-opsbake.p-off") | $(median <"$RES/b-packer.p-off") | |"
         echo "| export (median s) | $(fmt "$oe") (normalise: file system rebuilt with \`mkfs.ext4 -d\`, VMDK, \`.mf\`, OVA tar) | $(fmt "$pe") (\`qemu-img convert\` qcow2 to streamOptimized, tar) | $(ratio "$oe" "$pe") |"
         echo "| export runs (s) | $(joined "$RES/b-opsbake.export") | $(joined "$RES/b-packer.export") | |"
         echo "| whole, disk + export (median s) | $(fmt "$ot") | $(fmt "$pt") | $(ratio "$ot" "$pt") |"
@@ -474,10 +500,8 @@ case "$ONLY" in *a*) bench_a ;; esac
 case "$ONLY" in *b*) bench_b ;; esac
 
 {
-    cat "$RES/head.md"
-    [ -f "$RES/a.md" ] && cat "$RES/a.md"
-    [ -f "$RES/b.md" ] && cat "$RES/b.md"
-    echo "Load average at the end: $(loadavg)."
+    if [ -f "$RES/a.md" ]; then cat "$RES/a.md"; fi
+    if [ -f "$RES/b.md" ]; then cat "$RES/b.md"; fi
 } >"$WORK/results.md"
 cat "$WORK/results.md"
 
