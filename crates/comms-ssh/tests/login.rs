@@ -226,7 +226,7 @@ async fn auth_rejected_is_reported_after_the_timeout() {
     let other = key();
     let sshd = sshd_with(&other, SshdOptions::default());
     let mut o = opts(sshd.addr(), &k, pinned(&sshd));
-    o.login_timeout = Duration::from_millis(800);
+    o.login_timeout = Duration::from_secs(3);
     let e = SshTransport::connect(o).await.err().unwrap();
     assert!(matches!(e, TransportError::Auth { .. }), "{e:?}");
     assert!(e.to_string().contains(k.fingerprint()), "{e}");
