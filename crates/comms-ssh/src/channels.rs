@@ -166,8 +166,9 @@ impl std::error::Error for ChannelRefused {}
 
 impl From<ChannelRefused> for TransportError {
     fn from(e: ChannelRefused) -> Self {
-        TransportError::Other {
-            message: e.detail(),
+        TransportError::ChannelRefused {
+            code: e.reason.code(),
+            detail: e.detail(),
             target: e.target,
         }
     }

@@ -79,8 +79,15 @@ async fn wait_for_file(p: &Path) {
 
 fn refused_message(e: &TransportError) -> String {
     match e {
-        TransportError::Other { target, message } => format!("{target}: {message}"),
-        other => panic!("expected a refused channel (TransportError::Other), got {other:?}"),
+        TransportError::ChannelRefused {
+            target,
+            code,
+            detail,
+        } => {
+            assert_eq!(*code, 2, "OpenSSH answers SSH_OPEN_CONNECT_FAILED");
+            format!("{target}: {detail}")
+        }
+        other => panic!("expected TransportError::ChannelRefused, got {other:?}"),
     }
 }
 

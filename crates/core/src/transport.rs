@@ -254,6 +254,18 @@ pub enum TransportError {
         /// Actual value.
         actual: String,
     },
+    /// The server refused to open a channel (SSH_MSG_CHANNEL_OPEN_FAILURE,
+    /// e.g. sshd's `MaxSessions` reached) and none of ours closed in time.
+    /// The connection is alive: not a disconnect.
+    #[error("{target}: {detail}")]
+    ChannelRefused {
+        /// Who we were talking to.
+        target: String,
+        /// The server's reason code (RFC 4254 §5.1).
+        code: u32,
+        /// The reason, the channel kind and what was waited for.
+        detail: String,
+    },
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
