@@ -92,28 +92,47 @@ fn boot_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Record in `state_root` that KVM guests hang on this host (until reboot),
-/// and switch this process to TCG. Best effort: a failed write only costs
-/// the next build the boot check again.
+/// Where the verdict is kept: the state dir, and the user's cache dir
+/// (`$XDG_CACHE_HOME/opsbake` or `~/.cache/opsbake`) so that builds with
+/// other state dirs on the same host know it too.
+fn verdict_paths(state_root: &Path) -> Vec<PathBuf> {
+    let mut v = vec![state_root.join(KVM_VERDICT_FILE)];
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(c) = cache {
+        v.push(c.join("opsbake").join(KVM_VERDICT_FILE));
+    }
+    v
+}
+
+/// Record that KVM guests hang on this host (until reboot), and switch
+/// this process to TCG. Best effort: a failed write only costs the next
+/// build the boot check again.
 pub fn remember_kvm_broken(state_root: &Path) {
     KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(id) = boot_id() {
-        let p = state_root.join(KVM_VERDICT_FILE);
-        if let Err(e) = std::fs::write(&p, format!("{id}\n")) {
-            tracing::warn!(path = %p.display(), error = %e, "cannot record the KVM verdict");
+        for p in verdict_paths(state_root) {
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            if let Err(e) = std::fs::write(&p, format!("{id}\n")) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot record the KVM verdict");
+            }
         }
     }
 }
 
-/// Whether `state_root` records that KVM guests hang on this host since
-/// its last boot; if so this process uses TCG for `auto`.
+/// Whether the state dir or the user's cache dir records that KVM guests
+/// hang on this host since its last boot; if so this process uses TCG for
+/// `auto`.
 pub fn kvm_known_broken(state_root: &Path) -> bool {
-    let known = match (
-        std::fs::read_to_string(state_root.join(KVM_VERDICT_FILE)),
-        boot_id(),
-    ) {
-        (Ok(s), Some(id)) => s.trim() == id,
-        _ => false,
+    let known = match boot_id() {
+        Some(id) => verdict_paths(state_root)
+            .iter()
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == id)),
+        None => false,
     };
     if known {
         KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -630,12 +649,23 @@ mod tests {
 
     #[test]
     fn kvm_verdict_is_kept_per_boot() {
+        // nextest runs each test in its own process: the env var is ours
+        let cache = tempfile::tempdir().unwrap();
+        std::env::set_var("XDG_CACHE_HOME", cache.path());
         let d = tempfile::tempdir().unwrap();
         assert!(!kvm_known_broken(d.path()));
         std::fs::write(d.path().join(KVM_VERDICT_FILE), "another-boot\n").unwrap();
         assert!(!kvm_known_broken(d.path()));
         remember_kvm_broken(d.path());
         assert!(kvm_known_broken(d.path()));
+        // another state dir on this host knows it through the cache dir
+        let other = tempfile::tempdir().unwrap();
+        assert!(kvm_known_broken(other.path()));
+        assert!(cache
+            .path()
+            .join("opsbake")
+            .join(KVM_VERDICT_FILE)
+            .is_file());
     }
 
     #[test]
