@@ -111,6 +111,14 @@ pub struct SshOptions {
     pub login_timeout: Duration,
     /// Limit for one attempt (TCP connect, handshake and auth).
     pub attempt_timeout: Duration,
+    /// First limit for the TCP connect and the SSH handshake (banner, key
+    /// exchange) of one attempt; it doubles after each attempt that timed
+    /// out there, up to `attempt_timeout`. Short, because a booting VM's
+    /// port forward (QEMU user networking, VirtualBox NAT, a cloud load
+    /// balancer) accepts the TCP connection and then holds it silently
+    /// until the guest's sshd listens: waiting out a long timeout there
+    /// costs up to `attempt_timeout` per attempt.
+    pub handshake_timeout: Duration,
     /// SSH keepalive interval (the connection is declared dead after three
     /// unanswered ones).
     pub keepalive: Option<Duration>,
@@ -145,6 +153,7 @@ impl SshOptions {
             host_keys,
             login_timeout: Duration::from_secs(300),
             attempt_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(3),
             keepalive: Some(Duration::from_secs(15)),
             jump: None,
             max_sessions: 10,
@@ -222,6 +231,7 @@ pub(crate) struct Connected {
 enum AttemptError {
     Refused(String),
     Timeout(String),
+    HandshakeTimeout(String),
     Banner(String),
     AuthRejected(String),
     Fatal(TransportError),
@@ -232,6 +242,7 @@ impl std::fmt::Display for AttemptError {
         match self {
             AttemptError::Refused(m) => write!(f, "connection refused: {m}"),
             AttemptError::Timeout(m) => write!(f, "timeout: {m}"),
+            AttemptError::HandshakeTimeout(m) => write!(f, "no SSH banner/handshake: {m}"),
             AttemptError::Banner(m) => write!(f, "no SSH banner/handshake: {m}"),
             AttemptError::AuthRejected(m) => write!(f, "authentication rejected: {m}"),
             AttemptError::Fatal(e) => write!(f, "{e}"),
@@ -275,18 +286,30 @@ pub(crate) async fn wait_for_login(
     };
     let mut attempts = 0u32;
     let mut delay = Duration::from_millis(100);
+    let mut handshake = opts
+        .handshake_timeout
+        .min(opts.attempt_timeout)
+        .max(Duration::from_millis(100));
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per = remaining.min(opts.attempt_timeout);
         let seen = Arc::new(Mutex::new(None));
-        let res =
-            match tokio::time::timeout(per, attempt(opts, jump.as_deref(), seen.clone())).await {
-                Ok(r) => r,
-                Err(_) => Err(AttemptError::Timeout(format!(
-                    "attempt did not finish within {per:?}"
-                ))),
-            };
+        let res = match tokio::time::timeout(
+            per,
+            attempt(opts, jump.as_deref(), seen.clone(), handshake),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(AttemptError::Timeout(format!(
+                "attempt did not finish within {per:?}"
+            ))),
+        };
+        if let Err(AttemptError::HandshakeTimeout(_)) = &res {
+            // a live but slow server gets longer each time
+            handshake = (handshake * 2).min(opts.attempt_timeout);
+        }
         match res {
             Ok(handle) => {
                 let report = LoginReport {
@@ -344,6 +367,26 @@ async fn attempt(
     opts: &SshOptions,
     jump: Option<&SshHandle>,
     seen: Arc<Mutex<Option<String>>>,
+    handshake: Duration,
+) -> Result<SshHandle, AttemptError> {
+    match tokio::time::timeout(handshake, handshake_phase(opts, jump, seen)).await {
+        Ok(Ok(mut handle)) => {
+            authenticate(opts, &mut handle).await?;
+            Ok(handle)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(AttemptError::HandshakeTimeout(format!(
+            "the TCP connection was accepted but no SSH handshake finished within {handshake:?}"
+        ))),
+    }
+}
+
+/// TCP connect (or a direct-tcpip channel through the bastion) and the SSH
+/// handshake up to the host key check.
+async fn handshake_phase(
+    opts: &SshOptions,
+    jump: Option<&SshHandle>,
+    seen: Arc<Mutex<Option<String>>>,
 ) -> Result<SshHandle, AttemptError> {
     let target = opts.target.to_string();
     let refusal = Arc::new(Mutex::new(None));
@@ -384,8 +427,8 @@ async fn attempt(
             client::connect_stream(config, stream, handler).await
         }
     };
-    let mut handle = match connected {
-        Ok(h) => h,
+    match connected {
+        Ok(h) => Ok(h),
         Err(e) => {
             if let Some(reason) = refusal.lock().ok().and_then(|r| r.clone()) {
                 return Err(AttemptError::Fatal(TransportError::HostKey {
@@ -393,7 +436,7 @@ async fn attempt(
                     reason,
                 }));
             }
-            return Err(match e {
+            Err(match e {
                 russh::Error::IO(io) => classify_io(&io),
                 russh::Error::NoCommonAlgo { kind, ours, theirs } => {
                     AttemptError::Fatal(TransportError::Other {
@@ -404,11 +447,9 @@ async fn attempt(
                     })
                 }
                 other => AttemptError::Banner(other.to_string()),
-            });
+            })
         }
-    };
-    authenticate(opts, &mut handle).await?;
-    Ok(handle)
+    }
 }
 
 async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), AttemptError> {

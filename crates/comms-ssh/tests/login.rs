@@ -425,3 +425,53 @@ async fn bastion_jump_host() {
         bastion.log_text()
     );
 }
+
+/// A port forward in front of a booting VM (QEMU user networking,
+/// VirtualBox NAT): it accepts TCP connections at once but holds them
+/// silently until the guest's sshd listens. Here: held (never answered)
+/// until `up_after`, forwarded to the real sshd from then on.
+async fn silent_forward(to: std::net::SocketAddr, up_after: Duration) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let up_at = Instant::now() + up_after;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            if Instant::now() < up_at {
+                held.push(c); // open, silent, never closed by us
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_silently_held_connection_is_given_up_after_the_handshake_timeout() {
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let fwd = silent_forward(sshd.addr(), Duration::from_secs(2)).await;
+    let mut o = opts(fwd, &k, pinned(&sshd));
+    o.login_timeout = Duration::from_secs(60);
+    o.attempt_timeout = Duration::from_secs(20);
+    o.handshake_timeout = Duration::from_secs(1);
+    let t0 = Instant::now();
+    let t = SshTransport::connect(o).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(whoami(&t).await, "vcap");
+    let r = t.login_report();
+    // the first attempts were held; one of them did not cost the 20 s
+    // attempt timeout
+    assert!(r.attempts >= 2, "{r:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "login took {took:?}: a held connection was waited out"
+    );
+}
