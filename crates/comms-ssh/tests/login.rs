@@ -430,6 +430,7 @@ async fn bastion_jump_host() {
 /// VirtualBox NAT): it accepts TCP connections at once but holds them
 /// silently until the guest's sshd listens. Here: held (never answered)
 /// until `up_after`, forwarded to the real sshd from then on.
+#[allow(clippy::unwrap_used)]
 async fn silent_forward(to: std::net::SocketAddr, up_after: Duration) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
