@@ -111,13 +111,14 @@ pub struct SshOptions {
     pub login_timeout: Duration,
     /// Limit for one attempt (TCP connect, handshake and auth).
     pub attempt_timeout: Duration,
-    /// First limit for the TCP connect and the SSH handshake (banner, key
-    /// exchange) of one attempt; it doubles after each attempt that timed
-    /// out there, up to `attempt_timeout`. Short, because a booting VM's
-    /// port forward (QEMU user networking, VirtualBox NAT, a cloud load
-    /// balancer) accepts the TCP connection and then holds it silently
-    /// until the guest's sshd listens: waiting out a long timeout there
-    /// costs up to `attempt_timeout` per attempt.
+    /// How long an attempt waits for the server's first byte (TCP connect
+    /// included); it grows by a quarter after each attempt that got
+    /// nothing, up to `attempt_timeout`. An attempt whose server sent
+    /// something gets the whole `attempt_timeout`. Short, because a booting VM's port forward (QEMU
+    /// user networking, VirtualBox NAT, a cloud load balancer) accepts the
+    /// TCP connection and then holds it silently until the guest's sshd
+    /// listens: waiting out a long timeout there costs up to
+    /// `attempt_timeout` per attempt.
     pub handshake_timeout: Duration,
     /// SSH keepalive interval (the connection is declared dead after three
     /// unanswered ones).
@@ -307,8 +308,10 @@ pub(crate) async fn wait_for_login(
             ))),
         };
         if let Err(AttemptError::HandshakeTimeout(_)) = &res {
-            // a live but slow server gets longer each time
-            handshake = (handshake * 2).min(opts.attempt_timeout);
+            // nothing arrived: a forward holding the connection for a guest
+            // that is not up yet, or a link slower than the limit; grow it
+            // gently so that a slow link gets there too
+            handshake = handshake.mul_f64(1.25).min(opts.attempt_timeout);
         }
         match res {
             Ok(handle) => {
@@ -369,15 +372,73 @@ async fn attempt(
     seen: Arc<Mutex<Option<String>>>,
     handshake: Duration,
 ) -> Result<SshHandle, AttemptError> {
-    match tokio::time::timeout(handshake, handshake_phase(opts, jump, seen)).await {
-        Ok(Ok(mut handle)) => {
-            authenticate(opts, &mut handle).await?;
-            Ok(handle)
+    // Through a bastion the channel's bytes are not watched: no short limit.
+    let got_bytes = Arc::new(AtomicBool::new(jump.is_some()));
+    let phase = handshake_phase(opts, jump, seen, got_bytes.clone());
+    tokio::pin!(phase);
+    let connected = tokio::select! {
+        r = &mut phase => r,
+        _ = tokio::time::sleep(handshake) => {
+            if got_bytes.load(Ordering::SeqCst) {
+                // a live server, just slow: the attempt's own limit applies
+                phase.await
+            } else {
+                Err(AttemptError::HandshakeTimeout(format!(
+                    "the TCP connection was accepted but nothing arrived within {handshake:?}"
+                )))
+            }
         }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(AttemptError::HandshakeTimeout(format!(
-            "the TCP connection was accepted but no SSH handshake finished within {handshake:?}"
-        ))),
+    };
+    let mut handle = connected?;
+    authenticate(opts, &mut handle).await?;
+    Ok(handle)
+}
+
+/// A stream that notes when its first byte arrives (a port forward that
+/// accepted the connection for a guest that is not listening yet sends
+/// nothing at all).
+struct FirstByte<S> {
+    inner: S,
+    got: Arc<AtomicBool>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.got.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -387,6 +448,7 @@ async fn handshake_phase(
     opts: &SshOptions,
     jump: Option<&SshHandle>,
     seen: Arc<Mutex<Option<String>>>,
+    got_bytes: Arc<AtomicBool>,
 ) -> Result<SshHandle, AttemptError> {
     let target = opts.target.to_string();
     let refusal = Arc::new(Mutex::new(None));
@@ -424,6 +486,10 @@ async fn handshake_phase(
                     .await
                     .map_err(|e| classify_io(&e))?;
             let _ = stream.set_nodelay(true);
+            let stream = FirstByte {
+                inner: stream,
+                got: got_bytes,
+            };
             client::connect_stream(config, stream, handler).await
         }
     };

@@ -476,3 +476,23 @@ async fn a_silently_held_connection_is_given_up_after_the_handshake_timeout() {
         "login took {took:?}: a held connection was waited out"
     );
 }
+
+#[tokio::test]
+async fn a_link_slower_than_the_handshake_timeout_still_logs_in() {
+    // 1.5 s each way: sshd's banner arrives 1.5 s after the connect, later
+    // than the 1 s handshake timeout; the limit grows until it fits
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start(
+        sshd.addr(),
+        Duration::from_millis(1500),
+    )
+    .unwrap();
+    let mut o = opts(proxy.addr(), &k, pinned(&sshd));
+    o.login_timeout = Duration::from_secs(120);
+    o.attempt_timeout = Duration::from_secs(60);
+    o.handshake_timeout = Duration::from_secs(1);
+    let t = SshTransport::connect(o).await.unwrap();
+    assert_eq!(whoami(&t).await, "vcap");
+    assert!(t.login_report().attempts >= 2, "{:?}", t.login_report());
+}
