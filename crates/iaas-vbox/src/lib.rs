@@ -453,6 +453,26 @@ impl VboxBuilder {
         })
     }
 
+    /// Keep the stemcell's identity for the manifest; its base-image details.
+    async fn record_stemcell(
+        &self,
+        manifest: &opsbake_stemcell::Manifest,
+    ) -> BTreeMap<String, String> {
+        let mut st = self.state.lock().await;
+        st.stemcell_sha1 = manifest.sha1.clone();
+        st.stemcell_name = manifest.name.clone();
+        st.stemcell_version = manifest.version.clone();
+        st.debian = manifest
+            .operating_system
+            .as_deref()
+            .is_some_and(|o| o.contains("debian"));
+        let mut details = BTreeMap::new();
+        details.insert("stemcell_name".into(), manifest.name.clone());
+        details.insert("stemcell_version".into(), manifest.version.clone());
+        details.insert("stemcell_sha1".into(), manifest.sha1.clone());
+        details
+    }
+
     /// VirtualBox engine: the stemcell's OVF with the CPI's controller fix;
     /// the VMDK stays as it is (VirtualBox imports it).
     async fn base_image_vbox(
@@ -469,19 +489,8 @@ impl VboxBuilder {
             .await
             .map_err(|j| BuildError::Other(format!("OVF task: {j}")))?
             .map_err(e)?;
-        let mut st = self.state.lock().await;
-        st.ovf = Some(ovf.clone());
-        st.stemcell_sha1 = manifest.sha1.clone();
-        st.stemcell_name = manifest.name.clone();
-        st.stemcell_version = manifest.version.clone();
-        st.debian = manifest
-            .operating_system
-            .as_deref()
-            .is_some_and(|o| o.contains("debian"));
-        let mut details = BTreeMap::new();
-        details.insert("stemcell_name".into(), manifest.name.clone());
-        details.insert("stemcell_version".into(), manifest.version.clone());
-        details.insert("stemcell_sha1".into(), manifest.sha1.clone());
+        self.state.lock().await.ovf = Some(ovf.clone());
+        let mut details = self.record_stemcell(manifest).await;
         details.insert("ovf".into(), ovf.display().to_string());
         ctx.events.info(format!(
             "stemcell {} {} (sha1 {}): {} for VirtualBox",
@@ -763,19 +772,8 @@ impl Builder for VboxBuilder {
             .await
             .map_err(BuildError::io(&raw))?
             .len();
-        let mut st = self.state.lock().await;
-        st.base_raw = Some(raw.clone());
-        st.stemcell_sha1 = manifest.sha1.clone();
-        st.stemcell_name = manifest.name.clone();
-        st.stemcell_version = manifest.version.clone();
-        st.debian = manifest
-            .operating_system
-            .as_deref()
-            .is_some_and(|o| o.contains("debian"));
-        let mut details = BTreeMap::new();
-        details.insert("stemcell_name".into(), manifest.name.clone());
-        details.insert("stemcell_version".into(), manifest.version.clone());
-        details.insert("stemcell_sha1".into(), manifest.sha1.clone());
+        self.state.lock().await.base_raw = Some(raw.clone());
+        let mut details = self.record_stemcell(&manifest).await;
         details.insert("disk_bytes".into(), vmdk_cap.to_string());
         ctx.events.info(format!(
             "stemcell {} {} (sha1 {}): {} MiB disk",
