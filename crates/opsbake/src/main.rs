@@ -134,7 +134,7 @@ struct BuildArgs {
     /// Write the ephemeral private key into the build's state dir.
     #[arg(long)]
     debug_keep_key: bool,
-    /// vbox engine: vbox or qemu [default: vbox if installed, else qemu].
+    /// vbox engine: vbox or qemu [default: vbox if VBoxManage is installed, else qemu; qemu with --offline].
     #[arg(long)]
     engine: Option<String>,
     /// Import the stemcell again even if a base image exists.
