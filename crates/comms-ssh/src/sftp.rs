@@ -664,6 +664,21 @@ async fn upload_file(
         first.fstat(hs.clone()),
         first.close(hs)
     );
+    finish_file(ctx, idx, item, set, st, close, false)
+}
+
+/// The end of one file's upload: the answers to fsetstat, fstat and close,
+/// the size check, and the file marked done (`count_bytes`: its bytes too,
+/// for files written without per-range accounting).
+fn finish_file<A, B>(
+    ctx: &Ctx<'_>,
+    idx: usize,
+    item: &FileItem,
+    set: Result<A, SftpError>,
+    st: Result<russh_sftp::protocol::Attrs, SftpError>,
+    close: Result<B, SftpError>,
+    count_bytes: bool,
+) -> Result<(), TransportError> {
     set.map_err(|e| ctx.err("fsetstat", &item.remote, e))?;
     let st = st.map_err(|e| ctx.err("fstat", &item.remote, e))?;
     close.map_err(|e| ctx.err("close", &item.remote, e))?;
@@ -679,6 +694,9 @@ async fn upload_file(
     }
     if let Ok(mut s) = ctx.state.lock() {
         s.files_done.insert(idx);
+        if count_bytes {
+            s.bytes += item.size;
+        }
     }
     Ok(())
 }
@@ -710,24 +728,7 @@ async fn small_file(
     for r in w {
         r.map_err(|e| ctx.err("write", &item.remote, e))?;
     }
-    set.map_err(|e| ctx.err("fsetstat", &item.remote, e))?;
-    let st = st.map_err(|e| ctx.err("fstat", &item.remote, e))?;
-    close.map_err(|e| ctx.err("close", &item.remote, e))?;
-    let got = st.attrs.size.unwrap_or(0);
-    if got != item.size {
-        return Err(TransportError::Verify {
-            target: ctx.target.into(),
-            path: item.remote.clone(),
-            what: "size".into(),
-            expected: item.size.to_string(),
-            actual: got.to_string(),
-        });
-    }
-    if let Ok(mut s) = ctx.state.lock() {
-        s.files_done.insert(idx);
-        s.bytes += item.size;
-    }
-    Ok(())
+    finish_file(ctx, idx, item, set, st, close, true)
 }
 
 /// Run a plan over an SFTP pool. Safe to call again with the same `state`

@@ -664,30 +664,7 @@ impl Drop for Guest {
 }
 
 fn ssh(key: &Path, port: u16, user: &str, script: &str) -> Output {
-    Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-            "-i",
-        ])
-        .arg(key)
-        .arg("-p")
-        .arg(port.to_string())
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    opsbake_test_support::qemu::guest_ssh(key, port, user, script, 10).unwrap()
 }
 
 fn text(o: &Output) -> String {

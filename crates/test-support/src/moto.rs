@@ -344,26 +344,7 @@ impl Moto {
     /// Stop the server by its PID (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = c.id();
-            // SIGTERM through kill(1) on the PID we started; the test-support
-            // crate has no signal bindings.
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => return,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => break,
-                }
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            crate::process::terminate(&mut c, Duration::from_secs(5));
         }
     }
 }

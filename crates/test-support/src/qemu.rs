@@ -930,6 +930,41 @@ pub fn settings_iso(settings: &str, name: &str, out: &Path) -> Result<PathBuf, Q
     Ok(out.to_path_buf())
 }
 
+/// OpenSSH's `ssh` to a guest's forward on 127.0.0.1 (no host key
+/// checking: the guest is made by the test), running `script` as `user`
+/// with the private key file `key`. `connect_timeout` in seconds.
+pub fn guest_ssh(
+    key: &Path,
+    port: u16,
+    user: &str,
+    script: &str,
+    connect_timeout: u32,
+) -> std::io::Result<std::process::Output> {
+    Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+        ])
+        .arg(format!("ConnectTimeout={connect_timeout}"))
+        .arg("-i")
+        .arg(key)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

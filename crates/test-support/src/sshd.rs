@@ -767,23 +767,10 @@ impl Sshd {
         ])
     }
 
-    /// Stop sshd (SIGTERM to its PID, then wait). Idempotent.
+    /// Stop sshd (SIGTERM to its PID, SIGKILL after 5 s). Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pid = child.id().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
+            crate::process::terminate(&mut child, Duration::from_secs(5));
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use opsbake_test_support::qemu::{self, Qemu, QemuOptions};
@@ -114,29 +114,7 @@ struct Guest {
 
 impl Guest {
     fn ssh(&self, user: &str, script: &str) -> Output {
-        Command::new("ssh")
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "ConnectTimeout=20",
-                "-i",
-            ])
-            .arg(&self.key)
-            .arg("-p")
-            .arg(self.vm.ssh_port().to_string())
-            .arg(format!("{user}@127.0.0.1"))
-            .arg(script)
-            .stdin(Stdio::null())
-            .output()
+        opsbake_test_support::qemu::guest_ssh(&self.key, self.vm.ssh_port(), user, script, 20)
             .expect("ssh (openssh-client) runs")
     }
 
