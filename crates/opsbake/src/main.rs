@@ -125,7 +125,7 @@ struct BuildArgs {
     /// Pause after every step; verbose chef-solo.
     #[arg(long)]
     debug: bool,
-    /// Refuse anything that would reach the network (vbox only).
+    /// Refuse anything that would reach the network (vbox: restricted guest network; aws: loopback endpoint only).
     #[arg(long)]
     offline: bool,
     /// Keep the staging directory on the VM.
