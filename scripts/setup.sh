@@ -14,3 +14,7 @@ for s in .ci/setup.d/*.sh; do
     bash "$s"
     echo "== setup: $s done in $(( $(date +%s) - start ))s" >&2
 done
+# what the tests need, checked once at the end (fails early and clearly, naming each one)
+# shellcheck disable=SC2046
+require_commands $(grep -v '^#' .ci/required-commands)
+echo "== setup: required commands present" >&2

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/lib.sh
-apt_install qemu-utils genisoimage tar gzip
+install_qemu
+apt_install genisoimage tar gzip
 command -v python3 >/dev/null 2>&1 || apt_install python3

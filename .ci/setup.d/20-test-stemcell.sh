@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/lib.sh
 # build: debootstrap, disk tools, GRUB (BIOS) images, image conversion
-apt_install debootstrap debian-archive-keyring e2fsprogs fdisk grub-pc-bin grub-common qemu-utils coreutils tar gzip
+install_qemu
+apt_install debootstrap debian-archive-keyring e2fsprogs fdisk grub-pc-bin grub-common coreutils tar gzip
 # boot tests: QEMU, the settings ISO, the OpenSSH client and key generation, password hashes
-apt_install qemu-system-x86 genisoimage openssh-client openssl
+apt_install genisoimage openssh-client openssl
 out=$(bash stemcells/build-test-stemcell.sh | tail -1)
 dir=${out#OPSBAKE_TEST_STEMCELL_DIR=}
 if [ "$dir" = "$out" ] || [ ! -f "$dir/.complete" ]; then

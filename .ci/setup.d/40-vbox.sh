@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/lib.sh
 # QEMU engine and the overlay; OpenSSL for the settings password hash
-apt_install qemu-system-x86 qemu-utils openssl
+install_qemu
+apt_install openssl
 # normalisation: loop mount in a private mount namespace, mkfs.ext4 -d, debugfs, fallocate, dd
 apt_install e2fsprogs util-linux coreutils mount
 # tests: the OpenSSH client and ssh-keygen (deploy-time login), GNU tar, libfaketime

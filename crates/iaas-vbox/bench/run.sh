@@ -83,7 +83,8 @@ cpu_s() { awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.2f"
 # a row of per-run values "1.0, 2.0, 3.0"
 joined() { paste -sd, "$1" | sed 's/,/, /g'; }
 
-apt_install qemu-system-x86 qemu-utils packer jq time openssl openssh-client
+install_qemu
+apt_install packer jq time openssl openssh-client
 for t in qemu-img qemu-system-x86_64 packer jq /usr/bin/time openssl ssh-keygen; do
     command -v "$t" >/dev/null || { echo "run.sh: $t missing" >&2; exit 2; }
 done
