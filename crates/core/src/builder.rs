@@ -295,6 +295,31 @@ impl BuildContext {
         Ok(())
     }
 
+    /// The one way a builder creates a cloud resource: journal the intent
+    /// (`kind`, `name`, `intent` data such as the region or zone), run
+    /// `create` with the idempotency token of that record (pass it as the
+    /// IaaS's client token / requestId / tag), then record the id and data it
+    /// returns. The IaaS error converts through `From` (each IaaS crate
+    /// implements `From<ItsError> for BuildError`). Returns the journal
+    /// sequence number and the create call's value.
+    pub async fn create_resource<T, E, F, Fut>(
+        &self,
+        kind: &str,
+        name: &str,
+        intent: serde_json::Value,
+        create: F,
+    ) -> Result<(u64, T), BuildError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Made<T>, E>>,
+        BuildError: From<E>,
+    {
+        let seq = self.intent(kind, name, intent)?;
+        let made = create(self.token(seq)).await?;
+        self.created(seq, kind, &made.id, made.data)?;
+        Ok((seq, made.value))
+    }
+
     /// Keep a resource after a successful build (an image).
     pub fn keep(&self, seq: u64, kind: &str, id: &str) -> Result<(), BuildError> {
         self.journal.kept(seq)?;
@@ -348,6 +373,56 @@ impl BuildContext {
     }
 }
 
+/// What a create call hands back to [`BuildContext::create_resource`].
+#[derive(Debug, Clone)]
+pub struct Made<T> {
+    /// The IaaS's id of the new resource.
+    pub id: String,
+    /// Facts the deleter needs later (zone, disk names...); `null` if none.
+    pub data: serde_json::Value,
+    /// What the builder keeps using (the SDK's answer, an address...).
+    pub value: T,
+}
+
+impl<T> Made<T> {
+    /// A resource with this id and no extra data.
+    pub fn new(id: impl Into<String>, value: T) -> Made<T> {
+        Made {
+            id: id.into(),
+            data: serde_json::Value::Null,
+            value,
+        }
+    }
+
+    /// Add the data the deleter needs.
+    pub fn with_data(mut self, data: serde_json::Value) -> Made<T> {
+        self.data = data;
+        self
+    }
+}
+
+/// A problem a builder's offline checks found, at a key of the template
+/// (`builds.gcp.options.project_id`). `validate` reports it at that key's
+/// file:line:col, before anything is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The key path in the template.
+    pub key: String,
+    /// What is wrong, with the rendered value (or the variable's name when
+    /// it is sensitive) and the rule it breaks.
+    pub message: String,
+}
+
+impl Finding {
+    /// A finding at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Kind of a local file resource (deleted by core).
 pub const LOCAL_FILE: &str = "local_file";
 /// Kind of a local directory resource (deleted recursively by core).
@@ -395,6 +470,15 @@ pub trait Builder: Deleter {
     /// The key type the IaaS needs.
     fn key_algorithm(&self) -> KeyAlgorithm {
         KeyAlgorithm::Ed25519
+    }
+
+    /// Checks that need no network (names after interpolation, required
+    /// settings from options or environment, region lists). `opsbake
+    /// validate` runs them for every selected IaaS and reports each finding
+    /// at its template key; `build` runs them before `validate`. Default:
+    /// none.
+    fn offline_checks(&self) -> Vec<Finding> {
+        Vec::new()
     }
 
     /// Fail fast, before anything is created: credentials, env vars, files,

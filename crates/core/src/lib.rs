@@ -8,12 +8,14 @@ pub mod events;
 pub mod journal;
 pub mod local;
 pub mod manifest;
+pub mod options;
 pub mod plan;
 pub mod runner;
 pub mod secret;
 pub mod template;
 pub mod transport;
 pub mod vars;
+pub mod wait;
 
 pub use secret::{redactor, Secret};
 pub use transport::{

@@ -1,127 +1,32 @@
-//! Our own waiter: adaptive polling (first poll at once, then 2 s backing off
-//! by half each time up to 15 s, with a little jitter), an overall limit per
-//! wait, `tokio::time::sleep` only. Transient errors of a poll (throttling and
-//! 5xx that outlived the SDK's own retries) count as "not yet"; a terminal
-//! state fails the wait at once.
+//! AWS's side of core's waiter ([`opsbake_core::wait`]): which EC2 errors a
+//! poll survives, and the typed errors a wait ends with.
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use rand::Rng as _;
+use opsbake_core::wait::WaitError;
+pub use opsbake_core::wait::{Poll, WaitStats, Waiter, DEFAULT_TIMEOUT};
 
 use crate::error::AwsError;
 
-/// Default overall limit of one wait.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What one poll found.
-#[derive(Debug)]
-pub enum Poll<T> {
-    /// Done.
-    Ready(T),
-    /// Not yet; the state seen.
-    Pending(String),
-    /// Never will be; the state and reason.
-    Failed(String),
-}
-
-/// Polling parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct Waiter {
-    /// Delay after the first poll.
-    pub initial: Duration,
-    /// Largest delay.
-    pub max: Duration,
-    /// Overall limit.
-    pub timeout: Duration,
-}
-
-impl Default for Waiter {
-    fn default() -> Self {
-        Waiter {
-            initial: Duration::from_secs(2),
-            max: Duration::from_secs(15),
-            timeout: DEFAULT_TIMEOUT,
-        }
+impl WaitError for AwsError {
+    fn is_transient(&self) -> bool {
+        is_transient(self)
     }
-}
 
-/// How a finished wait went.
-#[derive(Debug, Clone, Default)]
-pub struct WaitStats {
-    /// Polls made.
-    pub polls: u32,
-    /// Delays slept between them.
-    pub delays: Vec<Duration>,
-}
-
-impl Waiter {
-    /// A waiter with this overall limit.
-    pub fn with_timeout(timeout: Duration) -> Waiter {
-        Waiter {
-            timeout,
-            ..Waiter::default()
+    fn failed(what: &str, scope: &str, state: String) -> Self {
+        AwsError::Failed {
+            what: what.to_string(),
+            region: scope.to_string(),
+            state,
         }
     }
 
-    /// The delay after `n` polls (n >= 1), without jitter.
-    pub fn delay(&self, n: u32) -> Duration {
-        let mut d = self.initial;
-        for _ in 1..n {
-            d = d.mul_f64(1.5);
-            if d >= self.max {
-                return self.max;
-            }
-        }
-        d.min(self.max)
-    }
-
-    /// Poll `f` until it is ready, failed, or the limit passes. `what` and
-    /// `region` name the wait in errors.
-    pub async fn wait<T, F, Fut>(
-        &self,
-        what: &str,
-        region: &str,
-        mut f: F,
-    ) -> Result<(T, WaitStats), AwsError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Poll<T>, AwsError>>,
-    {
-        let started = Instant::now();
-        let mut stats = WaitStats::default();
-        let mut last: String;
-        loop {
-            stats.polls += 1;
-            match f().await {
-                Ok(Poll::Ready(t)) => return Ok((t, stats)),
-                Ok(Poll::Pending(s)) => last = s,
-                Ok(Poll::Failed(s)) => {
-                    return Err(AwsError::Failed {
-                        what: what.to_string(),
-                        region: region.to_string(),
-                        state: s,
-                    })
-                }
-                Err(e) if is_transient(&e) => last = e.to_string(),
-                Err(e) => return Err(e),
-            }
-            let elapsed = started.elapsed();
-            if elapsed >= self.timeout {
-                return Err(AwsError::WaitTimeout {
-                    what: what.to_string(),
-                    region: region.to_string(),
-                    after: self.timeout,
-                    last,
-                });
-            }
-            let base = self.delay(stats.polls);
-            let jitter = rand::thread_rng().gen_range(0.9..1.1);
-            let d = base.mul_f64(jitter).min(self.timeout - elapsed);
-            tracing::debug!(what, region, delay = ?d, last = %last, "waiting");
-            stats.delays.push(d);
-            tokio::time::sleep(d).await;
+    fn timed_out(what: &str, scope: &str, after: Duration, last: String) -> Self {
+        AwsError::WaitTimeout {
+            what: what.to_string(),
+            region: scope.to_string(),
+            after,
+            last,
         }
     }
 }
