@@ -12,7 +12,7 @@ use crate::events::{Emitter, EventKind};
 use crate::journal::{Journal, JournalError, ProcessIdentity, Resource};
 use crate::plan::BuildPlan;
 use crate::secret::Secret;
-use crate::template::{Iaas, TemplateError};
+use crate::template::{HostKeySpec, Iaas, TemplateError};
 use crate::transport::{Transport, TransportError};
 
 /// The tag (or label) that carries the build id on every cloud resource.
@@ -171,6 +171,57 @@ pub struct SshTarget {
     pub login_timeout: Duration,
     /// Jump host.
     pub bastion: Option<Box<SshTarget>>,
+}
+
+impl HostKeyPolicy {
+    /// The policy a template's `host_key` setting asks for.
+    pub fn from_spec(spec: &HostKeySpec) -> HostKeyPolicy {
+        match spec {
+            HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
+            HostKeySpec::Insecure => HostKeyPolicy::Insecure,
+            HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
+        }
+    }
+}
+
+impl SshTarget {
+    /// The one way a builder makes its SSH target: the user, host key
+    /// policy, login timeout and jump host come from the plan's `ssh`
+    /// block; the builder gives what only it knows (how to log in, and the
+    /// address and port it launched the VM at). The jump host logs in with
+    /// its own key file, else with `auth`. A builder that knows the VM's
+    /// host keys (a console log) replaces `host_key` afterwards.
+    pub fn from_plan(
+        plan: &BuildPlan,
+        auth: SshAuth,
+        host: impl Into<String>,
+        port: u16,
+    ) -> SshTarget {
+        let ssh = &plan.ssh;
+        let bastion = ssh.bastion.as_ref().map(|b| {
+            Box::new(SshTarget {
+                host: b.host.clone(),
+                port: b.port,
+                user: b.user.clone(),
+                auth: match &b.private_key_file {
+                    Some(p) => SshAuth::KeyFile(p.clone()),
+                    None => auth.clone(),
+                },
+                host_key: HostKeyPolicy::from_spec(&b.host_key),
+                login_timeout: ssh.login_timeout,
+                bastion: None,
+            })
+        });
+        SshTarget {
+            host: host.into(),
+            port,
+            user: ssh.user.clone(),
+            auth,
+            host_key: HostKeyPolicy::from_spec(&ssh.host_key),
+            login_timeout: ssh.login_timeout,
+            bastion,
+        }
+    }
 }
 
 /// What a builder's `launch` returns: how to reach the VM.

@@ -139,3 +139,9 @@ where
         }
     }
 }
+
+impl From<AwsError> for opsbake_core::builder::BuildError {
+    fn from(e: AwsError) -> Self {
+        opsbake_core::builder::BuildError::iaas(opsbake_core::template::Iaas::Aws, e)
+    }
+}

@@ -1,22 +1,35 @@
-//! Deleting what a build created, by journal entry (with or without an id)
-//! and by tag sweep.
+//! The EC2 resources a build makes, each kind's create call beside its
+//! delete (one file per kind: [`key_pair`], [`security_group`],
+//! [`instance`] with its volumes, [`image`], [`snapshot`]; the S3 object
+//! and the ImportSnapshot task live in [`crate::s3import`]), and here what
+//! they share: the kinds, the tags, `region:id`, the [`AwsDeleter`] that
+//! deletes by journal entry (with or without an id) and sweeps by tag.
 //!
 //! Every EC2 resource is recorded as `<region>:<id>` (key pairs by name), and
 //! carries the tags `opsbake:build-id` and `opsbake:token` (the idempotency
 //! token of its journal entry), so an entry without an id (the process died
 //! inside the create call) is found again by token, name or tag.
 
+pub mod image;
+pub mod import_task;
+pub mod instance;
+pub mod key_pair;
+pub mod s3_object;
+pub mod security_group;
+pub mod snapshot;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{Filter, InstanceStateName};
-use opsbake_core::builder::{BuildError, Deleted, Deleter, BUILD_ID_TAG};
+use aws_sdk_ec2::types::{Filter, InstanceStateName, ResourceType, Tag, TagSpecification};
+use opsbake_core::builder::{BuildContext, BuildError, Deleted, Deleter, BUILD_ID_TAG};
 use opsbake_core::journal::Resource;
-use opsbake_core::template::Iaas;
 
 use crate::clients::Clients;
 use crate::error::{api, AwsError};
-use crate::wait::{Poll, Waiter};
+use crate::wait::Waiter;
+use crate::AwsBuilder;
 
 /// Kind of an imported key pair.
 pub const KEY_PAIR: &str = "aws_key_pair";
@@ -42,6 +55,9 @@ pub const TOKEN_TAG: &str = "opsbake:token";
 pub const ROLE_TAG: &str = "opsbake:role";
 /// Value of [`ROLE_TAG`] on base images and their snapshots.
 pub const ROLE_BASE: &str = "base-image";
+
+/// The tag that names the stemcell an imported base image came from.
+pub const STEMCELL_SHA1_TAG: &str = "opsbake:stemcell-sha1";
 
 /// `region:id`.
 pub fn rid(region: &str, id: &str) -> String {
@@ -71,6 +87,47 @@ pub(crate) fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
+pub(crate) fn tag_spec(rt: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
+    let mut b = TagSpecification::builder().resource_type(rt);
+    for (k, v) in tags {
+        b = b.tags(Tag::builder().key(k).value(v).build());
+    }
+    b.build()
+}
+
+impl AwsBuilder {
+    /// The tags of one resource: the build's, its journal token, its name.
+    pub(crate) fn tags(
+        &self,
+        ctx: &BuildContext,
+        token: &str,
+        name: &str,
+    ) -> BTreeMap<String, String> {
+        let mut t = ctx.tags();
+        t.insert(TOKEN_TAG.to_string(), token.to_string());
+        t.insert("Name".to_string(), name.to_string());
+        t
+    }
+
+    /// CreateTags on one resource.
+    pub(crate) async fn create_tags(
+        &self,
+        region: &str,
+        id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        let ec2 = self.clients.ec2(region).await?;
+        let mut req = ec2.create_tags().resources(id);
+        for (k, v) in tags {
+            req = req.tags(Tag::builder().key(k).value(v).build());
+        }
+        req.send()
+            .await
+            .map_err(api("CreateTags", region, Some(id)))?;
+        Ok(())
+    }
+}
+
 /// Deletes AWS resources of builds.
 pub struct AwsDeleter {
     pub(crate) clients: Arc<Clients>,
@@ -80,10 +137,6 @@ pub struct AwsDeleter {
     pub(crate) bucket: Option<String>,
     /// Delays of [`AwsDeleter::find_again`].
     pub(crate) recheck: Vec<std::time::Duration>,
-}
-
-fn be(e: AwsError) -> BuildError {
-    BuildError::iaas(Iaas::Aws, e)
 }
 
 impl AwsDeleter {
@@ -181,210 +234,6 @@ impl AwsDeleter {
         })
     }
 
-    /// Terminate an instance and wait until it is gone.
-    pub async fn terminate(&self, region: &str, id: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        let state = match ec2.describe_instances().instance_ids(id).send().await {
-            Ok(o) => o
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .find_map(|i| i.state().and_then(|s| s.name()).cloned()),
-            Err(e) => {
-                let e = api("DescribeInstances", region, Some(id))(e);
-                if e.is_not_found() {
-                    return Ok(Deleted::AlreadyGone);
-                }
-                return Err(e);
-            }
-        };
-        match state {
-            None | Some(InstanceStateName::Terminated) => return Ok(Deleted::AlreadyGone),
-            _ => {}
-        }
-        ec2.terminate_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(api("TerminateInstances", region, Some(id)))?;
-        self.waiter
-            .wait(&format!("instance {id} terminated"), region, || {
-                let ec2 = ec2.clone();
-                async move {
-                    let o = ec2
-                        .describe_instances()
-                        .instance_ids(id)
-                        .send()
-                        .await
-                        .map_err(api("DescribeInstances", region, Some(id)));
-                    match o {
-                        Err(e) if e.is_not_found() => Ok(Poll::Ready(())),
-                        Err(e) => Err(e),
-                        Ok(o) => {
-                            let st = o
-                                .reservations()
-                                .iter()
-                                .flat_map(|r| r.instances())
-                                .find_map(|i| i.state().and_then(|s| s.name()).cloned());
-                            Ok(match st {
-                                None | Some(InstanceStateName::Terminated) => Poll::Ready(()),
-                                Some(s) => Poll::Pending(s.as_str().to_string()),
-                            })
-                        }
-                    }
-                }
-            })
-            .await?;
-        Ok(Deleted::Now)
-    }
-
-    /// Deregister an AMI and delete its snapshots.
-    pub async fn delete_image(&self, region: &str, id: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        let images = match ec2.describe_images().image_ids(id).send().await {
-            Ok(o) => o.images().to_vec(),
-            Err(e) => {
-                let e = api("DescribeImages", region, Some(id))(e);
-                if e.is_not_found() {
-                    return Ok(Deleted::AlreadyGone);
-                }
-                return Err(e);
-            }
-        };
-        let Some(img) = images.into_iter().next() else {
-            return Ok(Deleted::AlreadyGone);
-        };
-        let snaps: Vec<String> = img
-            .block_device_mappings()
-            .iter()
-            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
-            .collect();
-        match ec2.deregister_image().image_id(id).send().await {
-            Ok(_) => {}
-            Err(e) => {
-                let e = api("DeregisterImage", region, Some(id))(e);
-                if !e.is_not_found() {
-                    return Err(e);
-                }
-            }
-        }
-        for s in snaps {
-            self.delete_snapshot_only(region, &s).await?;
-        }
-        Ok(Deleted::Now)
-    }
-
-    async fn delete_snapshot_only(&self, region: &str, id: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        match ec2.delete_snapshot().snapshot_id(id).send().await {
-            Ok(_) => Ok(Deleted::Now),
-            Err(e) => {
-                let e = api("DeleteSnapshot", region, Some(id))(e);
-                if e.is_not_found() {
-                    Ok(Deleted::AlreadyGone)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    async fn delete_snapshot(&self, region: &str, id: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        // An AMI registered from it must go first. (Matched here rather than
-        // with the `block-device-mapping.snapshot-id` filter, which moto
-        // does not implement.)
-        let owned = ec2
-            .describe_images()
-            .owners("self")
-            .send()
-            .await
-            .map_err(api("DescribeImages", region, Some(id)))?;
-        for img in owned.images() {
-            let uses = img
-                .block_device_mappings()
-                .iter()
-                .any(|b| b.ebs().and_then(|e| e.snapshot_id()) == Some(id));
-            if let (true, Some(i)) = (uses, img.image_id()) {
-                self.delete_image(region, i).await?;
-            }
-        }
-        self.delete_snapshot_only(region, id).await
-    }
-
-    async fn delete_volume(&self, region: &str, id: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        let vols = match ec2.describe_volumes().volume_ids(id).send().await {
-            Ok(o) => o.volumes().to_vec(),
-            Err(e) => {
-                let e = api("DescribeVolumes", region, Some(id))(e);
-                if e.is_not_found() {
-                    return Ok(Deleted::AlreadyGone);
-                }
-                return Err(e);
-            }
-        };
-        let Some(v) = vols.into_iter().next() else {
-            return Ok(Deleted::AlreadyGone);
-        };
-        // Attached to the build instance: that goes first (the root volume
-        // usually goes with it).
-        for a in v.attachments() {
-            if let Some(i) = a.instance_id() {
-                self.terminate(region, i).await?;
-            }
-        }
-        match ec2.delete_volume().volume_id(id).send().await {
-            Ok(_) => Ok(Deleted::Now),
-            Err(e) => {
-                let e = api("DeleteVolume", region, Some(id))(e);
-                if e.is_not_found() {
-                    // It existed above: gone with the instance terminated
-                    // just now (delete on termination), i.e. deleted now.
-                    Ok(Deleted::Now)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        match ec2.describe_key_pairs().key_names(name).send().await {
-            Ok(o) if o.key_pairs().is_empty() => return Ok(Deleted::AlreadyGone),
-            Ok(_) => {}
-            Err(e) => {
-                let e = api("DescribeKeyPairs", region, Some(name))(e);
-                if e.is_not_found() {
-                    return Ok(Deleted::AlreadyGone);
-                }
-                return Err(e);
-            }
-        }
-        ec2.delete_key_pair()
-            .key_name(name)
-            .send()
-            .await
-            .map_err(api("DeleteKeyPair", region, Some(name)))?;
-        Ok(Deleted::Now)
-    }
-
-    async fn delete_security_group(&self, region: &str, id: &str) -> Result<Deleted, AwsError> {
-        let ec2 = self.clients.ec2(region).await?;
-        match ec2.delete_security_group().group_id(id).send().await {
-            Ok(_) => Ok(Deleted::Now),
-            Err(e) => {
-                let e = api("DeleteSecurityGroup", region, Some(id))(e);
-                if e.is_not_found() {
-                    Ok(Deleted::AlreadyGone)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
     async fn delete_res(&self, res: &Resource) -> Result<Deleted, AwsError> {
         let (region, id) = split_rid(res, self.home());
         let region = region.as_str();
@@ -474,64 +323,9 @@ impl AwsDeleter {
                     None => Ok(Deleted::AlreadyGone),
                 }
             }
-            S3_OBJECT => {
-                let (bucket, key) = match (
-                    res.data.get("bucket").and_then(|v| v.as_str()),
-                    res.data.get("key").and_then(|v| v.as_str()),
-                ) {
-                    (Some(b), Some(k)) => (b.to_string(), k.to_string()),
-                    // Found by a sweep: `region:bucket/key`.
-                    _ => match id.as_deref().and_then(|i| i.split_once('/')) {
-                        Some((b, k)) => (b.to_string(), k.to_string()),
-                        None => {
-                            return Err(AwsError::Invalid(format!(
-                                "S3 object entry `{}` names no bucket/key",
-                                res.name
-                            )))
-                        }
-                    },
-                };
-                let s3 = self.clients.s3(region).await?;
-                if crate::s3import::delete_object(&s3, region, &bucket, &key).await? {
-                    Ok(Deleted::Now)
-                } else {
-                    Ok(Deleted::AlreadyGone)
-                }
-            }
+            S3_OBJECT => self.delete_s3_object(res, region, id.as_deref()).await,
             IMPORT_TASK => match id {
-                Some(task) => {
-                    let ec2 = self.clients.ec2(region).await?;
-                    let o = ec2
-                        .describe_import_snapshot_tasks()
-                        .import_task_ids(&task)
-                        .send()
-                        .await;
-                    let active = match o {
-                        Ok(o) => o.import_snapshot_tasks().iter().any(|t| {
-                            t.snapshot_task_detail()
-                                .and_then(|d| d.status())
-                                .is_some_and(|s| s == "active" || s == "pending")
-                        }),
-                        Err(e) => {
-                            let e = api("DescribeImportSnapshotTasks", region, Some(&task))(e);
-                            if e.is_not_found() {
-                                false
-                            } else {
-                                return Err(e);
-                            }
-                        }
-                    };
-                    if !active {
-                        return Ok(Deleted::AlreadyGone);
-                    }
-                    ec2.cancel_import_task()
-                        .import_task_id(&task)
-                        .cancel_reason("opsbake cleanup")
-                        .send()
-                        .await
-                        .map_err(api("CancelImportTask", region, Some(&task)))?;
-                    Ok(Deleted::Now)
-                }
+                Some(task) => self.cancel_import_task(region, &task).await,
                 // Killed inside ImportSnapshot: its snapshot, if it ever
                 // appears, carries no build tag; the S3 object is deleted
                 // (an import reading it fails).
@@ -652,17 +446,16 @@ impl AwsDeleter {
 #[async_trait]
 impl Deleter for AwsDeleter {
     async fn delete(&self, res: &Resource) -> Result<Deleted, BuildError> {
-        self.delete_res(res).await.map_err(be)
+        Ok(self.delete_res(res).await?)
     }
 
     async fn sweep(&self, build_id: &str) -> Result<Vec<Resource>, BuildError> {
         let mut all = Vec::new();
         if let (Some(bucket), Some(region)) = (&self.bucket, self.regions.first()) {
-            let s3 = self.clients.s3(region).await.map_err(be)?;
+            let s3 = self.clients.s3(region).await?;
             let keys =
                 crate::s3import::keys_under(&s3, region, bucket, &format!("opsbake/{build_id}/"))
-                    .await
-                    .map_err(be)?;
+                    .await?;
             for k in keys {
                 let full = rid(region, &format!("{bucket}/{k}"));
                 all.push(Resource {
@@ -678,7 +471,7 @@ impl Deleter for AwsDeleter {
             }
         }
         for r in &self.regions {
-            all.extend(self.sweep_region(r, build_id).await.map_err(be)?);
+            all.extend(self.sweep_region(r, build_id).await?);
         }
         Ok(all)
     }
