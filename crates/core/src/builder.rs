@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{Emitter, EventKind};
 use crate::journal::{Journal, JournalError, ProcessIdentity, Resource};
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, SshPlan};
 use crate::secret::Secret;
 use crate::template::{HostKeySpec, Iaas, TemplateError};
 use crate::transport::{Transport, TransportError};
@@ -197,7 +197,16 @@ impl SshTarget {
         host: impl Into<String>,
         port: u16,
     ) -> SshTarget {
-        let ssh = &plan.ssh;
+        SshTarget::from_ssh_plan(&plan.ssh, auth, host, port)
+    }
+
+    /// [`SshTarget::from_plan`] from the plan's `ssh` block alone.
+    pub fn from_ssh_plan(
+        ssh: &SshPlan,
+        auth: SshAuth,
+        host: impl Into<String>,
+        port: u16,
+    ) -> SshTarget {
         let bastion = ssh.bastion.as_ref().map(|b| {
             Box::new(SshTarget {
                 host: b.host.clone(),

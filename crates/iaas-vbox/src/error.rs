@@ -105,3 +105,9 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+impl From<VboxError> for opsbake_core::builder::BuildError {
+    fn from(e: VboxError) -> Self {
+        opsbake_core::builder::BuildError::iaas(opsbake_core::template::Iaas::Vbox, e)
+    }
+}

@@ -16,6 +16,7 @@
 //! `opsbake cleanup` end it), or the VirtualBox VM (`vbox_vm`, by name), and
 //! the OVA (`local_file`, kept on success).
 
+mod engine;
 pub mod error;
 pub mod exec;
 pub mod export;
@@ -31,11 +32,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use opsbake_core::builder::{
     Access, Artifact, ArtifactFile, BaseImage, BuildContext, BuildError, Builder, ConnectTarget,
-    Deleted, Deleter, HostKeyPolicy, SshAuth, SshTarget, LOCAL_DIR, LOCAL_FILE, LOCAL_PROCESS,
+    Deleted, Deleter, Made, SshAuth, SshTarget, LOCAL_DIR, LOCAL_FILE,
 };
 use opsbake_core::journal::Resource;
 use opsbake_core::plan::BuildPlan;
-use opsbake_core::template::{HostKeySpec, Iaas, VboxOptions};
+use opsbake_core::template::{Iaas, VboxOptions};
 use opsbake_core::transport::{shell_quote, ExecRequest, NullSink, Transport};
 use opsbake_core::Secret;
 use tokio::sync::Mutex;
@@ -175,6 +176,23 @@ pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
     }))
 }
 
+/// What a vbox journal keeps for `opsbake cleanup`: every resource is
+/// local (files, directories, the QEMU process, a VirtualBox VM by name),
+/// so nothing but a marker.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CleanupConfig {
+    /// Always `local`.
+    pub engine: String,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            engine: "local".into(),
+        }
+    }
+}
+
 /// A deleter for `opsbake cleanup`: every resource of a vbox build is a
 /// local one that core deletes (files, directories, the QEMU process by PID
 /// and start time).
@@ -214,7 +232,7 @@ async fn delete_vbox_vm(res: &Resource) -> Result<Deleted, BuildError> {
             ),
         })
     })?;
-    match vbox_engine::destroy(&vbm, &res.name).await.map_err(e)? {
+    match vbox_engine::destroy(&vbm, &res.name).await? {
         true => Ok(Deleted::Now),
         false => Ok(Deleted::AlreadyGone),
     }
@@ -343,85 +361,15 @@ impl VboxBuilder {
         }
         let w = ctx.state_dir().join("vbox");
         let name = w.display().to_string();
-        let seq = ctx.intent(LOCAL_DIR, &name, serde_json::Value::Null)?;
-        tokio::fs::create_dir_all(&w)
-            .await
-            .map_err(BuildError::io(&w))?;
-        ctx.created(seq, LOCAL_DIR, &name, serde_json::Value::Null)?;
+        ctx.create_resource(LOCAL_DIR, &name, serde_json::Value::Null, |_| async {
+            tokio::fs::create_dir_all(&w)
+                .await
+                .map_err(BuildError::io(&w))?;
+            Ok::<_, BuildError>(Made::new(name.clone(), ()))
+        })
+        .await?;
         st.work = Some(w.clone());
         Ok(w)
-    }
-
-    async fn start_qemu(
-        &self,
-        ctx: &BuildContext,
-        work: &Path,
-        overlay: &Path,
-        iso: &Path,
-        accel: qemu::Accel,
-    ) -> Result<qemu::QemuVm, BuildError> {
-        let mut last = None;
-        for attempt in 0..3 {
-            let port = qemu::free_port().map_err(e)?;
-            let qmp = work.join("qmp.sock");
-            let _ = std::fs::remove_file(&qmp);
-            let cpus = if accel == qemu::Accel::Tcg {
-                1
-            } else {
-                self.plan.cpus.max(1)
-            };
-            let cfg = qemu::QemuConfig {
-                name: format!("opsbake-{}", self.plan.build_id),
-                disk: overlay.to_path_buf(),
-                cdrom: Some(iso.to_path_buf()),
-                memory_mib: self.plan.memory_mib.clamp(512, 4096),
-                cpus,
-                accel,
-                ssh_port: port,
-                forwards: Vec::new(),
-                restrict: ctx.options.offline,
-                qmp,
-                serial_log: work.join("serial.log"),
-                rtc_base: Some(source_date_epoch().map_err(e)?),
-            };
-            let seq = ctx.intent(
-                LOCAL_PROCESS,
-                &format!("qemu opsbake-{}", self.plan.build_id),
-                serde_json::json!({ "accel": accel.as_str(), "ssh_port": port }),
-            )?;
-            let mut vm = qemu::spawn(cfg, &work.join("qemu.log")).map_err(e)?;
-            let pid = i32::try_from(vm.pid).unwrap_or(i32::MAX);
-            if let Err(err) = ctx.record_process(seq, pid) {
-                let _ = vm.child.kill().await;
-                return Err(err);
-            }
-            ctx.events.info(format!(
-                "QEMU pid {} ({accel}), SSH forward 127.0.0.1:{port}, serial console {}",
-                vm.pid,
-                vm.config.serial_log.display()
-            ));
-            match vm.wait_ready(Duration::from_secs(30)).await {
-                Ok(()) => {
-                    self.state.lock().await.proc_seq = Some(seq);
-                    return Ok(vm);
-                }
-                Err(err) => {
-                    let _ = vm.child.kill().await;
-                    let _ = vm.child.wait().await;
-                    ctx.deleted(seq, LOCAL_PROCESS, &vm.pid.to_string())?;
-                    let log = std::fs::read_to_string(&vm.log).unwrap_or_default();
-                    // a port taken between our probe and QEMU's bind: try another
-                    if log.contains("host forwarding") && attempt < 2 {
-                        last = Some(err);
-                        continue;
-                    }
-                    return Err(e(err));
-                }
-            }
-        }
-        Err(e(last.unwrap_or_else(|| {
-            VboxError::Config("QEMU did not start".into())
-        })))
     }
 }
 
@@ -437,20 +385,10 @@ impl VboxBuilder {
     }
 
     fn ssh_target(&self, port: u16, key: Arc<opsbake_core::builder::KeyPair>) -> ConnectTarget {
-        let host_key = match &self.plan.ssh.host_key {
-            HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
-            HostKeySpec::Insecure => HostKeyPolicy::Insecure,
-            HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
-        };
-        ConnectTarget::Ssh(SshTarget {
-            host: "127.0.0.1".into(),
-            port,
-            user: self.plan.ssh.user.clone(),
-            auth: SshAuth::Key(key),
-            host_key,
-            login_timeout: self.plan.ssh.login_timeout,
-            bastion: None,
-        })
+        // The VM is this machine's: no jump host.
+        let mut t = SshTarget::from_plan(&self.plan, SshAuth::Key(key), "127.0.0.1", port);
+        t.bastion = None;
+        ConnectTarget::Ssh(t)
     }
 
     /// Keep the stemcell's identity for the manifest; its base-image details.
@@ -472,183 +410,6 @@ impl VboxBuilder {
         details.insert("stemcell_sha1".into(), manifest.sha1.clone());
         details
     }
-
-    /// VirtualBox engine: the stemcell's OVF with the CPI's controller fix;
-    /// the VMDK stays as it is (VirtualBox imports it).
-    async fn base_image_vbox(
-        &self,
-        ctx: &BuildContext,
-        manifest: &opsbake_stemcell::Manifest,
-        vmdk: &Path,
-    ) -> Result<BaseImage, BuildError> {
-        let dir = vmdk
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| BuildError::Other(format!("{}: no parent", vmdk.display())))?;
-        let ovf = tokio::task::spawn_blocking(move || vbox_engine::prepare_ovf(&dir))
-            .await
-            .map_err(|j| BuildError::Other(format!("OVF task: {j}")))?
-            .map_err(e)?;
-        self.state.lock().await.ovf = Some(ovf.clone());
-        let mut details = self.record_stemcell(manifest).await;
-        details.insert("ovf".into(), ovf.display().to_string());
-        ctx.events.info(format!(
-            "stemcell {} {} (sha1 {}): {} for VirtualBox",
-            manifest.name,
-            manifest.version,
-            manifest.sha1,
-            ovf.display()
-        ));
-        Ok(BaseImage {
-            id: ovf.display().to_string(),
-            details,
-        })
-    }
-
-    /// VirtualBox engine: import, configure and start the VM (journaled by
-    /// name before the import); returns the SSH forward's host port.
-    async fn launch_vbox(
-        &self,
-        ctx: &BuildContext,
-        work: &Path,
-        iso: &Path,
-        epoch: i64,
-    ) -> Result<u16, BuildError> {
-        let vbm = self.vbox().map_err(e)?;
-        let ovf = self
-            .state
-            .lock()
-            .await
-            .ovf
-            .clone()
-            .ok_or_else(|| BuildError::Other("launch: no prepared OVF".into()))?;
-        let name = format!("opsbake-{}", self.plan.build_id);
-        let basefolder = work.join("vms");
-        let port = qemu::free_port().map_err(e)?;
-        let seq = ctx.intent(
-            vbox_engine::VBOX_VM,
-            &name,
-            serde_json::json!({ "basefolder": basefolder.display().to_string(), "ssh_port": port }),
-        )?;
-        // registered from the import on: the unwinding deletes it by name
-        self.state.lock().await.vbox_vm = Some((name.clone(), seq));
-        let spec = vbox_engine::VmSpec {
-            name: name.clone(),
-            ovf,
-            basefolder,
-            cpus: self.plan.cpus.max(1),
-            memory_mib: self.plan.memory_mib.max(512),
-            ssh_port: port,
-            iso: iso.to_path_buf(),
-            serial_log: work.join("serial.log"),
-            epoch,
-        };
-        vbox_engine::create_and_start(&vbm, &spec)
-            .await
-            .map_err(e)?;
-        ctx.created(
-            seq,
-            vbox_engine::VBOX_VM,
-            &name,
-            serde_json::json!({ "ssh_port": port }),
-        )?;
-        ctx.events.info(format!(
-            "VirtualBox VM {name} started headless, SSH forward 127.0.0.1:{port}, serial console {}",
-            spec.serial_log.display()
-        ));
-        Ok(port)
-    }
-
-    /// VirtualBox engine: ACPI power-off, then `poweroff` after the timeout.
-    async fn capture_vbox(
-        &self,
-        ctx: &BuildContext,
-        timeout: Duration,
-    ) -> Result<Artifact, BuildError> {
-        let vbm = self.vbox().map_err(e)?;
-        let mut st = self.state.lock().await;
-        let Some((name, _)) = st.vbox_vm.clone() else {
-            return Err(BuildError::Other("capture: no VM is running".into()));
-        };
-        let how = vbm.shutdown(&name, timeout).await.map_err(e)?;
-        ctx.events
-            .info(format!("VirtualBox VM {name} powered off ({how})"));
-        st.shutdown = how;
-        let mut custom = BTreeMap::new();
-        custom.insert("engine".into(), EngineKind::Vbox.as_str().into());
-        custom.insert("shutdown".into(), how.into());
-        Ok(Artifact {
-            id: name,
-            files: Vec::new(),
-            custom_data: custom,
-        })
-    }
-
-    /// VirtualBox engine: the root disk as raw (for the normalisation and
-    /// the OVA), then the VM is deleted with its files.
-    async fn vbox_disk_to_raw(&self, ctx: &BuildContext, raw: &Path) -> Result<(), BuildError> {
-        let vbm = self.vbox().map_err(e)?;
-        let Some((name, seq)) = self.state.lock().await.vbox_vm.clone() else {
-            return Err(BuildError::Other("export: no VirtualBox VM".into()));
-        };
-        vbox_engine::disk_to_raw(&vbm, &name, raw)
-            .await
-            .map_err(e)?;
-        vbox_engine::destroy(&vbm, &name).await.map_err(e)?;
-        ctx.deleted(seq, vbox_engine::VBOX_VM, &name)?;
-        self.state.lock().await.vbox_vm = None;
-        Ok(())
-    }
-
-    async fn stop_failed_kvm(
-        &self,
-        ctx: &BuildContext,
-        mut vm: qemu::QemuVm,
-    ) -> Result<(), BuildError> {
-        ctx.events.warn(format!(
-            "the guest did not boot under KVM in {:?}: TCG from now on",
-            qemu::KVM_BOOT_CHECK
-        ));
-        let _ = vm.child.kill().await;
-        let _ = vm.child.wait().await;
-        if let Some(seq) = self.state.lock().await.proc_seq.take() {
-            ctx.deleted(seq, LOCAL_PROCESS, &vm.pid.to_string())?;
-        }
-        Ok(())
-    }
-
-    async fn restart_tcg(
-        &self,
-        ctx: &BuildContext,
-        work: &Path,
-        overlay: &Path,
-        iso: &Path,
-    ) -> Result<(qemu::QemuVm, qemu::Accel), BuildError> {
-        match state_root(ctx) {
-            Some(root) => qemu::remember_kvm_broken(&root),
-            None => qemu::KVM_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed),
-        }
-        // a fresh overlay: the failed guest may have written to it
-        let _ = tokio::fs::remove_file(overlay).await;
-        let base = self
-            .state
-            .lock()
-            .await
-            .base_raw
-            .clone()
-            .ok_or_else(|| BuildError::Other("no base disk".into()))?;
-        exec::Cmd::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base)
-            .arg(overlay)
-            .run()
-            .await
-            .map_err(e)?;
-        let vm = self
-            .start_qemu(ctx, work, overlay, iso, qemu::Accel::Tcg)
-            .await?;
-        Ok((vm, qemu::Accel::Tcg))
-    }
 }
 
 #[async_trait]
@@ -665,31 +426,22 @@ impl Builder for VboxBuilder {
     }
 
     fn cleanup_config(&self) -> serde_json::Value {
-        serde_json::json!({ "engine": "local" })
+        serde_json::to_value(CleanupConfig::default()).unwrap_or(serde_json::Value::Null)
     }
 
     async fn validate(&self, ctx: &BuildContext) -> Result<(), BuildError> {
-        let engine = self.engine(ctx).map_err(e)?;
-        self.state.lock().await.engine = Some(engine);
-        if engine == EngineKind::Vbox && ctx.options.offline {
-            return Err(e(VboxError::Offline(
-                "VirtualBox's NAT cannot be limited to the SSH port forward; use `--engine qemu`"
-                    .into(),
-            )));
-        }
-        let stemcell = self.stemcell_path().map_err(e)?;
+        let kind = self.engine(ctx)?;
+        self.state.lock().await.engine = Some(kind);
+        let engine = kind.engine();
+        let runner = engine.check(self, ctx)?;
+        let stemcell = self.stemcell_path()?;
         if !stemcell.is_file() {
-            return Err(e(VboxError::Stemcell {
+            return Err(VboxError::Stemcell {
                 path: stemcell,
                 message: "not found".into(),
-            }));
+            }
+            .into());
         }
-        let runner = if engine == EngineKind::Vbox {
-            self.vbox().map_err(e)?;
-            "VBoxManage"
-        } else {
-            qemu::QEMU
-        };
         for p in [
             runner,
             "qemu-img",
@@ -700,42 +452,27 @@ impl Builder for VboxBuilder {
             "unshare",
             "fallocate",
         ] {
-            exec::require(p).map_err(e)?;
+            exec::require(p)?;
         }
         if self.plan.ssh.host.is_some() || self.plan.ssh.port.is_some() {
-            return Err(e(VboxError::Config(
+            return Err(VboxError::Config(
                 "builds.vbox: ssh.host/ssh.port are chosen by the builder (a forward on 127.0.0.1)"
                     .into(),
-            )));
+            )
+            .into());
         }
-        if engine == EngineKind::Vbox {
-            ctx.events
-                .info("vbox engine: VirtualBox (VBoxManage)".to_string());
-        } else {
-            if state_root(ctx).is_some_and(|r| qemu::kvm_known_broken(&r)) {
-                ctx.events.info(format!(
-                    "a guest hung under KVM on this host since its last boot ({}): TCG",
-                    qemu::KVM_VERDICT_FILE
-                ));
-            }
-            qemu::choose_accel(self.options.accel.as_deref())
-                .await
-                .map(|a| {
-                    ctx.events.info(format!("vbox engine: qemu ({a})"));
-                })
-                .map_err(e)?;
-        }
-        source_date_epoch().map_err(e)?;
+        engine.announce(self, ctx).await?;
+        source_date_epoch()?;
         Ok(())
     }
 
     async fn base_image(&self, ctx: &BuildContext) -> Result<BaseImage, BuildError> {
         let work = self.work_dir(ctx).await?;
-        let stemcell = self.stemcell_path().map_err(e)?;
+        let stemcell = self.stemcell_path()?;
         let dest = work.join("stemcell");
         let raw = work.join("base.raw");
         let (s2, d2) = (stemcell.clone(), dest.clone());
-        let vbox_engine = self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox;
+        let engine = self.engine_of(ctx).await?.engine();
         let (manifest, vmdk) = tokio::task::spawn_blocking(move || {
             let rep = opsbake_stemcell::extract(
                 &s2,
@@ -754,38 +491,8 @@ impl Builder for VboxBuilder {
             Ok::<_, VboxError>((rep.manifest, vmdk))
         })
         .await
-        .map_err(|j| BuildError::Other(format!("stemcell extraction task: {j}")))?
-        .map_err(e)?;
-        if vbox_engine {
-            return self.base_image_vbox(ctx, &manifest, &vmdk).await;
-        }
-        // qemu-img expands the VMDK (sparse raw); the guest writes an overlay over it
-        exec::Cmd::new("qemu-img")
-            .args(["convert", "-q", "-f", "vmdk", "-O", "raw"])
-            .arg(&vmdk)
-            .arg(&raw)
-            .run()
-            .await
-            .map_err(e)?;
-        let _ = tokio::fs::remove_file(&vmdk).await;
-        let vmdk_cap = tokio::fs::metadata(&raw)
-            .await
-            .map_err(BuildError::io(&raw))?
-            .len();
-        self.state.lock().await.base_raw = Some(raw.clone());
-        let mut details = self.record_stemcell(&manifest).await;
-        details.insert("disk_bytes".into(), vmdk_cap.to_string());
-        ctx.events.info(format!(
-            "stemcell {} {} (sha1 {}): {} MiB disk",
-            manifest.name,
-            manifest.version,
-            manifest.sha1,
-            vmdk_cap >> 20
-        ));
-        Ok(BaseImage {
-            id: raw.display().to_string(),
-            details,
-        })
+        .map_err(|j| BuildError::Other(format!("stemcell extraction task: {j}")))??;
+        engine.base_image(self, ctx, &manifest, &vmdk, &raw).await
     }
 
     async fn launch(
@@ -800,7 +507,7 @@ impl Builder for VboxBuilder {
             });
         };
         let work = self.work_dir(ctx).await?;
-        let epoch = source_date_epoch().map_err(e)?;
+        let epoch = source_date_epoch()?;
         // the password of root and vcap for this build: used once for sudo
         let password = self
             .plan
@@ -808,7 +515,7 @@ impl Builder for VboxBuilder {
             .password
             .clone()
             .unwrap_or_else(|| Secret::new(random_password()));
-        let hash = password_hash(&password).await.map_err(e)?;
+        let hash = password_hash(&password).await?;
         let settings = opsbake_stemcell::AgentSettings::minimal(
             AGENT_ID,
             vec![key.public_openssh.clone()],
@@ -828,55 +535,9 @@ impl Builder for VboxBuilder {
             self.plan.ssh.user
         ));
         self.state.lock().await.key_fingerprint = fingerprint;
-        if self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox {
-            let port = self.launch_vbox(ctx, &work, &iso, epoch).await?;
-            self.state.lock().await.password = Some(password);
-            return Ok(self.ssh_target(port, key));
-        }
-        // copy-on-write overlay over the base disk
-        let overlay = work.join("overlay.qcow2");
-        exec::Cmd::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base.id)
-            .arg(&overlay)
-            .run()
-            .await
-            .map_err(e)?;
-        let accel = qemu::choose_accel(self.options.accel.as_deref())
-            .await
-            .map_err(e)?;
-        let forced = self.options.accel.as_deref().is_some_and(|a| a != "auto")
-            || std::env::var("OPSBAKE_QEMU_ACCEL").is_ok_and(|v| !v.is_empty());
-        let (vm, accel) = if accel == qemu::Accel::Kvm && !forced {
-            match self.start_qemu(ctx, &work, &overlay, &iso, accel).await {
-                Ok(mut vm) => {
-                    if vm.kernel_booted(qemu::KVM_BOOT_CHECK).await.map_err(e)? {
-                        (vm, accel)
-                    } else {
-                        self.stop_failed_kvm(ctx, vm).await?;
-                        self.restart_tcg(ctx, &work, &overlay, &iso).await?
-                    }
-                }
-                Err(err) => {
-                    ctx.events
-                        .warn(format!("the guest did not start under KVM ({err}): TCG"));
-                    self.restart_tcg(ctx, &work, &overlay, &iso).await?
-                }
-            }
-        } else {
-            (
-                self.start_qemu(ctx, &work, &overlay, &iso, accel).await?,
-                accel,
-            )
-        };
-        let port = vm.config.ssh_port;
-        {
-            let mut st = self.state.lock().await;
-            st.overlay = Some(overlay);
-            st.password = Some(password);
-            st.accel = Some(accel);
-            st.vm = Some(vm);
-        }
+        let engine = self.engine_of(ctx).await?.engine();
+        let port = engine.launch(self, ctx, base, &work, &iso, epoch).await?;
+        self.state.lock().await.password = Some(password);
         Ok(self.ssh_target(port, key))
     }
 
@@ -951,43 +612,15 @@ impl Builder for VboxBuilder {
 
     async fn capture(&self, ctx: &BuildContext) -> Result<Artifact, BuildError> {
         let timeout = self.shutdown_timeout();
-        if self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox {
-            return self.capture_vbox(ctx, timeout).await;
-        }
-        let mut st = self.state.lock().await;
-        let Some(mut vm) = st.vm.take() else {
-            return Err(BuildError::Other("capture: no VM is running".into()));
-        };
-        let how = vm.shutdown(timeout).await.map_err(e)?;
-        ctx.events
-            .info(format!("QEMU pid {} stopped ({how})", vm.pid));
-        if let Some(seq) = st.proc_seq.take() {
-            ctx.deleted(seq, LOCAL_PROCESS, &vm.pid.to_string())?;
-        }
-        st.shutdown = how;
-        let overlay = st
-            .overlay
-            .clone()
-            .ok_or_else(|| BuildError::Other("capture: no overlay".into()))?;
-        let mut custom = BTreeMap::new();
-        custom.insert("engine".into(), EngineKind::Qemu.as_str().into());
-        if let Some(a) = st.accel {
-            custom.insert("accel".into(), a.as_str().into());
-        }
-        custom.insert("shutdown".into(), how.into());
-        Ok(Artifact {
-            id: overlay.display().to_string(),
-            files: Vec::new(),
-            custom_data: custom,
-        })
+        let engine = self.engine_of(ctx).await?.engine();
+        engine.capture(self, ctx, timeout).await
     }
 
     async fn export(&self, ctx: &BuildContext, artifact: &mut Artifact) -> Result<(), BuildError> {
-        let (work, overlay, sha1, name, version, debian) = {
+        let (work, sha1, name, version, debian) = {
             let st = self.state.lock().await;
             (
                 st.work.clone(),
-                st.overlay.clone(),
                 st.stemcell_sha1.clone(),
                 st.stemcell_name.clone(),
                 st.stemcell_version.clone(),
@@ -997,26 +630,12 @@ impl Builder for VboxBuilder {
         let Some(work) = work else {
             return Err(BuildError::Other("export: nothing was captured".into()));
         };
-        let epoch = source_date_epoch().map_err(e)?;
+        let epoch = source_date_epoch()?;
         let raw = work.join("disk.raw");
         let t0 = std::time::Instant::now();
-        if self.engine_of(ctx).await.map_err(e)? == EngineKind::Vbox {
-            self.vbox_disk_to_raw(ctx, &raw).await?;
-        } else {
-            let Some(overlay) = overlay else {
-                return Err(BuildError::Other("export: nothing was captured".into()));
-            };
-            exec::Cmd::new("qemu-img")
-                .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
-                .arg(&overlay)
-                .arg(&raw)
-                .run()
-                .await
-                .map_err(e)?;
-        }
-        let g = export::normalise(&raw, &work.join("normalise"), epoch)
-            .await
-            .map_err(e)?;
+        let engine = self.engine_of(ctx).await?.engine();
+        engine.disk_to_raw(self, ctx, &raw).await?;
+        let g = export::normalise(&raw, &work.join("normalise"), epoch).await?;
         ctx.events.info(format!(
             "root file system rebuilt (uuid {}, {} blocks of {}) in {:.1}s",
             g.uuid,
@@ -1032,7 +651,6 @@ impl Builder for VboxBuilder {
             .map_err(BuildError::io(&out_dir))?;
         let ova = out_dir.join(format!("{vm_name}.ova"));
         let ova_name = ova.display().to_string();
-        let seq = ctx.intent(LOCAL_FILE, &ova_name, serde_json::Value::Null)?;
         let spec = export::OvaSpec {
             name: vm_name.clone(),
             cpus: self.plan.cpus,
@@ -1045,20 +663,28 @@ impl Builder for VboxBuilder {
         };
         let (raw2, ova2, w2) = (raw.clone(), ova.clone(), work.join("ova"));
         let t1 = std::time::Instant::now();
-        let rep = tokio::task::spawn_blocking(move || export::write_ova(&raw2, &ova2, &w2, &spec))
-            .await
-            .map_err(|j| BuildError::Other(format!("OVA task: {j}")))?
-            .map_err(e)?;
-        ctx.created(seq, LOCAL_FILE, &ova_name, serde_json::Value::Null)?;
+        let (seq, rep) = ctx
+            .create_resource(LOCAL_FILE, &ova_name, serde_json::Value::Null, |_| async {
+                let rep = tokio::task::spawn_blocking(move || {
+                    export::write_ova(&raw2, &ova2, &w2, &spec)
+                })
+                .await
+                .map_err(|j| BuildError::Other(format!("OVA task: {j}")))??;
+                Ok::<_, BuildError>(Made::new(ova_name.clone(), rep))
+            })
+            .await?;
         ctx.keep(seq, LOCAL_FILE, &ova_name)?;
         let kept_raw = if std::env::var(KEEP_RAW_ENV).is_ok_and(|v| v == "1") {
             let dest = out_dir.join(format!("{vm_name}-disk1.raw"));
             let name = dest.display().to_string();
-            let seq = ctx.intent(LOCAL_FILE, &name, serde_json::Value::Null)?;
-            tokio::fs::rename(&raw, &dest)
-                .await
-                .map_err(BuildError::io(&dest))?;
-            ctx.created(seq, LOCAL_FILE, &name, serde_json::Value::Null)?;
+            let (seq, ()) = ctx
+                .create_resource(LOCAL_FILE, &name, serde_json::Value::Null, |_| async {
+                    tokio::fs::rename(&raw, &dest)
+                        .await
+                        .map_err(BuildError::io(&dest))?;
+                    Ok::<_, BuildError>(Made::new(name.clone(), ()))
+                })
+                .await?;
             ctx.keep(seq, LOCAL_FILE, &name)?;
             ctx.events.info(format!(
                 "{KEEP_RAW_ENV}=1: the normalised raw disk is {name}"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use opsbake_core::builder::{
     Access, Artifact, ArtifactFile, BaseImage, BuildContext, BuildError, Builder, ConnectTarget,
-    Deleted, Deleter,
+    Deleted, Deleter, Made,
 };
 use opsbake_core::journal::Resource;
 use opsbake_core::plan::BuildPlan;
@@ -68,6 +68,13 @@ impl Localtest {
     }
 }
 
+/// What a localtest journal keeps for `opsbake cleanup`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CleanupConfig {
+    /// The directory every resource lives under.
+    pub root: String,
+}
+
 /// The deleter `opsbake cleanup` uses: only paths under the recorded root.
 pub struct LocaltestDeleter {
     pub root: PathBuf,
@@ -75,11 +82,11 @@ pub struct LocaltestDeleter {
 
 impl LocaltestDeleter {
     pub fn from_config(cfg: &serde_json::Value) -> Result<LocaltestDeleter, BuildError> {
-        let root = cfg
-            .get("root")
-            .and_then(|r| r.as_str())
-            .ok_or_else(|| BuildError::Other("localtest journal has no `root`".into()))?;
-        Ok(LocaltestDeleter { root: root.into() })
+        let c = serde_json::from_value::<CleanupConfig>(cfg.clone())
+            .map_err(|_| BuildError::Other("localtest journal has no `root`".into()))?;
+        Ok(LocaltestDeleter {
+            root: c.root.into(),
+        })
     }
 }
 
@@ -165,7 +172,10 @@ impl Builder for Localtest {
     }
 
     fn cleanup_config(&self) -> serde_json::Value {
-        serde_json::json!({ "root": self.root.display().to_string() })
+        serde_json::to_value(CleanupConfig {
+            root: self.root.display().to_string(),
+        })
+        .unwrap_or(serde_json::Value::Null)
     }
 
     async fn validate(&self, _ctx: &BuildContext) -> Result<(), BuildError> {
@@ -193,19 +203,23 @@ impl Builder for Localtest {
         for i in 0..self.resources {
             let p = self.root.join(format!("{id}-res-{i}"));
             let name = p.display().to_string();
-            let seq = ctx.intent(RES, &name, serde_json::Value::Null)?;
-            tokio::fs::write(&p, format!("resource {i} of {id}\n"))
-                .await
-                .map_err(BuildError::io(&p))?;
-            ctx.created(seq, RES, &name, serde_json::Value::Null)?;
+            ctx.create_resource(RES, &name, serde_json::Value::Null, |_| async {
+                tokio::fs::write(&p, format!("resource {i} of {id}\n"))
+                    .await
+                    .map_err(BuildError::io(&p))?;
+                Ok::<_, BuildError>(Made::new(name.clone(), ()))
+            })
+            .await?;
         }
         let vm = self.root.join(format!("{id}-vm"));
         let name = vm.display().to_string();
-        let seq = ctx.intent(VM, &name, serde_json::Value::Null)?;
-        tokio::fs::create_dir_all(&vm)
-            .await
-            .map_err(BuildError::io(&vm))?;
-        ctx.created(seq, VM, &name, serde_json::Value::Null)?;
+        ctx.create_resource(VM, &name, serde_json::Value::Null, |_| async {
+            tokio::fs::create_dir_all(&vm)
+                .await
+                .map_err(BuildError::io(&vm))?;
+            Ok::<_, BuildError>(Made::new(name.clone(), ()))
+        })
+        .await?;
         self.maybe_fail("launch")?;
         Ok(ConnectTarget::Local { dir: vm })
     }
@@ -223,20 +237,23 @@ impl Builder for Localtest {
         let id = ctx.build_id().to_string();
         let img = self.root.join(format!("{id}-image.txt"));
         let name = img.display().to_string();
-        let seq = ctx.intent(IMAGE, &name, serde_json::Value::Null)?;
-        // The "image" holds the VM directory's file names.
-        let vm = self.root.join(format!("{id}-vm"));
-        let mut names = Vec::new();
-        if let Ok(mut rd) = tokio::fs::read_dir(&vm).await {
-            while let Ok(Some(e)) = rd.next_entry().await {
-                names.push(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-        names.sort();
-        tokio::fs::write(&img, names.join("\n") + "\n")
-            .await
-            .map_err(BuildError::io(&img))?;
-        ctx.created(seq, IMAGE, &name, serde_json::Value::Null)?;
+        let (seq, ()) = ctx
+            .create_resource(IMAGE, &name, serde_json::Value::Null, |_| async {
+                // The "image" holds the VM directory's file names.
+                let vm = self.root.join(format!("{id}-vm"));
+                let mut names = Vec::new();
+                if let Ok(mut rd) = tokio::fs::read_dir(&vm).await {
+                    while let Ok(Some(e)) = rd.next_entry().await {
+                        names.push(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                names.sort();
+                tokio::fs::write(&img, names.join("\n") + "\n")
+                    .await
+                    .map_err(BuildError::io(&img))?;
+                Ok::<_, BuildError>(Made::new(name.clone(), ()))
+            })
+            .await?;
         ctx.keep(seq, IMAGE, &name)?;
         Ok(Artifact {
             id: name,

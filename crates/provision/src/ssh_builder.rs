@@ -9,11 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use opsbake_core::builder::{
     Access, Artifact, BaseImage, BuildContext, BuildError, Builder, ConnectTarget, Deleted,
-    Deleter, HostKeyPolicy, SshAuth, SshTarget,
+    Deleter, SshAuth, SshTarget,
 };
 use opsbake_core::journal::Resource;
 use opsbake_core::plan::{BuildPlan, SshPlan};
-use opsbake_core::template::{HostKeySpec, Iaas};
+use opsbake_core::template::Iaas;
 
 use crate::handoff::is_loopback;
 
@@ -27,14 +27,6 @@ pub struct SshBuilder {
 /// Make the builder of a plan.
 pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
     Ok(Arc::new(SshBuilder::from_plan(plan)))
-}
-
-fn policy(spec: &HostKeySpec) -> HostKeyPolicy {
-    match spec {
-        HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
-        HostKeySpec::Insecure => HostKeyPolicy::Insecure,
-        HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
-    }
 }
 
 impl SshBuilder {
@@ -84,29 +76,8 @@ impl SshBuilder {
             (None, Some(p)) => SshAuth::Password(p.clone()),
             (None, None) => return Err(Self::err("no credentials")),
         };
-        let bastion = self.ssh.bastion.as_ref().map(|b| {
-            Box::new(SshTarget {
-                host: b.host.clone(),
-                port: b.port,
-                user: b.user.clone(),
-                auth: match &b.private_key_file {
-                    Some(k) => SshAuth::KeyFile(k.clone()),
-                    None => auth.clone(),
-                },
-                host_key: policy(&b.host_key),
-                login_timeout: self.ssh.login_timeout,
-                bastion: None,
-            })
-        });
-        Ok(SshTarget {
-            host,
-            port: self.ssh.port.unwrap_or(22),
-            user: self.ssh.user.clone(),
-            auth,
-            host_key: policy(&self.ssh.host_key),
-            login_timeout: self.ssh.login_timeout,
-            bastion,
-        })
+        let port = self.ssh.port.unwrap_or(22);
+        Ok(SshTarget::from_ssh_plan(&self.ssh, auth, host, port))
     }
 }
 
@@ -166,6 +137,7 @@ impl Builder for SshBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opsbake_core::builder::HostKeyPolicy;
     use opsbake_core::plan::plan_build;
     use opsbake_core::template::parse;
     use opsbake_core::vars::{resolve, VarSources};
