@@ -513,7 +513,6 @@ async fn cleanup_one(
     build_id: &str,
     sink: Arc<dyn EventSink>,
     dry_run: bool,
-    named: bool,
 ) -> Result<usize, Fail> {
     let j = match Journal::open(sd, build_id) {
         Ok(j) => j,
@@ -546,7 +545,6 @@ async fn cleanup_one(
     // Resources tagged with this build id but missing from the journal (a
     // kill between the create call and its record): the build id comes from
     // a journal on this machine, or the user named it.
-    let _ = named;
     match deleter.sweep(build_id).await {
         Ok(found) => {
             let known: Vec<String> = st
@@ -678,7 +676,7 @@ async fn cmd_cleanup(cli: &Cli, a: &CleanupArgs) -> Result<i32, Fail> {
     };
     let mut failed = 0;
     for id in &ids {
-        match cleanup_one(&sd, id, sink(cli), a.dry_run, !a.all).await {
+        match cleanup_one(&sd, id, sink(cli), a.dry_run).await {
             Ok(n) => failed += n,
             Err(f) if a.all => {
                 eprintln!("{id}: {}", f.message);

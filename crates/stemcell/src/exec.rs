@@ -1,5 +1,7 @@
-//! The one place that runs `qemu-img`: output is captured and put into the
-//! error, so a failed conversion says what qemu-img said.
+//! How the stemcell crate runs `qemu-img` (disk conversions): output is
+//! captured and put into the error, so a failed conversion says what
+//! qemu-img said. (iaas-vbox runs qemu-img too, through its own `exec`
+//! helper, for overlays and the captured disk.)
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
