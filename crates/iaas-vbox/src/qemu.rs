@@ -148,8 +148,9 @@ pub const KVM_BOOT_CHECK: Duration = Duration::from_secs(30);
 /// The KVM probe's result, once per process.
 static KVM_WORKS: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
 
-/// A boot sector: `mov dx, 0xf4; mov al, 0x21; out dx, al; hlt; jmp $-1`.
-fn probe_boot_sector() -> Vec<u8> {
+/// The KVM probe's guest, a boot sector: `mov dx, 0xf4; mov al, 0x21; out
+/// dx, al; hlt; jmp $-1` (also test-support's probe).
+pub fn probe_boot_sector() -> Vec<u8> {
     let mut s = vec![0u8; 512];
     let code = [0xba, 0xf4, 0x00, 0xb0, 0x21, 0xee, 0xf4, 0xeb, 0xfd];
     s[..code.len()].copy_from_slice(&code);
@@ -159,7 +160,7 @@ fn probe_boot_sector() -> Vec<u8> {
 }
 
 /// QEMU's exit code when the probe guest writes 0x21 to `isa-debug-exit`.
-const PROBE_EXIT_CODE: i32 = (0x21 << 1) | 1;
+pub const PROBE_EXIT_CODE: i32 = (0x21 << 1) | 1;
 
 /// Whether KVM guests run here: a one-instruction guest must exit through
 /// `isa-debug-exit` within `timeout` (else QEMU is killed: TCG).

@@ -3,6 +3,7 @@
 //!
 //! One module per peer; each is owned by the issue that needs it.
 
+pub mod cli;
 pub mod delay_proxy;
 pub mod fault_proxy;
 pub mod moto;
@@ -10,3 +11,9 @@ pub mod process;
 pub mod qemu;
 pub mod sshd;
 pub mod vcsim;
+
+/// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`): the one
+/// rule every test crate uses (re-exported by the peer modules).
+pub fn skip_peers() -> bool {
+    std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1")
+}

@@ -356,9 +356,7 @@ impl Drop for Moto {
 }
 
 /// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`).
-pub fn skip_peers() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").as_deref() == Ok("1")
-}
+pub use crate::skip_peers;
 
 /// An `AuthorizedKeysCommand` for the test sshd that plays moto's instance:
 /// it asks moto (directly, not through a proxy) for the user data of every

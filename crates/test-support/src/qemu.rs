@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The QEMU binary.
-pub const QEMU: &str = "qemu-system-x86_64";
+/// The QEMU binary (the builder's constant).
+pub use opsbake_iaas_vbox::qemu::QEMU;
 
 /// Errors starting or driving a QEMU guest.
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +115,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
 }
 
 /// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`).
-pub fn skip_peers() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1")
-}
+pub use crate::skip_peers;
 
 /// Find a binary on PATH.
 pub fn which(binary: &str) -> Option<PathBuf> {
@@ -134,30 +132,8 @@ fn require(binary: &str, package: &str) -> Result<PathBuf, QemuError> {
     })
 }
 
-/// The accelerator QEMU runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// QEMU's own binary translation.
-    Tcg,
-}
-
-impl Accel {
-    /// The `-accel` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The accelerator QEMU runs with (the builder's type: one definition).
+pub use opsbake_iaas_vbox::qemu::Accel;
 
 /// Set once a real guest failed under KVM in this process: TCG from then on.
 static KVM_BROKEN: AtomicBool = AtomicBool::new(false);
@@ -167,8 +143,9 @@ static KVM_BROKEN: AtomicBool = AtomicBool::new(false);
 /// is restarted under TCG.
 pub const KVM_BOOT_CHECK: Duration = Duration::from_secs(20);
 
-/// How long the KVM probe may take before KVM counts as broken.
-pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the KVM probe may take before KVM counts as broken (the
+/// builder's constant).
+pub use opsbake_iaas_vbox::qemu::KVM_PROBE_TIMEOUT;
 
 /// The accelerator to use: `OPSBAKE_QEMU_ACCEL` (`tcg` or `kvm`) when set,
 /// else the result of [`probe_kvm`] (once per process).
@@ -198,19 +175,8 @@ pub fn accel() -> Result<Accel, QemuError> {
     Ok(*PROBED.get_or_init(|| a))
 }
 
-/// The exit code QEMU reports when the probe guest writes 0x21 to the
-/// `isa-debug-exit` port: `(0x21 << 1) | 1`.
-const PROBE_EXIT_CODE: i32 = 0x43;
-
-/// A boot sector: `mov dx, 0xf4; mov al, 0x21; out dx, al; hlt; jmp $-1`.
-fn probe_boot_sector() -> Vec<u8> {
-    let mut s = vec![0u8; 512];
-    let code = [0xba, 0xf4, 0x00, 0xb0, 0x21, 0xee, 0xf4, 0xeb, 0xfd];
-    s[..code.len()].copy_from_slice(&code);
-    s[510] = 0x55;
-    s[511] = 0xaa;
-    s
-}
+/// The probe guest and its exit code: the builder's (one definition).
+use opsbake_iaas_vbox::qemu::{probe_boot_sector, PROBE_EXIT_CODE};
 
 /// Whether a KVM guest runs here: boots a one-instruction guest under
 /// `-accel kvm` and waits `timeout` for it to exit through `isa-debug-exit`.

@@ -85,9 +85,7 @@ fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SshdError 
 }
 
 /// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`).
-pub fn skip_peers() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1")
-}
+pub use crate::skip_peers;
 
 /// `AuthorizedKeysCommand` settings (for tests of IaaS key channels).
 #[derive(Debug, Clone)]

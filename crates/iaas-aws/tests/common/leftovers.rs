@@ -1,5 +1,5 @@
 //! What a build left in moto, through the EC2 API: shared by the AWS
-//! builder's tests and the CLI's (crates/opsbake/tests/aws_*.rs include this
+//! builder's tests and the end-to-end ones (tests/aws_support includes this
 //! file by path), so it needs only `aws_sdk_ec2` and `opsbake_iaas_aws`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

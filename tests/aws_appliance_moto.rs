@@ -40,6 +40,7 @@ async fn appliance(light: bool) {
         // Also `--offline`: moto is on loopback, credentials from the env.
         args.extend(["--var", "aws_stemcell_prefix=light-", "--offline"]);
     }
+    bin(); // found (or built) before the clock starts
     let t0 = Instant::now();
     let out = aws_command(dir.path(), &moto.endpoint(), sshd.port(), &args)
         .output()

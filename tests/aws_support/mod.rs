@@ -10,25 +10,23 @@ use std::process::{Command, Output};
 use opsbake_test_support::moto::{Moto, MotoOptions, SeedAmi};
 use serde_json::Value;
 
-#[path = "../../../iaas-aws/tests/common/leftovers.rs"]
+#[path = "../../crates/iaas-aws/tests/common/leftovers.rs"]
 mod leftovers;
 pub use leftovers::*;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
+/// The CLI under test (see `opsbake_test_support::cli::opsbake_bin`).
+pub fn bin() -> &'static Path {
+    opsbake_test_support::cli::opsbake_bin()
+}
 /// The AMIs the light test stemcell maps us-east-1 and eu-west-1 to.
 pub const LIGHT_AMIS: [&str; 2] = ["ami-0bd5e7e57c0ffee01", "ami-0bd5e7e57c0ffee02"];
 /// images/moto.vars.yml's launch permission.
 pub const AMI_USER: &str = "111122223333";
 
-pub fn skip_peers() -> bool {
-    opsbake_test_support::moto::skip_peers()
-}
+pub use opsbake_test_support::skip_peers;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    opsbake_test_support::cli::workspace_root()
 }
 
 /// The test stemcell dir holding the aws stemcells, or None when peers are
@@ -101,7 +99,7 @@ const AWS_ENV: [(&str, &str); 5] = [
 /// aws_endpoint=... --var aws_ssh_port=... ARGS`, from `dir`.
 pub fn aws_command(dir: &Path, endpoint: &str, ssh_port: u16, args: &[&str]) -> Command {
     let root = repo_root();
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.current_dir(dir)
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -126,10 +124,7 @@ pub fn aws_command(dir: &Path, endpoint: &str, ssh_port: u16, args: &[&str]) -> 
 
 /// The `--json` events of a run.
 pub fn events(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    opsbake_test_support::cli::events(out)
 }
 
 /// The `build_finished` event of one IaaS.

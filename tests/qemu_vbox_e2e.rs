@@ -36,21 +36,19 @@ use std::time::{Duration, Instant};
 use opsbake_iaas_vbox::qemu::{self, Accel, QemuConfig, QemuVm};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
+/// The CLI under test (see `opsbake_test_support::cli::opsbake_bin`).
+fn bin() -> &'static Path {
+    opsbake_test_support::cli::opsbake_bin()
+}
 const VSPHERE_TGZ: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
 const EPOCH: &str = "1704067200";
 /// The example appliance's status page port (images/appliance.yml `status_port`).
 const STATUS_PORT: u16 = 8080;
 
-fn skip_peers() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1")
-}
+use opsbake_test_support::skip_peers;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    opsbake_test_support::cli::workspace_root()
 }
 
 /// The test stemcell dir, or None when peers are skipped; panics with the
@@ -174,7 +172,7 @@ struct CleanupOnPanic {
 impl Drop for CleanupOnPanic {
     fn drop(&mut self) {
         if self.armed {
-            let _ = Command::new(BIN)
+            let _ = Command::new(bin())
                 .arg("--state-dir")
                 .arg(&self.state)
                 .args(["cleanup", "--all"])
@@ -203,7 +201,7 @@ fn cli_build(
     if let Some(f) = faketime {
         cmd.args(["faketime", f]);
     }
-    cmd.arg(BIN)
+    cmd.arg(bin())
         .args(["--json", "--no-progress", "--state-dir"])
         .arg(state)
         .arg("build")
@@ -487,6 +485,7 @@ async fn offline_vbox_build_reproducible_ova_deploys_qemu() {
         (Some(t), p)
     };
     let repo = repo_root();
+    bin(); // found (or built) before the clock starts
     let whole = Instant::now();
 
     // 1. the repo's template, as a user runs it (outputs go under the cwd)
