@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod delay_proxy;
 pub mod fault_proxy;
+pub mod guest;
 pub mod moto;
 pub mod process;
 pub mod qemu;
