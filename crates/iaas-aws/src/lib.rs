@@ -13,6 +13,7 @@
 //! Every resource is journaled before its create call and tagged with the
 //! build id and its journal token; see [`cleanup`] for deletion.
 
+pub mod checks;
 pub mod cleanup;
 pub mod clients;
 pub mod error;
@@ -71,6 +72,7 @@ struct Launched {
 /// The AWS builder of one plan.
 pub struct AwsBuilder {
     opts: AwsOptions,
+    checked: checks::Checked,
     region: String,
     clients: Arc<Clients>,
     deleter: AwsDeleter,
@@ -113,6 +115,7 @@ pub fn normalise(mut o: AwsOptions) -> AwsOptions {
     set(&mut o.import);
     set(&mut o.import_bucket);
     list(&mut o.copy_regions);
+    checks::dedupe_copy_regions(&mut o.copy_regions);
     list(&mut o.ami_users);
     list(&mut o.ami_groups);
     list(&mut o.snapshot_users);
@@ -164,17 +167,9 @@ impl AwsBuilder {
             ))
         })?;
         let opts = normalise(spec.options.clone());
-        let region = opts
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| {
-                be(AwsError::Invalid(
-                    "no region: set builds.aws.options.region (or AWS_REGION)".into(),
-                ))
-            })?;
+        let region = checks::resolve_region(&opts, &checks::process_env)
+            .ok_or_else(|| checks::no_region(plan))?;
+        let checked = checks::check(plan, Some(&region), &checks::process_env);
         let clients = Arc::new(Clients::new(&region, opts.endpoint.clone()));
         let waiter = Waiter::with_timeout(
             opts.wait_timeout
@@ -186,6 +181,7 @@ impl AwsBuilder {
             .with_bucket(opts.import_bucket.clone());
         Ok(AwsBuilder {
             opts,
+            checked,
             region,
             clients,
             deleter,
@@ -1051,6 +1047,14 @@ impl Deleter for AwsBuilder {
 impl Builder for AwsBuilder {
     fn iaas(&self) -> Iaas {
         Iaas::Aws
+    }
+
+    fn offline_checks(&self) -> Vec<opsbake_core::builder::Finding> {
+        self.checked.errors.clone()
+    }
+
+    fn offline_warnings(&self) -> Vec<opsbake_core::builder::Finding> {
+        self.checked.warnings.clone()
     }
 
     fn cleanup_config(&self) -> serde_json::Value {
