@@ -612,9 +612,12 @@ pub fn read_manifest_with(path: &Path, limits: &Limits) -> Result<Manifest, Read
         seen.check(&name, &ctx)?;
         if name == MANIFEST_MEMBER {
             manifest = Some(read_manifest_member(&mut entry, &ctx, limits)?);
-        } else if name == IMAGE_MEMBER && manifest.is_some() && entry.size() > 0 {
-            break;
-        } else if manifest.is_some() && entry.size() > limits.max_member_bytes {
+        } else if manifest.is_some()
+            && ((name == IMAGE_MEMBER && entry.size() > 0)
+                || entry.size() > limits.max_member_bytes)
+        {
+            // A heavy image (or an oversized member) is not decompressed
+            // here: verify and extract read to the end.
             break;
         }
     }
