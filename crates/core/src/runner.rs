@@ -371,6 +371,11 @@ impl Runner {
                 .await?
             }
         };
+        if let Some(fp) = transport.trusted_on_first_use() {
+            ctx.events.info(format!(
+                "host key {fp} trusted on first use and pinned for this build (compare it with the VM's; pin it with ssh.host_key to check it)"
+            ));
+        }
         step(
             ctx,
             "before_provision",

@@ -709,6 +709,7 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("OPSBAKE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(output::color_allowed(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
