@@ -819,10 +819,12 @@ pub enum ChecksumType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Outputs {
-    /// Output directory (default `out/`, relative to the working directory).
+    /// Output directory (default `out/`), relative to the template's directory
+    /// like every other path of a template.
     #[serde(default)]
     pub directory: Option<String>,
-    /// Manifest path (default `<directory>/manifest.json`).
+    /// Manifest path (default `<directory>/manifest.json`; relative to the
+    /// template's directory).
     #[serde(default)]
     pub manifest: Option<String>,
     /// Checksums to write next to artifacts (default sha256).
