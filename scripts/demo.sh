@@ -35,8 +35,9 @@ echo "== demo: opsbake build images/appliance.yml --iaas vbox --offline" >&2
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1704067200} \
     "$bin" --state-dir "$out/state" build images/appliance.yml --iaas vbox --offline
 end=$(date +%s)
-# the template's outputs.directory (out/appliance by default)
-ova=$(find "$PWD" -path "$PWD/target" -prune -o -name '*.ova' -newer "$OPSBAKE_CI_ENV" -print 2>/dev/null | head -1)
+# the template's outputs.directory, relative to the template's directory
+# (images/out/appliance by default)
+ova=$(ls -t "$PWD"/images/out/appliance/*.ova 2>/dev/null | head -1)
 echo
 echo "setup and compile: $((setup_done - start)) s; build: $((end - setup_done)) s"
 if [ -n "$ova" ]; then

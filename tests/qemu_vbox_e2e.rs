@@ -208,6 +208,8 @@ fn cli_build(
         .arg(template)
         .args(["--iaas", "vbox", "--offline", "--debug-keep-key"])
         .current_dir(cwd)
+        // outputs go under the run's directory, not the template's
+        .env("OPSBAKE_VAR_output_dir", cwd.join("out/appliance"))
         .env("OPSBAKE_TEST_STEMCELL_DIR", stemcells)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         // libfaketime shifts the wall clock only: timeouts keep real time
@@ -488,7 +490,8 @@ async fn offline_vbox_build_reproducible_ova_deploys_qemu() {
     bin(); // found (or built) before the clock starts
     let whole = Instant::now();
 
-    // 1. the repo's template, as a user runs it (outputs go under the cwd)
+    // 1. the repo's template, as a user runs it (outputs under the run's
+    // directory through OPSBAKE_VAR_output_dir)
     // one state dir, as a user's (~/.local/state/opsbake)
     let state = root.join("state");
     let one = cli_build(

@@ -101,6 +101,8 @@ pub fn aws_command(dir: &Path, endpoint: &str, ssh_port: u16, args: &[&str]) -> 
     let root = repo_root();
     let mut c = Command::new(bin());
     c.current_dir(dir)
+        // outputs go under the test's directory, not the repo's images/
+        .env("OPSBAKE_VAR_output_dir", dir.join("out/appliance"))
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(["--no-progress", "--json", "build"])

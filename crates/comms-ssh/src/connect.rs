@@ -208,7 +208,9 @@ impl client::Handler for ClientHandler {
         match self.verifier.check(&self.target, key) {
             Verdict::Accept => Ok(true),
             Verdict::Refuse(reason) => {
-                tracing::error!(target = %self.target, %reason, "host key refused");
+                // The connect error carries the reason and is printed once
+                // by the caller; this is for OPSBAKE_LOG diagnostics only.
+                tracing::debug!(target = %self.target, %reason, "host key refused");
                 if let Ok(mut r) = self.refusal.lock() {
                     *r = Some(reason);
                 }

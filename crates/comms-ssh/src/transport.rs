@@ -102,6 +102,16 @@ impl Transport for SshTransport {
         self.describe.clone()
     }
 
+    fn trusted_on_first_use(&self) -> Option<String> {
+        let v = &self.opts.host_keys;
+        match v.policy() {
+            crate::hostkey::HostKeyPolicy::TrustOnFirstUse => v
+                .learned()
+                .map(|k| format!("{} {}", k.algorithm(), crate::hostkey::fingerprint(&k))),
+            _ => None,
+        }
+    }
+
     async fn exec(
         &self,
         req: ExecRequest,

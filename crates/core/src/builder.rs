@@ -541,6 +541,13 @@ pub trait Builder: Deleter {
         Vec::new()
     }
 
+    /// Offline findings that do not stop a build (a setting de-duplicated or
+    /// ignored): `validate` and `build` print them with their place.
+    /// Default: none.
+    fn offline_warnings(&self) -> Vec<Finding> {
+        Vec::new()
+    }
+
     /// Fail fast, before anything is created: credentials, env vars, files,
     /// quotas.
     async fn validate(&self, ctx: &BuildContext) -> Result<(), BuildError>;

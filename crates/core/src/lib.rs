@@ -5,8 +5,10 @@
 
 pub mod builder;
 pub mod events;
+pub mod hostkeys;
 pub mod journal;
 pub mod local;
+pub mod located;
 pub mod manifest;
 pub mod options;
 pub mod plan;

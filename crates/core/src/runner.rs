@@ -327,7 +327,21 @@ impl Runner {
     ) -> Result<Artifact, BuildError> {
         let plan = &ctx.plan;
         // Every build validates before any of them creates anything.
-        let validated = step(ctx, "validate", builder.validate(ctx)).await;
+        // The builder's offline checks first (the CLI already reported them
+        // with their places; a runner used directly still refuses).
+        let offline = builder.offline_checks();
+        let validated = if offline.is_empty() {
+            step(ctx, "validate", builder.validate(ctx)).await
+        } else {
+            let msg: Vec<String> = offline
+                .iter()
+                .map(|f| format!("{}: {}", f.key, f.message))
+                .collect();
+            step(ctx, "validate", async {
+                Err(BuildError::Other(msg.join("; ")))
+            })
+            .await
+        };
         let others_ok = gate
             .arrive(&plan.iaas.to_string(), validated.is_ok(), &ctx.cancel)
             .await;
@@ -371,6 +385,11 @@ impl Runner {
                 .await?
             }
         };
+        if let Some(fp) = transport.trusted_on_first_use() {
+            ctx.events.info(format!(
+                "host key {fp} trusted on first use and pinned for this build (compare it with the VM's; pin it with ssh.host_key to check it)"
+            ));
+        }
         step(
             ctx,
             "before_provision",

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::located::Positions;
 use crate::secret::Secret;
 
 pub use crate::options::{
@@ -272,7 +273,11 @@ pub enum HostKeySpec {
     Tofu,
     /// Accept any key (a loud warning is printed).
     Insecure,
-    /// Require one of these keys (`ssh-ed25519 AAAA...` or `SHA256:...`).
+    /// Require one of these keys (`ssh-ed25519 AAAA...`, a whole
+    /// known_hosts line, or `SHA256:...`). In a template, `{known_hosts:
+    /// FILE, host: HOST}` adds the keys an OpenSSH known_hosts file holds
+    /// for HOST (an entry starting with `@known_hosts` until the plan reads
+    /// the file; a plan's pins are keys and fingerprints only).
     Pin(Vec<String>),
 }
 
@@ -293,7 +298,19 @@ enum HostKeyName {
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct HostKeyPin {
+    /// Public keys (`ssh-ed25519 AAAA...`), known_hosts lines or
+    /// `SHA256:...` fingerprints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pin: Vec<String>,
+    /// An OpenSSH known_hosts file (relative to the template's directory):
+    /// its keys for `host` are pinned (plain, `[host]:port` and hashed
+    /// entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    known_hosts: Option<String>,
+    /// The host to look up in `known_hosts` (`host` or `[host]:port`;
+    /// default: `ssh.host` and `ssh.port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 impl Serialize for HostKeySpec {
@@ -301,7 +318,11 @@ impl Serialize for HostKeySpec {
         match self {
             HostKeySpec::Tofu => HostKeyRepr::Name(HostKeyName::Tofu),
             HostKeySpec::Insecure => HostKeyRepr::Name(HostKeyName::Insecure),
-            HostKeySpec::Pin(p) => HostKeyRepr::Pin(HostKeyPin { pin: p.clone() }),
+            HostKeySpec::Pin(p) => HostKeyRepr::Pin(HostKeyPin {
+                pin: p.clone(),
+                known_hosts: None,
+                host: None,
+            }),
         }
         .serialize(s)
     }
@@ -312,9 +333,23 @@ impl<'de> Deserialize<'de> for HostKeySpec {
         match HostKeyRepr::deserialize(d) {
             Ok(HostKeyRepr::Name(HostKeyName::Tofu)) => Ok(HostKeySpec::Tofu),
             Ok(HostKeyRepr::Name(HostKeyName::Insecure)) => Ok(HostKeySpec::Insecure),
-            Ok(HostKeyRepr::Pin(p)) => Ok(HostKeySpec::Pin(p.pin)),
+            Ok(HostKeyRepr::Pin(p)) => {
+                let mut pins = p.pin;
+                if let Some(file) = p.known_hosts {
+                    let host = p.host.unwrap_or_else(|| "-".to_string());
+                    pins.push(format!(
+                        "{} {host} {file}",
+                        crate::hostkeys::KNOWN_HOSTS_MARK
+                    ));
+                } else if p.host.is_some() {
+                    return Err(serde::de::Error::custom(
+                        "`host` goes with `known_hosts: FILE`",
+                    ));
+                }
+                Ok(HostKeySpec::Pin(pins))
+            }
             Err(_) => Err(serde::de::Error::custom(
-                "expected `tofu`, `insecure` or `{pin: [KEY, ...]}`",
+                "expected `tofu`, `insecure`, `{pin: [KEY, ...]}` or `{known_hosts: FILE, host: HOST}`",
             )),
         }
     }
@@ -784,10 +819,12 @@ pub enum ChecksumType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Outputs {
-    /// Output directory (default `out/`, relative to the working directory).
+    /// Output directory (default `out/`), relative to the template's directory
+    /// like every other path of a template.
     #[serde(default)]
     pub directory: Option<String>,
-    /// Manifest path (default `<directory>/manifest.json`).
+    /// Manifest path (default `<directory>/manifest.json`; relative to the
+    /// template's directory).
     #[serde(default)]
     pub manifest: Option<String>,
     /// Checksums to write next to artifacts (default sha256).
@@ -877,6 +914,8 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Its text.
     pub source: String,
+    /// Where each node is (from the YAML parser), for error locations.
+    pub positions: Positions,
 }
 
 impl Loaded {
@@ -891,10 +930,13 @@ impl Loaded {
         std::fs::canonicalize(&dir).unwrap_or(dir)
     }
 
-    /// An error at the first place `needle` occurs in the source (or without
-    /// a place if it does not).
+    /// An error about the node at key path `key` (`provision[0].scripts[1]`,
+    /// `builds.aws.options.region`), placed where the YAML parser saw that
+    /// node (or its nearest written ancestor). `needle` only refines the
+    /// column inside that node's own line (the `${var.x}` inside a string);
+    /// it is never searched for elsewhere in the file.
     pub fn error_at(&self, needle: &str, key: &str, message: impl Into<String>) -> TemplateError {
-        match find_in_source(&self.source, needle, 0) {
+        match self.place(key, needle) {
             Some((line, column)) => TemplateError::At {
                 path: self.path.clone(),
                 line,
@@ -909,20 +951,23 @@ impl Loaded {
             },
         }
     }
-}
 
-/// 1-based line and column of the first `needle` at or after line `from_line`
-/// (1-based; 0 = start).
-pub fn find_in_source(source: &str, needle: &str, from_line: usize) -> Option<(usize, usize)> {
-    for (i, line) in source.lines().enumerate() {
-        if i + 1 < from_line {
-            continue;
+    /// Line and column of the node at `key`, refined to `needle` when it
+    /// occurs in the node's value on the value's first line.
+    pub fn place(&self, key: &str, needle: &str) -> Option<(usize, usize)> {
+        if let Some(v) = self.positions.value(key) {
+            if !needle.is_empty() {
+                if let Some(line) = self.source.lines().nth(v.line.saturating_sub(1)) {
+                    let start: usize = line.chars().take(v.column - 1).map(char::len_utf8).sum();
+                    if let Some(off) = line.get(start..).and_then(|rest| rest.find(needle)) {
+                        let col = line[..start + off].chars().count() + 1;
+                        return Some((v.line, col));
+                    }
+                }
+            }
         }
-        if let Some(col) = line.find(needle) {
-            return Some((i + 1, line[..col].chars().count() + 1));
-        }
+        self.positions.locate(key).map(|p| (p.line, p.column))
     }
-    None
 }
 
 /// Read and parse a template file.
@@ -942,27 +987,66 @@ pub fn load(path: &Path) -> Result<Loaded, TemplateError> {
             ),
         });
     }
-    let source = std::fs::read_to_string(path).map_err(io)?;
+    let bytes = std::fs::read(path).map_err(io)?;
+    let source = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let bytes = e.as_bytes();
+            let off = e.utf8_error().valid_up_to();
+            let before = &bytes[..off];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            return Err(TemplateError::At {
+                path: path.to_path_buf(),
+                line,
+                column,
+                key: "(file)".to_string(),
+                message: format!(
+                    "invalid UTF-8 at byte offset {off} (0x{:02x}): a template is UTF-8 text",
+                    bytes.get(off).copied().unwrap_or(0)
+                ),
+            });
+        }
+    };
     parse(path, source)
 }
 
 /// Parse template text (`path` is used for errors and relative paths).
 pub fn parse(path: &Path, source: String) -> Result<Loaded, TemplateError> {
+    let positions = Positions::from_source(&source);
+    if !positions.has_content() && serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&source).is_ok()
+    {
+        return Err(TemplateError::Invalid {
+            path: path.to_path_buf(),
+            key: "(file)".to_string(),
+            message: "empty template: the file holds only comments or blank lines \
+                      (a template needs at least `name` and `builds`)"
+                .to_string(),
+        });
+    }
     match serde_yaml_ng::from_str::<Template>(&source) {
         Ok(template) => Ok(Loaded {
             template,
             path: path.to_path_buf(),
             source,
+            positions,
         }),
-        Err(e) => Err(yaml_error(path, &source, &e)),
+        Err(e) => Err(yaml_error(path, &positions, &e)),
     }
 }
 
 /// Turn a YAML error into a [`TemplateError`] with file, line, column and
 /// key path. For errors inside one provisioner (an internally tagged entry,
-/// which the YAML library reports at the entry's start), the place is
-/// narrowed to the offending key.
-fn yaml_error(path: &Path, source: &str, e: &serde_yaml_ng::Error) -> TemplateError {
+/// which the YAML library reports at the entry's start), the entry's index
+/// and the offending key's place come from the parser's positions.
+fn yaml_error(path: &Path, positions: &Positions, e: &serde_yaml_ng::Error) -> TemplateError {
     let full = e.to_string();
     // serde_yaml_ng formats "<path>: <message> at line L column C".
     let without_loc = match full.rfind(" at line ") {
@@ -977,23 +1061,37 @@ fn yaml_error(path: &Path, source: &str, e: &serde_yaml_ng::Error) -> TemplateEr
         Some(l) => (l.line(), l.column()),
         None => (0, 0),
     };
-    let mut key = key;
-    if let Some(field) = message
+    let at = crate::located::Pos { line, column };
+    let field = message
         .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next())
-    {
-        if let Some((l, c)) = find_key(source, field, line) {
-            line = l;
-            column = c;
+        .or_else(|| message.strip_prefix("missing field `"))
+        .and_then(|r| r.split('`').next());
+    let mut key = match (key.as_str(), field) {
+        // serde reports an unknown key of an internally tagged entry at
+        // the start of an earlier entry: the first entry from there on that
+        // has the key (by the parser's index) is the one.
+        ("provision", Some(f)) if message.starts_with("unknown") => {
+            let from = positions.item_at("provision", at).unwrap_or(0);
+            (from..)
+                .take_while(|i| positions.value(&format!("provision[{i}]")).is_some())
+                .find(|i| positions.key(&format!("provision[{i}].{f}")).is_some())
+                .map_or_else(
+                    || provision_key(&key, positions, at),
+                    |i| format!("provision[{i}]"),
+                )
         }
-        key = format!("{}.{field}", provision_key(&key, source, line));
-    } else if let Some(field) = message
-        .strip_prefix("missing field `")
-        .and_then(|r| r.split('`').next())
-    {
-        key = format!("{}.{field}", provision_key(&key, source, line));
-    } else {
-        key = provision_key(&key, source, line);
+        _ => provision_key(&key, positions, at),
+    };
+    if let Some(field) = field {
+        key = if key == "(top)" {
+            field.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+        if let Some(p) = positions.key(&key) {
+            line = p.line;
+            column = p.column;
+        }
     }
     if line == 0 {
         return TemplateError::Invalid {
@@ -1013,57 +1111,13 @@ fn yaml_error(path: &Path, source: &str, e: &serde_yaml_ng::Error) -> TemplateEr
 
 /// Entries of `provision` are internally tagged: the YAML library reports
 /// errors inside one at the entry's start, without its index. Add it.
-fn provision_key(key: &str, source: &str, line: usize) -> String {
-    if key == "provision" && line > 0 {
-        if let Some(idx) = seq_index(source, "provision", line) {
+fn provision_key(key: &str, positions: &Positions, at: crate::located::Pos) -> String {
+    if key == "provision" && at.line > 0 {
+        if let Some(idx) = positions.item_at("provision", at) {
             return format!("provision[{idx}]");
         }
     }
     key.to_string()
-}
-
-/// The index of the item of the top-level sequence `seq_key` that contains
-/// line `at` (1-based).
-fn seq_index(source: &str, seq_key: &str, at: usize) -> Option<usize> {
-    let lines: Vec<&str> = source.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.starts_with(&format!("{seq_key}:")))?;
-    let mut indent: Option<usize> = None;
-    let mut idx: Option<usize> = None;
-    for (i, l) in lines.iter().enumerate().skip(start + 1) {
-        if i + 1 > at {
-            break;
-        }
-        let t = l.trim_start();
-        let ind = l.len() - t.len();
-        if t.starts_with("- ") || t == "-" {
-            if indent.is_none() {
-                indent = Some(ind);
-            }
-            if Some(ind) == indent {
-                idx = Some(idx.map_or(0, |x| x + 1));
-            }
-        } else if !t.is_empty() && !t.starts_with('#') && ind == 0 {
-            break;
-        }
-    }
-    idx
-}
-
-/// Find `field:` as a mapping key at or after line `from` (1-based).
-fn find_key(source: &str, field: &str, from: usize) -> Option<(usize, usize)> {
-    for (i, l) in source.lines().enumerate() {
-        if i + 1 < from {
-            continue;
-        }
-        let t = l.trim_start().trim_start_matches("- ");
-        if t.starts_with(&format!("{field}:")) || t.starts_with(&format!("\"{field}\":")) {
-            let col = l.len() - t.len();
-            return Some((i + 1, col + 1));
-        }
-    }
-    None
 }
 
 /// The JSON Schema of the template format.
@@ -1180,5 +1234,26 @@ outputs: {checksums: [sha256]}
     fn schema_is_generated() {
         let s = json_schema();
         assert!(s["definitions"]["Provisioner"].is_object(), "{s}");
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_say_empty_template() {
+        for src in ["", "# just a comment\n\n   # another\n", "---\n"] {
+            let e = parse_str(src).unwrap_err().to_string();
+            assert!(e.contains("empty template"), "{src:?}: {e}");
+            assert!(!e.contains("missing field"), "{e}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_names_line_and_byte_offset() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.yml");
+        std::fs::write(&p, b"name: x\nbuilds:\n  vbox: {cpus: \"\xff\"}\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yml:3:17: (file): invalid UTF-8 at byte offset 32"),
+            "{e}"
+        );
     }
 }

@@ -293,6 +293,13 @@ pub trait Transport: Send + Sync {
     /// A short description for logs, e.g. `ssh vcap@127.0.0.1:40022`.
     fn describe(&self) -> String;
 
+    /// The host key this connection trusted on first use (`ALG SHA256:...`),
+    /// when the policy was trust-on-first-use: the build prints it so that
+    /// a user can compare it with the VM's console. Default: none.
+    fn trusted_on_first_use(&self) -> Option<String> {
+        None
+    }
+
     /// Run a command, streaming its output line by line into `sink`.
     async fn exec(
         &self,

@@ -11,8 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::located::Positions;
 use crate::secret::redactor;
-use crate::template::{find_in_source, Loaded, TemplateError};
+use crate::template::{Loaded, TemplateError};
 
 /// Where variable values come from, besides the template.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +41,9 @@ impl VarSources {
 pub struct Vars {
     values: BTreeMap<String, String>,
     sensitive: BTreeSet<String>,
+    /// Variables that could not be resolved (their error is reported once;
+    /// references to them are not reported again).
+    failed: BTreeSet<String>,
 }
 
 impl Vars {
@@ -61,6 +65,16 @@ impl Vars {
                 (k.clone(), v)
             })
             .collect()
+    }
+
+    /// Whether `name` is sensitive (findings show its name, not its value).
+    pub fn is_sensitive(&self, name: &str) -> bool {
+        self.sensitive.contains(name)
+    }
+
+    /// Whether `name` failed to resolve (its error was already reported).
+    pub fn failed(&self, name: &str) -> bool {
+        self.failed.contains(name)
     }
 
     /// Every value, for digests (the manifest records the SHA-256 of the
@@ -92,6 +106,8 @@ pub enum RefError {
     EnvNotAllowed(String),
     /// `${build.x}` or `${template.x}` that does not exist.
     UnknownBuiltin(String),
+    /// `${var.x}` whose own definition is in error (reported there).
+    Failed(String),
 }
 
 impl std::fmt::Display for RefError {
@@ -103,6 +119,9 @@ impl std::fmt::Display for RefError {
                 f,
                 "`${{env.{n}}}` is only allowed in a variable's default (declare a variable)"
             ),
+            RefError::Failed(n) => {
+                write!(f, "variable `{n}` could not be resolved (see its error)")
+            }
             RefError::UnknownBuiltin(n) => write!(
                 f,
                 "unknown reference `${{{n}}}` (known: build.iaas, build.id, template.dir)"
@@ -167,6 +186,9 @@ pub fn interpolate(s: &str, vars: &Vars, builtins: &Builtins) -> Result<String, 
             Piece::Text(t) => out.push_str(t),
             Piece::Ref(r) => {
                 if let Some(n) = r.strip_prefix("var.") {
+                    if vars.failed(n) {
+                        return Err(RefError::Failed(n.to_string()));
+                    }
                     out.push_str(
                         vars.get(n)
                             .ok_or_else(|| RefError::Undefined(n.to_string()))?,
@@ -215,7 +237,9 @@ fn read_var_file(path: &Path) -> Result<BTreeMap<String, String>, TemplateError>
             serde_yaml_ng::Value::Number(n) => n.to_string(),
             serde_yaml_ng::Value::Bool(b) => b.to_string(),
             other => {
-                let (line, column) = find_in_source(&text, &format!("{k}:"), 0).unwrap_or((1, 1));
+                let (line, column) = Positions::from_source(&text)
+                    .key(&k)
+                    .map_or((1, 1), |p| (p.line, p.column));
                 return Err(TemplateError::At {
                     path: path.to_path_buf(),
                     line,
@@ -230,8 +254,21 @@ fn read_var_file(path: &Path) -> Result<BTreeMap<String, String>, TemplateError>
     Ok(out)
 }
 
-/// Resolve every declared variable.
+/// Resolve every declared variable; the first error if any.
 pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateError> {
+    let (vars, mut errors) = resolve_all(loaded, sources);
+    if errors.is_empty() {
+        Ok(vars)
+    } else {
+        Err(errors.remove(0))
+    }
+}
+
+/// Resolve every declared variable, collecting every error (each cycle,
+/// each undefined reference, each unset variable) instead of stopping at the
+/// first. Variables in error are marked failed in the result.
+pub fn resolve_all(loaded: &Loaded, sources: &VarSources) -> (Vars, Vec<TemplateError>) {
+    let mut errors = Vec::new();
     let decls = &loaded.template.variables;
     let mut given: BTreeMap<String, String> = BTreeMap::new();
     let undeclared = |name: &str, from: &str| TemplateError::Invalid {
@@ -240,11 +277,17 @@ pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateEr
         message: format!("variable `{name}` set by {from} is not declared in the template"),
     };
     for f in &sources.files {
-        for (k, v) in read_var_file(f)? {
-            if !decls.contains_key(&k) {
-                return Err(undeclared(&k, &format!("--var-file {}", f.display())));
+        match read_var_file(f) {
+            Ok(m) => {
+                for (k, v) in m {
+                    if !decls.contains_key(&k) {
+                        errors.push(undeclared(&k, &format!("--var-file {}", f.display())));
+                        continue;
+                    }
+                    given.insert(k, v);
+                }
             }
-            given.insert(k, v);
+            Err(e) => errors.push(e),
         }
     }
     for (k, v) in &sources.env {
@@ -262,7 +305,8 @@ pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateEr
     }
     for (k, v) in &sources.cli {
         if !decls.contains_key(k) {
-            return Err(undeclared(k, "--var"));
+            errors.push(undeclared(k, "--var"));
+            continue;
         }
         given.insert(k.clone(), v.clone());
     }
@@ -278,19 +322,19 @@ pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateEr
         vars: &mut Vars,
         state: &mut BTreeMap<String, u8>,
         stack: &mut Vec<String>,
-    ) -> Result<(), TemplateError> {
+    ) -> Result<(), Option<TemplateError>> {
         match state.get(name) {
             Some(2) => return Ok(()),
             Some(1) => {
                 stack.push(name.to_string());
                 let start = stack.iter().position(|s| s == name).unwrap_or(0);
                 let cycle = stack[start..].join(" -> ");
-                return Err(err_at(
+                return Err(Some(err_at(
                     loaded,
                     &format!("{name}:"),
                     &format!("variables.{name}"),
                     format!("circular reference: {cycle}"),
-                ));
+                )));
             }
             _ => {}
         }
@@ -307,12 +351,12 @@ pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateEr
         } else if let Some(def) = &decl.default {
             let mut out = String::new();
             let pieces = split(def).map_err(|e| {
-                err_at(
+                Some(err_at(
                     loaded,
                     def,
                     &format!("variables.{name}.default"),
                     e.to_string(),
-                )
+                ))
             })?;
             for p in pieces {
                 match p {
@@ -320,39 +364,43 @@ pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateEr
                     Piece::Ref(r) => {
                         if let Some(dep) = r.strip_prefix("var.") {
                             if !loaded.template.variables.contains_key(dep) {
-                                return Err(err_at(
+                                return Err(Some(err_at(
                                     loaded,
                                     &format!("${{var.{dep}}}"),
                                     &format!("variables.{name}.default"),
                                     RefError::Undefined(dep.to_string()).to_string(),
-                                ));
+                                )));
                             }
                             visit(dep, loaded, given, sources, vars, state, stack)?;
+                            if vars.failed.contains(dep) {
+                                // Reported at `dep`: this one fails quietly.
+                                return Err(None);
+                            }
                             out.push_str(vars.get(dep).unwrap_or_default());
                         } else if let Some(env) = r.strip_prefix("env.") {
                             out.push_str(sources.env.get(env).map(String::as_str).unwrap_or(""));
                         } else {
-                            return Err(err_at(
+                            return Err(Some(err_at(
                                 loaded,
                                 &format!("${{{r}}}"),
                                 &format!("variables.{name}.default"),
                                 format!("`${{{r}}}` is not available in variable defaults"),
-                            ));
+                            )));
                         }
                     }
                 }
             }
             out
         } else {
-            return Err(err_at(
+            return Err(Some(err_at(
                 loaded,
-                &format!("{name}:"),
+                "",
                 &format!("variables.{name}"),
                 format!(
                     "variable `{name}` has no default and is not set (use --var {name}=..., \
                      --var-file, or OPSBAKE_VAR_{name})"
                 ),
-            ));
+            )));
         };
         if decl.sensitive {
             redactor().register(&value);
@@ -366,11 +414,20 @@ pub fn resolve(loaded: &Loaded, sources: &VarSources) -> Result<Vars, TemplateEr
     let names: Vec<String> = decls.keys().cloned().collect();
     for name in names {
         let mut stack = Vec::new();
-        visit(
+        if let Err(e) = visit(
             &name, loaded, &given, sources, &mut vars, &mut state, &mut stack,
-        )?;
+        ) {
+            errors.extend(e);
+            // Every variable on the failed path is settled as failed, so a
+            // second cycle or another unset variable is reported too, and
+            // references to these are not reported again.
+            for n in stack {
+                state.insert(n.clone(), 2);
+                vars.failed.insert(n);
+            }
+        }
     }
-    Ok(vars)
+    (vars, errors)
 }
 
 #[cfg(test)]

@@ -327,3 +327,68 @@ async fn a_failed_validation_stops_every_build_before_anything_is_created() {
         .iter()
         .any(|e| matches!(&e.kind, EventKind::ResourceIntent { .. })));
 }
+
+/// A builder whose offline checks find something (as the gcp builder's
+/// would for an empty GOOGLE_PROJECT_ID) and whose online validate passes.
+struct OfflineFinding;
+
+#[async_trait]
+impl Deleter for OfflineFinding {
+    async fn delete(&self, _res: &Resource) -> Result<Deleted, BuildError> {
+        Ok(Deleted::AlreadyGone)
+    }
+}
+
+#[async_trait]
+impl Builder for OfflineFinding {
+    fn iaas(&self) -> Iaas {
+        Iaas::Gcp
+    }
+    fn offline_checks(&self) -> Vec<opsbake_core::builder::Finding> {
+        vec![opsbake_core::builder::Finding::new(
+            "builds.gcp.options.project_id",
+            "GOOGLE_PROJECT_ID is empty (an empty variable counts as unset)",
+        )]
+    }
+    async fn validate(&self, _ctx: &BuildContext) -> Result<(), BuildError> {
+        Ok(())
+    }
+    async fn base_image(&self, _ctx: &BuildContext) -> Result<BaseImage, BuildError> {
+        Err(BuildError::Other("must not look for a base image".into()))
+    }
+    async fn launch(
+        &self,
+        _ctx: &BuildContext,
+        _b: &BaseImage,
+        _a: &Access,
+    ) -> Result<ConnectTarget, BuildError> {
+        Err(BuildError::Other("must not launch".into()))
+    }
+    async fn capture(&self, _ctx: &BuildContext) -> Result<Artifact, BuildError> {
+        Err(BuildError::Other("must not capture".into()))
+    }
+}
+
+#[tokio::test]
+async fn offline_findings_fail_the_validate_step_of_every_build() {
+    let d = tempfile::tempdir().unwrap();
+    let mut js = jobs(
+        d.path(),
+        vec![tb(d.path(), Iaas::Aws), tb(d.path(), Iaas::Gcp)],
+    );
+    js[1].builder = Arc::new(OfflineFinding);
+    let sink = Arc::new(MemorySink::default());
+    let runner = Runner::new(d.path().join("state"), sink.clone());
+    let results = runner.run_all(js, CancellationToken::new()).await;
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert_eq!(results[1].outcome, Outcome::Failed);
+    let e = results[1].error.as_deref().unwrap_or("");
+    assert!(
+        e.contains("builds.gcp.options.project_id: GOOGLE_PROJECT_ID is empty"),
+        "{e}"
+    );
+    assert!(!sink
+        .events()
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::ResourceIntent { .. })));
+}

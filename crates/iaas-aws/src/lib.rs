@@ -6,6 +6,7 @@
 //! | step | module |
 //! |---|---|
 //! | options, defaults, cleanup config | [`options`] |
+//! | offline checks (region, AMI name, copy regions; `opsbake validate` reports them) | [`checks`] |
 //! | validate (offline rules, stemcell, credentials and instance type in one call) | [`validate`] |
 //! | base image (light AMI, reuse by stemcell sha1, heavy import) | [`base_image`], with the uploads in [`import`] (EBS direct) and [`s3import`] (`import: s3`) |
 //! | launch (key pair, security group, RunInstances with the agent settings) | [`launch`] |
@@ -22,6 +23,7 @@
 
 pub mod base_image;
 pub mod capture;
+pub mod checks;
 pub mod clients;
 pub mod connect;
 pub mod copy;
@@ -70,6 +72,7 @@ pub(crate) struct Launched {
 /// The AWS builder of one plan.
 pub struct AwsBuilder {
     pub(crate) opts: AwsOptions,
+    pub(crate) checked: checks::Checked,
     pub(crate) region: String,
     pub(crate) clients: Arc<Clients>,
     pub(crate) deleter: AwsDeleter,
@@ -92,15 +95,9 @@ impl AwsBuilder {
             .as_ref()
             .ok_or_else(|| AwsError::Invalid("the template has no builds.aws entry".into()))?;
         let opts = normalise(spec.options.clone());
-        let region = opts
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| {
-                AwsError::Invalid("no region: set builds.aws.options.region (or AWS_REGION)".into())
-            })?;
+        let region = checks::resolve_region(&opts, &checks::process_env)
+            .ok_or_else(|| checks::no_region(plan))?;
+        let checked = checks::check(plan, Some(&region), &checks::process_env);
         let clients = Arc::new(Clients::new(&region, opts.endpoint.clone()));
         let waiter = Waiter::with_timeout(
             opts.wait_timeout
@@ -112,6 +109,7 @@ impl AwsBuilder {
             .with_bucket(opts.import_bucket.clone());
         Ok(AwsBuilder {
             opts,
+            checked,
             region,
             clients,
             deleter,
@@ -157,6 +155,14 @@ impl Deleter for AwsBuilder {
 impl Builder for AwsBuilder {
     fn iaas(&self) -> Iaas {
         Iaas::Aws
+    }
+
+    fn offline_checks(&self) -> Vec<opsbake_core::builder::Finding> {
+        self.checked.errors.clone()
+    }
+
+    fn offline_warnings(&self) -> Vec<opsbake_core::builder::Finding> {
+        self.checked.warnings.clone()
     }
 
     fn cleanup_config(&self) -> serde_json::Value {

@@ -64,6 +64,7 @@ pub fn normalise(mut o: AwsOptions) -> AwsOptions {
     set(&mut o.import);
     set(&mut o.import_bucket);
     list(&mut o.copy_regions);
+    crate::checks::dedupe_copy_regions(&mut o.copy_regions);
     list(&mut o.ami_users);
     list(&mut o.ami_groups);
     list(&mut o.snapshot_users);

@@ -8,6 +8,7 @@ mod cmd {
 mod dispatch;
 mod localtest;
 mod output;
+mod validate;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -282,8 +283,11 @@ fn print_json(v: &serde_json::Value) {
 
 fn cmd_validate(cli: &Cli, t: &TemplateArgs) -> Result<i32, Fail> {
     let loaded = template::load(&t.template)?;
-    let vars = resolve(&loaded, &var_sources(t)?)?;
-    let plans = validate_all(&loaded, &vars)?;
+    let checked = validate::check(&loaded, &var_sources(t)?, &[], &state_dir(cli));
+    if let Some(m) = validate::report(&checked) {
+        return Err(bad(m));
+    }
+    let plans = checked.plans;
     let iaases: Vec<String> = plans.iter().map(|p| p.iaas.to_string()).collect();
     if cli.json {
         print_json(
@@ -425,16 +429,21 @@ fn spawn_signal_handler(cancel: CancellationToken, tracker: Arc<CleanupTracker>)
 
 async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
     let loaded = template::load(&a.t.template)?;
-    let vars = resolve(&loaded, &var_sources(&a.t)?)?;
-    validate_all(&loaded, &vars)?;
     let iaases = parse_iaas_list(&a.iaas, &loaded)?;
+    let sd = state_dir(cli);
+    // The validate step: every error of the template and of the selected
+    // builders' offline checks, before anything is created.
+    let checked = validate::check(&loaded, &var_sources(&a.t)?, &iaases, &sd);
+    if let Some(m) = validate::report(&checked) {
+        return Err(bad(m));
+    }
+    let vars = checked.vars;
     let skip: Vec<Iaas> = if a.skip_provision.is_empty() {
         Vec::new()
     } else {
         parse_iaas_list(&a.skip_provision, &loaded)
             .map_err(|f| bad(format!("--skip-provision: {}", f.message)))?
     };
-    let sd = state_dir(cli);
     let mut jobs = Vec::new();
     for i in iaases {
         let mut plan = plan_build(&loaded, &vars, i, &new_build_id(i))?;
@@ -445,7 +454,8 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
             );
             plan.provision.clear();
         }
-        let builder = dispatch::builder(&plan, &sd).map_err(|e| bad(format!("[{i}] {e}")))?;
+        let builder = dispatch::builder(&plan, &sd)
+            .map_err(|e| Fail::from(validate::construction_error(&loaded, i, e)))?;
         let inputs = opsbake_core::manifest::input_digests(&plan, &vars)
             .map_err(|e| bad(format!("[{i}] {e}")))?;
         jobs.push(BuildJob {
@@ -697,6 +707,7 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("OPSBAKE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(output::color_allowed(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

@@ -40,6 +40,15 @@ pub struct HumanSink {
     color: bool,
     progress: Option<MultiProgress>,
     bars: Mutex<HashMap<(String, String), ProgressBar>>,
+    /// The last failed step and its error, per build: the build's end does
+    /// not print the same error again.
+    failed: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set to anything
+/// non-empty (no-color.org): for human output and `OPSBAKE_LOG` lines alike.
+pub fn color_allowed(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 const PALETTE: [u8; 6] = [33, 35, 36, 32, 34, 208];
@@ -49,9 +58,10 @@ impl HumanSink {
         let tty = console::Term::stderr().is_term();
         HumanSink {
             timestamps,
-            color: tty && console::colors_enabled_stderr(),
+            color: color_allowed(tty) && console::colors_enabled_stderr(),
             progress: (tty && progress).then(MultiProgress::new),
             bars: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -137,6 +147,12 @@ impl EventSink for HumanSink {
                 self.dim(format!("{p}    {step} done in {seconds:.1}s"))
             }
             EventKind::StepFailed { step, error } => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.insert(
+                        ev.build.clone().unwrap_or_default(),
+                        (step.clone(), error.clone()),
+                    );
+                }
                 self.red(format!("{p}!!! {step} failed: {error}"))
             }
             EventKind::Message { level, text } => match level.as_str() {
@@ -198,7 +214,22 @@ impl EventSink for HumanSink {
                     format!("{p}build succeeded in {seconds:.1}s: {a}")
                 }
                 ("succeeded", None, _) => format!("{p}build succeeded in {seconds:.1}s"),
-                (o, _, Some(e)) => self.red(format!("{p}build {o} after {seconds:.1}s: {e}")),
+                (o, _, Some(e)) => {
+                    let step = self
+                        .failed
+                        .lock()
+                        .ok()
+                        .and_then(|mut f| f.remove(&ev.build.clone().unwrap_or_default()))
+                        .filter(|(_, err)| err == e)
+                        .map(|(step, _)| step);
+                    match step {
+                        // Printed with the step above: once is enough.
+                        Some(step) => {
+                            self.red(format!("{p}build {o} after {seconds:.1}s (in step {step})"))
+                        }
+                        None => self.red(format!("{p}build {o} after {seconds:.1}s: {e}")),
+                    }
+                }
                 (o, _, None) => self.red(format!("{p}build {o} after {seconds:.1}s")),
             },
         };

@@ -306,7 +306,7 @@ impl Session<'_> {
             .await
             .map_err(Self::tr("staging"))?;
         self.ctx.events.info(format!(
-            "staged {} file(s), {} byte(s) in {} in {:.2}s",
+            "staged {} file(s) ({} byte(s)) to {}, took {:.2}s",
             rep.files,
             rep.bytes,
             self.staging.cdir,

@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn target_from_the_template() {
         let b = builder_of(
-            "name: t\nbuilds:\n  ssh:\n    ssh: {host: 192.0.2.7, port: 2222, user: ops, private_key_file: key, host_key: {pin: [\"SHA256:abc\"]}}\n",
+            "name: t\nbuilds:\n  ssh:\n    ssh: {host: 192.0.2.7, port: 2222, user: ops, private_key_file: key, host_key: {pin: [\"SHA256:LXEWQrcmsEQBYnyp+6wy9chTD7GQPMTbAiWHF5IaSIE\"]}}\n",
         );
         let t = b.target().unwrap();
         assert_eq!(
@@ -162,7 +162,12 @@ mod tests {
             ("192.0.2.7", 2222, "ops")
         );
         assert!(matches!(t.auth, SshAuth::KeyFile(ref p) if p.ends_with("key")));
-        assert_eq!(t.host_key, HostKeyPolicy::Pin(vec!["SHA256:abc".into()]));
+        assert_eq!(
+            t.host_key,
+            HostKeyPolicy::Pin(vec![
+                "SHA256:LXEWQrcmsEQBYnyp+6wy9chTD7GQPMTbAiWHF5IaSIE".into()
+            ])
+        );
         let b = builder_of("name: t\nbuilds:\n  ssh:\n    ssh: {host: 192.0.2.7, password: pw}\n");
         let t = b.target().unwrap();
         assert_eq!(t.port, 22);

@@ -575,7 +575,25 @@ fn outer_member_name<R: Read>(entry: &tar::Entry<'_, R>, ctx: &Ctx) -> Result<St
     Ok(display)
 }
 
-/// Read `stemcell.MF` only: stops at that member, without decompressing the rest.
+/// Outer member names seen so far: a second member of the same name (two
+/// `stemcell.MF`, two `image`) is refused, since a reader that stops at the
+/// first and one that reads to the end would disagree about the stemcell.
+#[derive(Default)]
+struct SeenOuter(BTreeSet<String>);
+
+impl SeenOuter {
+    fn check(&mut self, name: &str, ctx: &Ctx) -> Result<(), ReadError> {
+        if self.0.insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(ctx.unsafe_member(name, UnsafeReason::Duplicate))
+        }
+    }
+}
+
+/// Read `stemcell.MF`. The members after it are read up to the `image`
+/// member (a heavy image is not decompressed; [`verify`] and [`extract`]
+/// read to the end), so that a second `stemcell.MF` is refused.
 pub fn read_manifest(path: &Path) -> Result<Manifest, ReadError> {
     read_manifest_with(path, &Limits::default())
 }
@@ -586,14 +604,24 @@ pub fn read_manifest_with(path: &Path, limits: &Limits) -> Result<Manifest, Read
     let entries = ar
         .entries()
         .map_err(|e| ctx.stream_err(e, "reading the tarball"))?;
+    let mut seen = SeenOuter::default();
+    let mut manifest = None;
     for entry in entries {
         let mut entry = entry.map_err(|e| ctx.stream_err(e, "reading a tar header"))?;
         let name = outer_member_name(&entry, &ctx)?;
+        seen.check(&name, &ctx)?;
         if name == MANIFEST_MEMBER {
-            return read_manifest_member(&mut entry, &ctx, limits);
+            manifest = Some(read_manifest_member(&mut entry, &ctx, limits)?);
+        } else if manifest.is_some()
+            && ((name == IMAGE_MEMBER && entry.size() > 0)
+                || entry.size() > limits.max_member_bytes)
+        {
+            // A heavy image (or an oversized member) is not decompressed
+            // here: verify and extract read to the end.
+            break;
         }
     }
-    Err(ReadError::MissingManifest { path: ctx.path })
+    manifest.ok_or(ReadError::MissingManifest { path: ctx.path })
 }
 
 fn image_limit(m: &Manifest, limits: &Limits) -> u64 {
@@ -643,6 +671,7 @@ pub fn scan_with_progress(
     let (mut ar, ctx, file_size, _) = open(path, progress)?;
     let mut manifest: Option<Manifest> = None;
     let mut members = Vec::new();
+    let mut seen = SeenOuter::default();
     let mut image: Option<(u64, String)> = None;
     let mut buf = vec![0u8; BUF];
     {
@@ -652,6 +681,7 @@ pub fn scan_with_progress(
         for entry in entries {
             let mut entry = entry.map_err(|e| ctx.stream_err(e, "reading a tar header"))?;
             let name = outer_member_name(&entry, &ctx)?;
+            seen.check(&name, &ctx)?;
             let size = entry.size();
             members.push(MemberInfo {
                 name: name.clone(),
@@ -758,6 +788,7 @@ pub fn extract(
     let (mut ar, ctx, _, _) = open(path, opts.progress.clone())?;
     let mut manifest: Option<Manifest> = None;
     let mut result: Option<(Vec<ExtractedFile>, u64, u64, String, tempfile::TempDir)> = None;
+    let mut seen = SeenOuter::default();
     let mut buf = vec![0u8; BUF];
     {
         let entries = ar
@@ -766,6 +797,7 @@ pub fn extract(
         for entry in entries {
             let mut entry = entry.map_err(|e| ctx.stream_err(e, "reading a tar header"))?;
             let name = outer_member_name(&entry, &ctx)?;
+            seen.check(&name, &ctx)?;
             let size = entry.size();
             if name == MANIFEST_MEMBER {
                 manifest = Some(read_manifest_member(&mut entry, &ctx, &limits)?);

@@ -406,7 +406,7 @@ fn hostile_outer_members_are_refused() {
     let sc = t.path().join("dotslash.tgz");
     craft(
         &sc,
-        json!({"members": [{"name": "./stemcell.MF", "text": aws_mf(8)}, img]}),
+        json!({"members": [{"name": "./stemcell.MF", "text": aws_mf(8)}, img.clone()]}),
     );
     for e in [
         read_manifest(&sc).unwrap_err(),
@@ -418,6 +418,41 @@ fn hostile_outer_members_are_refused() {
             "{e}"
         );
         assert!(e.to_string().contains("bosh CLI"), "{e}");
+    }
+    // Two stemcell.MF members (the second claims another version): a reader
+    // that stops at the first and one that reads to the end would disagree.
+    let sc = t.path().join("two-mf.tgz");
+    let second = aws_mf(8).replace("'1.406'", "'9.999'");
+    craft(
+        &sc,
+        json!({"members": [{"name": "stemcell.MF", "text": aws_mf(8)}, {"name": "packages.txt", "text": "x\n"}, {"name": "stemcell.MF", "text": second}, img.clone()]}),
+    );
+    for e in [
+        read_manifest(&sc).unwrap_err(),
+        verify(&sc).unwrap_err(),
+        reader::scan(&sc, &Limits::default()).unwrap_err(),
+        refused(&sc, &ExtractOptions::default()),
+    ] {
+        assert!(
+            matches!(&e, ReadError::UnsafeMember { reason: UnsafeReason::Duplicate, member, .. } if member == "stemcell.MF"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("stemcell.MF"), "{e}");
+    }
+    // A second MF after the image is caught by the readers that go to the end.
+    let sc = t.path().join("mf-after-image.tgz");
+    craft(
+        &sc,
+        json!({"members": [{"name": "stemcell.MF", "text": aws_mf(8)}, img.clone(), {"name": "stemcell.MF", "text": aws_mf(8)}]}),
+    );
+    for e in [
+        verify(&sc).unwrap_err(),
+        refused(&sc, &ExtractOptions::default()),
+    ] {
+        assert!(
+            matches!(&e, ReadError::UnsafeMember { reason: UnsafeReason::Duplicate, member, .. } if member == "stemcell.MF"),
+            "{e}"
+        );
     }
     let sc = t.path().join("outer-symlink.tgz");
     craft(
