@@ -64,6 +64,11 @@ pub(crate) struct Cx {
     pub mapped: Vec<String>,
     env_vars: BTreeSet<String>,
     used_vars: BTreeSet<String>,
+    /// Variables used whole as a local path (their defaults are rebased).
+    path_vars: BTreeSet<String>,
+    /// Literal variable defaults (for map keys, which opsbake does not
+    /// interpolate).
+    var_defaults: HashMap<String, String>,
 }
 
 fn lossy(v: &Value) -> String {
@@ -105,6 +110,8 @@ impl Cx {
             mapped: Vec::new(),
             env_vars: BTreeSet::new(),
             used_vars: BTreeSet::new(),
+            path_vars: BTreeSet::new(),
+            var_defaults: HashMap::new(),
         }
     }
 
@@ -173,6 +180,11 @@ impl Cx {
     /// A local path, relative to the new template's directory.
     fn path(&mut self, key: &str, v: &Value) -> Option<String> {
         let s = self.val_str(key, v, Ctx::Value)?;
+        if let Some(name) = s.strip_prefix("${var.").and_then(|r| r.strip_suffix('}')) {
+            if !name.contains('}') {
+                self.path_vars.insert(name.to_string());
+            }
+        }
         Some(self.rebase(&s))
     }
 
@@ -635,10 +647,18 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
             list_into(cx, o, "snapshot_users", &mut opts, "snapshot_users");
             bool_into(cx, o, "encrypt_boot", &mut opts, "encrypt", false);
             if let Some((p, v)) = o.take("kms_key_id") {
-                let region = match opts.get("region") {
+                let mut region = match opts.get("region") {
                     Some(Y::Str(r)) => r.clone(),
                     _ => "us-east-1".to_string(),
                 };
+                if let Some(d) = region
+                    .strip_prefix("${var.")
+                    .and_then(|r| r.strip_suffix('}'))
+                    .and_then(|n| cx.var_defaults.get(n).cloned())
+                {
+                    cx.note(&p, format!("the key of `options.kms_key_ids` is the region's default `{d}` (opsbake does not interpolate map keys)"), "the region the AMI is built in");
+                    region = d.clone();
+                }
                 match cx.val_str(&p, &v, Ctx::Value) {
                     Some(k) => {
                         opts.child("kms_key_ids").set(&region, Y::s(k));
@@ -867,7 +887,7 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
     from
 }
 
-fn iaas_list(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, Iaas>) -> Vec<Y> {
+fn iaas_list(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, Iaas>, y: &mut Y) -> Vec<Y> {
     let mut out: Vec<Y> = Vec::new();
     let list = match v {
         Value::Array(a) => a.clone(),
@@ -883,11 +903,12 @@ fn iaas_list(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, Iaas>) -> 
                 }
             }
             None => {
-                cx.note(
+                let c = cx.note(
                     &format!("{p}[{i}]"),
                     format!("builder `{s}` was not converted: dropped from the list"),
                     "the step's builds",
                 );
+                y.comment(&[c]);
             }
         }
     }
@@ -938,10 +959,17 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
     str_into(cx, &mut o, "name", &mut y, "name");
     for k in ["only", "except"] {
         if let Some((kp, kv)) = o.take(k) {
-            let l = iaas_list(cx, &kp, &kv, names);
+            let l = iaas_list(cx, &kp, &kv, names, &mut y);
             if l.is_empty() && k == "only" {
-                let c = cx.note(&kp, "the step runs only for builders that were not converted: not converted", "the step");
-                return Item { comments: vec![c], value: None };
+                let mut c: Vec<String> = match &y {
+                    Y::Map(e) => e.iter().flat_map(|e| e.comments.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                c.push(cx.note(&kp, "the step runs only for builders that were not converted: not converted", "the step"));
+                for k in o.map.keys() {
+                    cx.mapped.push(format!("{p}.{k}"));
+                }
+                return Item { comments: c, value: None };
             }
             if !l.is_empty() {
                 y.set(k, seq(l));
@@ -1013,10 +1041,18 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                 }
             }
             if let Some((kp, kv)) = o.take("generated") {
-                if kv == Value::Bool(true) {
-                    cx.note(&kp, "not converted: opsbake checks every source at validate time", "a source made by an earlier step (shell-local) must exist before the build, or be made outside opsbake");
-                }
                 cx.mapped(&kp);
+                if kv == Value::Bool(true) {
+                    let exists = m.get("source").map(lossy).and_then(|s| cx.local(&s)).is_some_and(|l| l.exists());
+                    if !exists {
+                        let c = cx.note(&kp, "a generated source: the step was not converted (opsbake checks every source at validate time)", "make the file before `opsbake build` and add the step back");
+                        for k in o.map.keys() {
+                            cx.mapped.push(format!("{p}.{k}"));
+                        }
+                        return Item { comments: vec![c], value: None };
+                    }
+                    cx.note(&kp, "a generated source: opsbake checks every source at validate time", "the file must exist before `opsbake build`");
+                }
             }
         }
         "shell" | "shell-local" => {
@@ -1356,6 +1392,9 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
                     Value::Null => {}
                     Value::String(_) | Value::Number(_) | Value::Bool(_) => {
                         let s = cx.val_str(&kp, &def, Ctx::Default).unwrap_or_default();
+                        if !s.contains("${") {
+                            cx.var_defaults.insert(k.clone(), s.clone());
+                        }
                         decl.set("default", Y::s(s));
                     }
                     other => {
@@ -1412,6 +1451,7 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
                     None => ty.clone(),
                 };
                 let Some(iaas) = iaas_of(&ty) else {
+                    cx.mapped(&tp);
                     top_comments.push(cx.note(&bp, format!("builder type `{ty}` has no opsbake equivalent: not converted"), "opsbake builds amazon-ebs, googlecompute, azure-arm, vsphere, virtualbox/qemu and null (ssh) images"));
                     for k in bo.map.keys() {
                         cx.mapped.push(format!("{bp}.{k}"));
@@ -1419,6 +1459,7 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
                     continue;
                 };
                 if builds.get(iaas.as_str()).is_some() {
+                    cx.mapped(&tp);
                     top_comments.push(cx.note(&bp, format!("a second builder for {iaas} (`{bname}`): not converted (opsbake has one build per IaaS)"), "make a second template for it, or use variables"));
                     for k in bo.map.keys() {
                         cx.mapped.push(format!("{bp}.{k}"));
@@ -1492,6 +1533,21 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
             let mut d = Y::map();
             d.comment(&[c]);
             vars.set(&u, d);
+        }
+    }
+
+    let path_vars: Vec<String> = cx.path_vars.iter().cloned().collect();
+    for n in path_vars {
+        let rebased = match vars.get(&n).and_then(|d| d.get("default")) {
+            Some(Y::Str(d)) => {
+                let r = cx.rebase(d);
+                (r != *d).then_some(r)
+            }
+            _ => None,
+        };
+        if let Some(r) = rebased {
+            cx.note(&format!("variables.{n}"), format!("the default is a path: became `{r}` (relative to the new template)"), "values given with --var are relative to the template's directory too");
+            vars.child(&n).set("default", Y::s(r));
         }
     }
 

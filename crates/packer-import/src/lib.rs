@@ -219,14 +219,41 @@ pub fn convert_text(
             path: path.to_path_buf(),
             reason: "HCL without `source` and `build` blocks".into(),
         }),
-        Err(message) if is_hcl_name(path) || path.is_dir() => Err(ImportError::Hcl {
-            path: path.to_path_buf(),
-            message: message.trim().to_string(),
-        }),
+        Err(message) if is_hcl_name(path) || path.is_dir() => Err(hcl_error(path, &message)),
         Err(_) => Err(ImportError::NotPacker {
             path: path.to_path_buf(),
             reason: "neither JSON nor HCL (a Packer template is a .json file with `builders`, or .pkr.hcl with `source` and `build` blocks)".into(),
         }),
+    }
+}
+
+/// The HCL parser's message (`--> HCL parse error in line 2, column 14`,
+/// the source line, `= expected ...`) as `file:line:column: expected ...`.
+fn hcl_error(path: &Path, message: &str) -> ImportError {
+    let num_after = |key: &str| -> Option<usize> {
+        let i = message.find(key)? + key.len();
+        let digits: String = message[i..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let detail: Vec<&str> = message
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("= "))
+        .collect();
+    match (num_after("line "), num_after("column ")) {
+        (Some(line), Some(column)) => ImportError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: if detail.is_empty() {
+                message.trim().to_string()
+            } else {
+                format!("HCL: {}", detail.join("; "))
+            },
+        },
+        _ => ImportError::Hcl {
+            path: path.to_path_buf(),
+            message: message.trim().to_string(),
+        },
     }
 }
 
