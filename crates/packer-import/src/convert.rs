@@ -88,7 +88,7 @@ fn is_secret_key(k: &str) -> bool {
 fn shown(key: &str, v: &Value) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
     if is_secret_key(last) {
-        return "(value not shown)".to_string();
+        return "not shown".to_string();
     }
     let s = v.to_string();
     if s.chars().count() > 100 {
@@ -149,7 +149,13 @@ impl Cx {
 
     /// Report `key = value` as not converted, with a comment in `y`.
     fn drop_into(&mut self, y: &mut Y, key: &str, v: &Value, action: &str, check: &str) {
-        let c = self.note(key, format!("{action} (value {})", shown(key, v)), check);
+        let shown = shown(key, v);
+        let action = if shown == "not shown" {
+            format!("{action} (value not shown)")
+        } else {
+            format!("{action} (value {shown})")
+        };
+        let c = self.note(key, action, check);
         y.comment(&[c]);
     }
 

@@ -177,7 +177,7 @@ fn amazon_ebs() {
     assert!(c.note("builders[0].ami_name").contains("${build.id}"));
     assert!(c.note("min_packer_version").contains("not converted"));
     // Secrets are never shown in comments; sensitive stays sensitive.
-    assert!(c.yaml.contains("packer builders[0].secret_key: not converted: credentials are never part of an opsbake template (value (value not shown))"), "{}", c.yaml);
+    assert!(c.yaml.contains("packer builders[0].secret_key: not converted: credentials are never part of an opsbake template (value not shown)"), "{}", c.yaml);
     let t = template::parse(Path::new("t.yml"), c.yaml.clone()).unwrap().template;
     assert!(t.variables["aws_secret_key"].sensitive);
     assert_eq!(t.variables["aws_secret_key"].default.as_deref(), Some("${env.AWS_SECRET_ACCESS_KEY}"));
