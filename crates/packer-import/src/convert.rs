@@ -195,7 +195,7 @@ impl Cx {
     }
 
     pub fn rebase(&self, s: &str) -> String {
-        if s.starts_with('/') || s.starts_with("${") || s.starts_with('~') || self.rel == "." {
+        if s.is_empty() || s.starts_with('/') || s.starts_with("${") || s.starts_with('~') || self.rel == "." {
             return s.to_string();
         }
         let mut parts: Vec<&str> = self.rel.split('/').filter(|p| !p.is_empty()).collect();
