@@ -44,7 +44,10 @@ fn text(o: &Output) -> String {
 fn converts_reports_and_validates() {
     let d = tempfile::tempdir().unwrap();
     let src = fixtures().join("amazon-ebs.json");
-    let o = opsbake(d.path(), &["import-packer", src.to_str().unwrap(), "-o", "app.yml"]);
+    let o = opsbake(
+        d.path(),
+        &["import-packer", src.to_str().unwrap(), "-o", "app.yml"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("aws-appliance -> aws"), "{err}");
@@ -53,23 +56,39 @@ fn converts_reports_and_validates() {
         "{err}"
     );
     // Refuses to overwrite without --force.
-    let o2 = opsbake(d.path(), &["import-packer", src.to_str().unwrap(), "-o", "app.yml"]);
+    let o2 = opsbake(
+        d.path(),
+        &["import-packer", src.to_str().unwrap(), "-o", "app.yml"],
+    );
     assert_eq!(o2.status.code(), Some(2), "{}", text(&o2));
     assert!(String::from_utf8_lossy(&o2.stderr).contains("--force"));
     // The result validates once the stemcell and the required variable are given.
     std::fs::write(d.path().join("sc.tgz"), "x").unwrap();
     let v = opsbake(
         d.path(),
-        &["validate", "app.yml", "--var", "stemcell_aws=sc.tgz", "--var", "kms_key=k"],
+        &[
+            "validate",
+            "app.yml",
+            "--var",
+            "stemcell_aws=sc.tgz",
+            "--var",
+            "kms_key=k",
+        ],
     );
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
     // Without -o the template goes to stdout; --json gives the report as JSON.
-    let j = opsbake(d.path(), &["--json", "import-packer", src.to_str().unwrap()]);
+    let j = opsbake(
+        d.path(),
+        &["--json", "import-packer", src.to_str().unwrap()],
+    );
     assert_eq!(j.status.code(), Some(0), "{}", text(&j));
     let ev: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
     assert_eq!(ev["event"], "imported");
     assert_eq!(ev["builds"][0]["iaas"], "aws");
-    assert!(ev["yaml"].as_str().unwrap().contains("ami_name: \"appliance-${var.version}-${build.id}\""));
+    assert!(ev["yaml"]
+        .as_str()
+        .unwrap()
+        .contains("ami_name: \"appliance-${var.version}-${build.id}\""));
     assert!(ev["notes"]
         .as_array()
         .unwrap()
@@ -81,9 +100,17 @@ fn converts_reports_and_validates() {
 fn not_packer_and_broken_input_exit_2() {
     let d = tempfile::tempdir().unwrap();
     for (name, body, expect) in [
-        ("package.json", "{\"name\": \"x\"}", "not a Packer template: no `builders`"),
+        (
+            "package.json",
+            "{\"name\": \"x\"}",
+            "not a Packer template: no `builders`",
+        ),
         ("t.yml", "name: x\nbuilds: {}\n", "not a Packer template"),
-        ("broken.json", "{\"builders\": [\n  {\"type\": }\n]}", "broken.json:2:12:"),
+        (
+            "broken.json",
+            "{\"builders\": [\n  {\"type\": }\n]}",
+            "broken.json:2:12:",
+        ),
     ] {
         std::fs::write(d.path().join(name), body).unwrap();
         let o = opsbake(d.path(), &["import-packer", name]);
@@ -106,12 +133,18 @@ fn tree(root: &Path) -> BTreeMap<String, (u32, String)> {
             let rel = p.strip_prefix(base).unwrap().display().to_string();
             let md = std::fs::symlink_metadata(&p).unwrap();
             if md.is_dir() {
-                out.insert(format!("{rel}/"), (md.permissions().mode() & 0o7777, String::new()));
+                out.insert(
+                    format!("{rel}/"),
+                    (md.permissions().mode() & 0o7777, String::new()),
+                );
                 walk(base, &p, out);
             } else {
                 out.insert(
                     rel,
-                    (md.permissions().mode() & 0o7777, std::fs::read_to_string(&p).unwrap()),
+                    (
+                        md.permissions().mode() & 0o7777,
+                        std::fs::read_to_string(&p).unwrap(),
+                    ),
                 );
             }
         }
@@ -205,7 +238,12 @@ fn converted_template_has_the_same_effect_as_packer_null_builder() {
     std::fs::create_dir_all(&conv_dir).unwrap();
     let o = opsbake(
         &conv_dir,
-        &["import-packer", fx.join("packer.json").to_str().unwrap(), "-o", "eqv.yml"],
+        &[
+            "import-packer",
+            fx.join("packer.json").to_str().unwrap(),
+            "-o",
+            "eqv.yml",
+        ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let yml = conv_dir.join("eqv.yml");
@@ -240,7 +278,10 @@ fn converted_template_has_the_same_effect_as_packer_null_builder() {
     assert!(tp.contains_key("files/tree/sub/b.txt"), "{tp:?}");
     assert_eq!(tp["args.txt"].1, "from-exec\n");
     assert_eq!(tp["sequence.txt"].1, "one\ntwo\n");
-    assert_eq!(tp["greeting.txt"].1, "hello \"world\", it's $HOME and `backticks`\n");
+    assert_eq!(
+        tp["greeting.txt"].1,
+        "hello \"world\", it's $HOME and `backticks`\n"
+    );
     assert_eq!(to, tp, "opsbake's files differ from Packer's");
     // The same shell-local effect.
     assert_eq!(
@@ -250,7 +291,12 @@ fn converted_template_has_the_same_effect_as_packer_null_builder() {
     // The same script output lines (stdout in the same order).
     let (lp, lo) = (eqv_lines(&pk), eqv_lines(&ob));
     assert_eq!(lp.len(), 7, "{lp:?}\n{}", text(&pk));
-    assert_eq!(lo, lp, "opsbake printed other lines than Packer:\n{}", text(&ob));
+    assert_eq!(
+        lo,
+        lp,
+        "opsbake printed other lines than Packer:\n{}",
+        text(&ob)
+    );
     // Packer prints everything on stdout; opsbake's human output is stderr.
     assert_eq!(stdout_eqv_order(&ob, false), stdout_eqv_order(&pk, true));
 }

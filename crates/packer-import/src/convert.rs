@@ -80,9 +80,17 @@ fn lossy(v: &Value) -> String {
 
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    ["password", "secret", "token", "access_key", "private_key", "account_file", "credential"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "access_key",
+        "private_key",
+        "account_file",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 fn shown(key: &str, v: &Value) -> String {
@@ -100,7 +108,12 @@ fn shown(key: &str, v: &Value) -> String {
 }
 
 impl Cx {
-    pub fn new(file: String, packer_dir: PathBuf, rel: String, places: HashMap<String, String>) -> Cx {
+    pub fn new(
+        file: String,
+        packer_dir: PathBuf,
+        rel: String,
+        places: HashMap<String, String>,
+    ) -> Cx {
         Cx {
             file,
             packer_dir,
@@ -131,7 +144,12 @@ impl Cx {
     }
 
     /// Record a report line; returns the comment text for the YAML.
-    pub fn note(&mut self, key: &str, action: impl Into<String>, check: impl Into<String>) -> String {
+    pub fn note(
+        &mut self,
+        key: &str,
+        action: impl Into<String>,
+        check: impl Into<String>,
+    ) -> String {
         let n = Note {
             key: key.to_string(),
             place: self.place(key),
@@ -195,7 +213,12 @@ impl Cx {
     }
 
     pub fn rebase(&self, s: &str) -> String {
-        if s.is_empty() || s.starts_with('/') || s.starts_with("${") || s.starts_with('~') || self.rel == "." {
+        if s.is_empty()
+            || s.starts_with('/')
+            || s.starts_with("${")
+            || s.starts_with('~')
+            || self.rel == "."
+        {
             return s.to_string();
         }
         let mut parts: Vec<&str> = self.rel.split('/').filter(|p| !p.is_empty()).collect();
@@ -258,7 +281,12 @@ impl Obj {
 
     /// Comments (`_comment`, `_x`): Packer ignores keys starting with `_`.
     fn take_comments(&mut self, cx: &mut Cx, y: &mut Y) {
-        let keys: Vec<String> = self.map.keys().filter(|k| k.starts_with('_')).cloned().collect();
+        let keys: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| k.starts_with('_'))
+            .cloned()
+            .collect();
         for k in keys {
             if let Some((p, v)) = self.take(&k) {
                 cx.mapped(&p);
@@ -271,7 +299,11 @@ impl Obj {
     fn rest(self, cx: &mut Cx, y: &mut Y, hint: &dyn Fn(&str) -> Option<(&'static str, String)>) {
         let path = self.path.clone();
         for (k, v) in self.map {
-            let key = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let key = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             let (action, check) = hint(&k).unwrap_or((
                 "not converted: opsbake has no equivalent",
                 "whether the image needs it; docs/migrating-from-packer.md".to_string(),
@@ -394,7 +426,13 @@ fn list_into(cx: &mut Cx, o: &mut Obj, k: &str, y: &mut Y, tk: &str) {
                 y.set(tk, seq(items));
                 cx.mapped(&p);
             }
-            None => cx.drop_into(y, &p, &v, "not a list of strings: not converted", "the value"),
+            None => cx.drop_into(
+                y,
+                &p,
+                &v,
+                "not a list of strings: not converted",
+                "the value",
+            ),
         }
     }
 }
@@ -408,7 +446,9 @@ fn map_into(cx: &mut Cx, o: &mut Obj, k: &str, y: &mut Y, tk: &str) {
                     let kp = format!("{p}.{mk}");
                     match cx.val_str(&kp, mv, Ctx::Value) {
                         Some(s) => t.set(mk, Y::s(s)),
-                        None => cx.drop_into(t, &kp, mv, "not a string: not converted", "the value"),
+                        None => {
+                            cx.drop_into(t, &kp, mv, "not a string: not converted", "the value")
+                        }
                     }
                 }
                 cx.mapped(&p);
@@ -436,12 +476,11 @@ fn json_to_y(cx: &mut Cx, p: &str, v: &Value) -> Y {
         Value::Bool(b) => Y::Bool(*b),
         Value::Number(n) => Y::Num(n.to_string()),
         Value::String(s) => Y::Str(cx.tr(p, s, Ctx::Value)),
-        Value::Array(a) => seq(
-            a.iter()
-                .enumerate()
-                .map(|(i, x)| json_to_y(cx, &format!("{p}[{i}]"), x))
-                .collect(),
-        ),
+        Value::Array(a) => seq(a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| json_to_y(cx, &format!("{p}[{i}]"), x))
+            .collect()),
         Value::Object(m) => {
             let mut y = Y::map();
             for (k, x) in m {
@@ -580,10 +619,20 @@ fn ssh_keys(cx: &mut Cx, o: &mut Obj, b: &mut Y) {
                 ssh.set("interface", Y::s(m));
                 cx.mapped(&p);
                 if s.ends_with("_dns") {
-                    cx.note(&p, format!("`{s}` became `{m}` (opsbake connects to the address)"), "that the address is reachable");
+                    cx.note(
+                        &p,
+                        format!("`{s}` became `{m}` (opsbake connects to the address)"),
+                        "that the address is reachable",
+                    );
                 }
             }
-            None => cx.drop_into(ssh, &p, &v, "not converted: opsbake knows `public` and `private`", "ssh.interface"),
+            None => cx.drop_into(
+                ssh,
+                &p,
+                &v,
+                "not converted: opsbake knows `public` and `private`",
+                "ssh.interface",
+            ),
         }
     }
     if let Some((p, v)) = o.take("ssh_bastion_host") {
@@ -597,7 +646,13 @@ fn ssh_keys(cx: &mut Cx, o: &mut Obj, b: &mut Y) {
         }
         num_into(cx, o, "ssh_bastion_port", &mut bast, "port", 1);
         str_into(cx, o, "ssh_bastion_username", &mut bast, "user");
-        path_into(cx, o, "ssh_bastion_private_key_file", &mut bast, "private_key_file");
+        path_into(
+            cx,
+            o,
+            "ssh_bastion_private_key_file",
+            &mut bast,
+            "private_key_file",
+        );
         if bast.get("user").is_none() {
             let u = ssh.get("user").cloned().unwrap_or(Y::s("vcap"));
             bast.set("user", u);
@@ -608,7 +663,13 @@ fn ssh_keys(cx: &mut Cx, o: &mut Obj, b: &mut Y) {
         if lossy(&v) == "ssh" {
             cx.mapped(&p);
         } else {
-            cx.drop_into(b, &p, &v, "not converted: opsbake talks SSH only", "the image must accept SSH logins");
+            cx.drop_into(
+                b,
+                &p,
+                &v,
+                "not converted: opsbake talks SSH only",
+                "the image must accept SSH logins",
+            );
         }
     }
 }
@@ -633,10 +694,22 @@ fn add_stemcell(vars: &mut Y, stemcells: &mut Y, iaas: Iaas, from: &str) {
 fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut Y) -> String {
     let mut opts = Y::map();
     let mut net = Y::map();
-    let from = ["source_ami", "source_image", "source_image_family", "image_sku", "image_url", "template", "source_path", "iso_url", "iso_urls", "disk_image", "iso_paths"]
-        .iter()
-        .find_map(|k| o.map.get(*k).map(|v| format!("{k} {}", shown(k, v))))
-        .unwrap_or_else(|| "an image".to_string());
+    let from = [
+        "source_ami",
+        "source_image",
+        "source_image_family",
+        "image_sku",
+        "image_url",
+        "template",
+        "source_path",
+        "iso_url",
+        "iso_urls",
+        "disk_image",
+        "iso_paths",
+    ]
+    .iter()
+    .find_map(|k| o.map.get(*k).map(|v| format!("{k} {}", shown(k, v))))
+    .unwrap_or_else(|| "an image".to_string());
     match ty {
         "amazon-ebs" => {
             str_into(cx, o, "region", &mut opts, "region");
@@ -644,7 +717,14 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
             str_into(cx, o, "instance_type", &mut opts, "instance_type");
             str_into(cx, o, "ami_name", &mut opts, "ami_name");
             str_into(cx, o, "ami_description", &mut opts, "ami_description");
-            bool_into(cx, o, "force_deregister", &mut opts, "force_deregister", false);
+            bool_into(
+                cx,
+                o,
+                "force_deregister",
+                &mut opts,
+                "force_deregister",
+                false,
+            );
             if let Some((p, v)) = o.take("force_delete_snapshot") {
                 cx.drop_into(&mut opts, &p, &v, "not converted: opsbake's force_deregister also deletes the old AMI's snapshots", "docs/aws.md");
             }
@@ -683,7 +763,13 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
                         opts.set("security_group_id", Y::s(l[0].clone()));
                         cx.mapped(&p);
                     }
-                    _ => cx.drop_into(&mut opts, &p, &v, "not converted: opsbake takes one security group", "options.security_group_id"),
+                    _ => cx.drop_into(
+                        &mut opts,
+                        &p,
+                        &v,
+                        "not converted: opsbake takes one security group",
+                        "options.security_group_id",
+                    ),
                 }
             }
             str_into(cx, o, "custom_endpoint_ec2", &mut opts, "endpoint");
@@ -699,11 +785,34 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
             }
             str_into(cx, o, "vpc_id", &mut net, "network");
             str_into(cx, o, "subnet_id", &mut net, "subnet");
-            bool_into(cx, o, "associate_public_ip_address", &mut net, "public_ip", false);
-            list_into(cx, o, "temporary_security_group_source_cidrs", &mut net, "ssh_cidrs");
-            list_into(cx, o, "temporary_security_group_source_cidr", &mut net, "ssh_cidrs");
+            bool_into(
+                cx,
+                o,
+                "associate_public_ip_address",
+                &mut net,
+                "public_ip",
+                false,
+            );
+            list_into(
+                cx,
+                o,
+                "temporary_security_group_source_cidrs",
+                &mut net,
+                "ssh_cidrs",
+            );
+            list_into(
+                cx,
+                o,
+                "temporary_security_group_source_cidr",
+                &mut net,
+                "ssh_cidrs",
+            );
             if let Some((p, v)) = o.take("launch_block_device_mappings") {
-                let root = v.as_array().and_then(|a| a.first()).and_then(Value::as_object).cloned();
+                let root = v
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_object)
+                    .cloned();
                 let mut rest = Y::map();
                 match root {
                     Some(m) if v.as_array().map(Vec::len) == Some(1) => {
@@ -715,10 +824,21 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
                         if let Some((dp, _)) = ro.take("delete_on_termination") {
                             cx.mapped(&dp);
                         }
-                        ro.rest(cx, &mut rest, &|_| Some(("not converted: opsbake sizes the root disk only (`disk`)", "volume type and IOPS: the IaaS defaults apply".to_string())));
+                        ro.rest(cx, &mut rest, &|_| {
+                            Some((
+                                "not converted: opsbake sizes the root disk only (`disk`)",
+                                "volume type and IOPS: the IaaS defaults apply".to_string(),
+                            ))
+                        });
                         cx.mapped(&p);
                     }
-                    _ => cx.drop_into(&mut rest, &p, &v, "not converted: opsbake sizes the root disk only (`disk`)", "extra volumes: attach them in a provisioning step or the IaaS"),
+                    _ => cx.drop_into(
+                        &mut rest,
+                        &p,
+                        &v,
+                        "not converted: opsbake sizes the root disk only (`disk`)",
+                        "extra volumes: attach them in a provisioning step or the IaaS",
+                    ),
                 }
                 if let Y::Map(e) = rest {
                     if let Y::Map(be) = b {
@@ -756,7 +876,13 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
         }
         "azure-arm" => {
             str_into(cx, o, "subscription_id", &mut opts, "subscription_id");
-            str_into(cx, o, "managed_image_resource_group_name", &mut opts, "resource_group");
+            str_into(
+                cx,
+                o,
+                "managed_image_resource_group_name",
+                &mut opts,
+                "resource_group",
+            );
             str_into(cx, o, "location", &mut opts, "location");
             str_into(cx, o, "vm_size", &mut opts, "vm_size");
             str_into(cx, o, "storage_account", &mut opts, "storage_account");
@@ -774,8 +900,16 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
             if let Some((p, v)) = o.take("vcenter_server") {
                 match cx.val_str(&p, &v, Ctx::Value) {
                     Some(s) => {
-                        let url = if s.contains("://") { s } else { format!("https://{s}/sdk") };
-                        cx.note(&p, format!("became `options.url: {url}`"), "the vCenter URL");
+                        let url = if s.contains("://") {
+                            s
+                        } else {
+                            format!("https://{s}/sdk")
+                        };
+                        cx.note(
+                            &p,
+                            format!("became `options.url: {url}`"),
+                            "the vCenter URL",
+                        );
                         opts.set("url", Y::s(url));
                         cx.mapped(&p);
                     }
@@ -785,7 +919,13 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
             str_into(cx, o, "username", &mut opts, "username");
             str_into(cx, o, "password", &mut opts, "password");
             bool_into(cx, o, "insecure_connection", &mut opts, "insecure", false);
-            for k in ["datacenter", "cluster", "datastore", "resource_pool", "folder"] {
+            for k in [
+                "datacenter",
+                "cluster",
+                "datastore",
+                "resource_pool",
+                "folder",
+            ] {
                 str_into(cx, o, k, &mut opts, k);
             }
             str_into(cx, o, "network", &mut opts, "network");
@@ -797,10 +937,21 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
                     Some([Value::Object(m)]) => {
                         let mut so = Obj::new(format!("{p}[0]"), m.clone());
                         num_into(cx, &mut so, "disk_size", b, "disk", 1);
-                        so.rest(cx, b, &|_| Some(("not converted: opsbake sizes the root disk only", "the IaaS defaults apply (thin provisioning)".to_string())));
+                        so.rest(cx, b, &|_| {
+                            Some((
+                                "not converted: opsbake sizes the root disk only",
+                                "the IaaS defaults apply (thin provisioning)".to_string(),
+                            ))
+                        });
                         cx.mapped(&p);
                     }
-                    _ => cx.drop_into(b, &p, &v, "not converted: opsbake sizes the root disk only (`disk`)", "extra disks"),
+                    _ => cx.drop_into(
+                        b,
+                        &p,
+                        &v,
+                        "not converted: opsbake sizes the root disk only (`disk`)",
+                        "extra disks",
+                    ),
                 }
             }
             if let Some((p, v)) = o.take("network_adapters") {
@@ -808,10 +959,21 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
                     Some([Value::Object(m)]) => {
                         let mut no = Obj::new(format!("{p}[0]"), m.clone());
                         str_into(cx, &mut no, "network", &mut opts, "network");
-                        no.rest(cx, b, &|_| Some(("not converted: opsbake keeps the stemcell's network card", "nothing for a stemcell-based image".to_string())));
+                        no.rest(cx, b, &|_| {
+                            Some((
+                                "not converted: opsbake keeps the stemcell's network card",
+                                "nothing for a stemcell-based image".to_string(),
+                            ))
+                        });
                         cx.mapped(&p);
                     }
-                    _ => cx.drop_into(b, &p, &v, "not converted: opsbake attaches one network (`options.network`)", "extra networks"),
+                    _ => cx.drop_into(
+                        b,
+                        &p,
+                        &v,
+                        "not converted: opsbake attaches one network (`options.network`)",
+                        "extra networks",
+                    ),
                 }
             }
         }
@@ -825,18 +987,36 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
                             cx.mapped(&p);
                         }
                         "none" => cx.mapped(&p),
-                        _ => cx.drop_into(&mut opts, &p, &v, "not converted: opsbake knows kvm and tcg", "options.accel"),
+                        _ => cx.drop_into(
+                            &mut opts,
+                            &p,
+                            &v,
+                            "not converted: opsbake knows kvm and tcg",
+                            "options.accel",
+                        ),
                     }
                 }
                 if let Some((p, v)) = o.take("format") {
-                    cx.drop_into(&mut opts, &p, &v, "not converted: opsbake's vbox build writes an OVA (outputs.formats)", "the artifact format");
+                    cx.drop_into(
+                        &mut opts,
+                        &p,
+                        &v,
+                        "not converted: opsbake's vbox build writes an OVA (outputs.formats)",
+                        "the artifact format",
+                    );
                 }
             } else if let Some((p, v)) = o.take("format") {
                 if lossy(&v) == "ova" {
                     outputs.set("formats", seq(vec![Y::s("ova")]));
                     cx.mapped(&p);
                 } else {
-                    cx.drop_into(&mut opts, &p, &v, "not converted: opsbake's vbox build writes an OVA", "the artifact format");
+                    cx.drop_into(
+                        &mut opts,
+                        &p,
+                        &v,
+                        "not converted: opsbake's vbox build writes an OVA",
+                        "the artifact format",
+                    );
                 }
             }
             str_into(cx, o, "vm_name", &mut opts, "vm_name");
@@ -850,7 +1030,13 @@ fn convert_builder(cx: &mut Cx, ty: &str, o: &mut Obj, b: &mut Y, outputs: &mut 
                         outputs.set("directory", Y::s(d));
                         cx.mapped(&p);
                     }
-                    _ => cx.drop_into(&mut opts, &p, &v, "not converted: one output directory per template", "outputs.directory"),
+                    _ => cx.drop_into(
+                        &mut opts,
+                        &p,
+                        &v,
+                        "not converted: one output directory per template",
+                        "outputs.directory",
+                    ),
                 }
             }
         }
@@ -936,7 +1122,10 @@ fn looks_like_handoff(text: &str) -> bool {
 fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, Iaas>) -> Item {
     let Some(m) = v.as_object() else {
         let c = cx.note(p, "not an object: not converted", "the provisioner");
-        return Item { comments: vec![c], value: None };
+        return Item {
+            comments: vec![c],
+            value: None,
+        };
     };
     let mut o = Obj::new(p.to_string(), m.clone());
     let ty = o.take("type").map(|(tp, t)| {
@@ -945,11 +1134,17 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
     });
     let Some(ty) = ty else {
         let c = cx.note(p, "no `type`: not converted", "the provisioner");
-        return Item { comments: vec![c], value: None };
+        return Item {
+            comments: vec![c],
+            value: None,
+        };
     };
     let mut y = Y::map();
     o.take_comments(cx, &mut y);
-    let supported = matches!(ty.as_str(), "file" | "shell" | "shell-local" | "chef-solo" | "breakpoint");
+    let supported = matches!(
+        ty.as_str(),
+        "file" | "shell" | "shell-local" | "chef-solo" | "breakpoint"
+    );
     if !supported {
         let c = cx.note(
             p,
@@ -959,7 +1154,10 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
         for k in o.map.keys() {
             cx.mapped.push(format!("{p}.{k}"));
         }
-        return Item { comments: vec![c], value: None };
+        return Item {
+            comments: vec![c],
+            value: None,
+        };
     }
     y.set("type", Y::s(ty.clone()));
     str_into(cx, &mut o, "name", &mut y, "name");
@@ -971,11 +1169,18 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                     Y::Map(e) => e.iter().flat_map(|e| e.comments.clone()).collect(),
                     _ => Vec::new(),
                 };
-                c.push(cx.note(&kp, "the step runs only for builders that were not converted: not converted", "the step"));
+                c.push(cx.note(
+                    &kp,
+                    "the step runs only for builders that were not converted: not converted",
+                    "the step",
+                ));
                 for k in o.map.keys() {
                     cx.mapped.push(format!("{p}.{k}"));
                 }
-                return Item { comments: c, value: None };
+                return Item {
+                    comments: c,
+                    value: None,
+                };
             }
             if !l.is_empty() {
                 y.set(k, seq(l));
@@ -987,12 +1192,22 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
     str_into(cx, &mut o, "timeout", &mut y, "timeout");
     num_into(cx, &mut o, "max_retries", &mut y, "max_retries", 1);
     if let Some((kp, kv)) = o.take("override") {
-        cx.drop_into(&mut y, &kp, &kv, "not converted: opsbake has no per-builder overrides of a step", "write one step per IaaS with `only:`");
+        cx.drop_into(
+            &mut y,
+            &kp,
+            &kv,
+            "not converted: opsbake has no per-builder overrides of a step",
+            "write one step per IaaS with `only:`",
+        );
     }
     let mut scan = String::new();
     match ty.as_str() {
         "file" => {
-            let dir_down = o.map.get("direction").map(lossy).unwrap_or_else(|| "upload".into());
+            let dir_down = o
+                .map
+                .get("direction")
+                .map(lossy)
+                .unwrap_or_else(|| "upload".into());
             str_into(cx, &mut o, "direction", &mut y, "direction");
             let mut dest_suffix: Option<String> = None;
             if let Some((kp, kv)) = o.take("source") {
@@ -1025,7 +1240,10 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
             if let Some((kp, kv)) = o.take("sources") {
                 match str_list(cx, &kp, &kv) {
                     Some(l) => {
-                        y.set("sources", seq(l.iter().map(|s| Y::s(cx.rebase(s))).collect()));
+                        y.set(
+                            "sources",
+                            seq(l.iter().map(|s| Y::s(cx.rebase(s))).collect()),
+                        );
                         cx.mapped(&kp);
                     }
                     None => cx.drop_into(&mut y, &kp, &kv, "not a list", "the sources"),
@@ -1033,7 +1251,11 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
             }
             str_into(cx, &mut o, "content", &mut y, "content");
             if let Some((kp, kv)) = o.take("destination") {
-                let d = if dir_down == "download" { cx.path(&kp, &kv) } else { cx.val_str(&kp, &kv, Ctx::Value) };
+                let d = if dir_down == "download" {
+                    cx.path(&kp, &kv)
+                } else {
+                    cx.val_str(&kp, &kv, Ctx::Value)
+                };
                 match d {
                     Some(mut d) => {
                         if let Some(base) = dest_suffix {
@@ -1049,15 +1271,26 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
             if let Some((kp, kv)) = o.take("generated") {
                 cx.mapped(&kp);
                 if kv == Value::Bool(true) {
-                    let exists = m.get("source").map(lossy).and_then(|s| cx.local(&s)).is_some_and(|l| l.exists());
+                    let exists = m
+                        .get("source")
+                        .map(lossy)
+                        .and_then(|s| cx.local(&s))
+                        .is_some_and(|l| l.exists());
                     if !exists {
                         let c = cx.note(&kp, "a generated source: the step was not converted (opsbake checks every source at validate time)", "make the file before `opsbake build` and add the step back");
                         for k in o.map.keys() {
                             cx.mapped.push(format!("{p}.{k}"));
                         }
-                        return Item { comments: vec![c], value: None };
+                        return Item {
+                            comments: vec![c],
+                            value: None,
+                        };
                     }
-                    cx.note(&kp, "a generated source: opsbake checks every source at validate time", "the file must exist before `opsbake build`");
+                    cx.note(
+                        &kp,
+                        "a generated source: opsbake checks every source at validate time",
+                        "the file must exist before `opsbake build`",
+                    );
                 }
             }
         }
@@ -1091,18 +1324,28 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                     match str_list(cx, &kp, &kv) {
                         Some(l) => {
                             for s in &l {
-                                if let Some(t) = cx.local(s).and_then(|f| std::fs::read_to_string(f).ok()) {
+                                if let Some(t) =
+                                    cx.local(s).and_then(|f| std::fs::read_to_string(f).ok())
+                                {
                                     scan.push_str(&t);
                                 }
                             }
                             let l: Vec<Y> = l.iter().map(|s| Y::s(cx.rebase(s))).collect();
                             match (k, l.len()) {
-                                ("script", 1) => y.set("script", l.into_iter().next().unwrap_or(Y::s(""))),
+                                ("script", 1) => {
+                                    y.set("script", l.into_iter().next().unwrap_or(Y::s("")))
+                                }
                                 _ => y.set("scripts", seq(l)),
                             }
                             cx.mapped(&kp);
                         }
-                        None => cx.drop_into(&mut y, &kp, &kv, "not a path or list of paths", "the scripts"),
+                        None => cx.drop_into(
+                            &mut y,
+                            &kp,
+                            &kv,
+                            "not a path or list of paths",
+                            "the scripts",
+                        ),
                     }
                 }
             }
@@ -1114,7 +1357,15 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                         .enumerate()
                         .map(|(i, x)| (format!("{kp}[{i}]"), x.clone()))
                         .collect(),
-                    Value::Object(m) => m.iter().map(|(k, x)| (format!("{kp}.{k}"), Value::String(format!("{k}={}", lossy(x))))).collect(),
+                    Value::Object(m) => m
+                        .iter()
+                        .map(|(k, x)| {
+                            (
+                                format!("{kp}.{k}"),
+                                Value::String(format!("{k}={}", lossy(x))),
+                            )
+                        })
+                        .collect(),
                     _ => Vec::new(),
                 };
                 for (ip, x) in list {
@@ -1122,7 +1373,11 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                     match s.split_once('=') {
                         Some((k, val)) => env.set(k, Y::s(val)),
                         None => {
-                            let c = cx.note(&ip, format!("`{s}` is not NAME=VALUE: not converted"), "the variable");
+                            let c = cx.note(
+                                &ip,
+                                format!("`{s}` is not NAME=VALUE: not converted"),
+                                "the variable",
+                            );
                             env.comment(&[c]);
                         }
                     }
@@ -1149,16 +1404,38 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                         y.set("execute_command", Y::s(c));
                         cx.mapped(&kp);
                     }
-                    _ => cx.drop_into(&mut y, &kp, &kv, "not converted: opsbake's shell-local runs `env {{vars}} {{path}}`", "execute_command (a string) if the default does not fit"),
+                    _ => cx.drop_into(
+                        &mut y,
+                        &kp,
+                        &kv,
+                        "not converted: opsbake's shell-local runs `env {{vars}} {{path}}`",
+                        "execute_command (a string) if the default does not fit",
+                    ),
                 }
             }
             if !local {
                 y.set("sudo", Y::Bool(false));
             }
-            bool_into(cx, &mut o, "expect_disconnect", &mut y, "expect_disconnect", false);
-            str_into(cx, &mut o, "start_retry_timeout", &mut y, "start_retry_timeout");
+            bool_into(
+                cx,
+                &mut o,
+                "expect_disconnect",
+                &mut y,
+                "expect_disconnect",
+                false,
+            );
+            str_into(
+                cx,
+                &mut o,
+                "start_retry_timeout",
+                &mut y,
+                "start_retry_timeout",
+            );
             if let Some((kp, kv)) = o.take("valid_exit_codes") {
-                match kv.as_array().map(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>()) {
+                match kv
+                    .as_array()
+                    .map(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>())
+                {
                     Some(Some(l)) => {
                         y.set("valid_exit_codes", seq(l.into_iter().map(Y::Int).collect()));
                         cx.mapped(&kp);
@@ -1171,7 +1448,13 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                 if s == "/bin/sh -e" {
                     cx.mapped(&kp);
                 } else {
-                    cx.drop_into(&mut y, &kp, &kv, "not converted: opsbake runs inline commands with `#!/bin/sh -e`", "move the commands into a script with its own `#!` line");
+                    cx.drop_into(
+                        &mut y,
+                        &kp,
+                        &kv,
+                        "not converted: opsbake runs inline commands with `#!/bin/sh -e`",
+                        "move the commands into a script with its own `#!` line",
+                    );
                 }
             }
             if looks_like_handoff(&scan) {
@@ -1209,16 +1492,30 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
                 }
                 other => {
                     y.set("install", Y::s("omnitruck"));
-                    let key = other.map(|(kp, _)| kp).unwrap_or_else(|| format!("{p}.skip_install"));
+                    let key = other
+                        .map(|(kp, _)| kp)
+                        .unwrap_or_else(|| format!("{p}.skip_install"));
                     cx.mapped(&key);
                     cx.note(&key, "Packer installs Chef unless skip_install: became `install: omnitruck`", "`install: package` or `skip` if the image has Chef; omnitruck needs the internet");
                 }
             }
             if let Some((kp, kv)) = o.take("version") {
-                cx.drop_into(&mut y, &kp, &kv, "not converted: omnitruck installs the latest Chef", "install the version in an earlier step and use `install: skip`");
+                cx.drop_into(
+                    &mut y,
+                    &kp,
+                    &kv,
+                    "not converted: omnitruck installs the latest Chef",
+                    "install the version in an earlier step and use `install: skip`",
+                );
             }
             if let Some((kp, kv)) = o.take("prevent_sudo") {
-                cx.drop_into(&mut y, &kp, &kv, "not converted: opsbake runs chef-solo through sudo", "that the login user has sudo");
+                cx.drop_into(
+                    &mut y,
+                    &kp,
+                    &kv,
+                    "not converted: opsbake runs chef-solo through sudo",
+                    "that the login user has sudo",
+                );
             }
         }
         "breakpoint" => {
@@ -1226,9 +1523,16 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
             if let Some((kp, kv)) = o.take("disable") {
                 cx.mapped(&kp);
                 if kv == Value::Bool(true) {
-                    let c = cx.note(&kp, "a disabled breakpoint: not converted", "nothing (`opsbake build --debug` pauses after every step)");
+                    let c = cx.note(
+                        &kp,
+                        "a disabled breakpoint: not converted",
+                        "nothing (`opsbake build --debug` pauses after every step)",
+                    );
                     o.rest(cx, &mut y, &|_| None);
-                    return Item { comments: vec![c], value: None };
+                    return Item {
+                        comments: vec![c],
+                        value: None,
+                    };
                 }
             }
         }
@@ -1248,7 +1552,10 @@ fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, 
         }
     };
     o.rest(cx, &mut y, &hint_local);
-    Item { comments: Vec::new(), value: Some(y) }
+    Item {
+        comments: Vec::new(),
+        value: Some(y),
+    }
 }
 
 fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Vec<String>) {
@@ -1258,7 +1565,11 @@ fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Ve
                 post_processor(cx, &format!("{p}[{i}]"), x, outputs, top);
             }
         }
-        Value::String(s) => top.push(cx.note(p, format!("post-processor `{s}` has no opsbake equivalent: not converted"), "do it after `opsbake build` (the manifest lists the artifacts)")),
+        Value::String(s) => top.push(cx.note(
+            p,
+            format!("post-processor `{s}` has no opsbake equivalent: not converted"),
+            "do it after `opsbake build` (the manifest lists the artifacts)",
+        )),
         Value::Object(m) => {
             let mut o = Obj::new(p.to_string(), m.clone());
             let ty = o.take("type").map(|(tp, t)| {
@@ -1274,15 +1585,32 @@ fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Ve
                                 outputs.set("manifest", Y::s(s));
                                 cx.mapped(&kp);
                             }
-                            None => cx.drop_into(&mut here, &kp, &kv, "not a string", "outputs.manifest"),
+                            None => cx.drop_into(
+                                &mut here,
+                                &kp,
+                                &kv,
+                                "not a string",
+                                "outputs.manifest",
+                            ),
                         }
                     } else {
                         outputs.set("manifest", Y::s(cx.rebase("packer-manifest.json")));
                         cx.note(p, "Packer's default manifest file `packer-manifest.json` became `outputs.manifest` (opsbake's manifest has its own format)", "tools that read the manifest (docs/architecture.md)");
                     }
-                    for k in ["strip_path", "strip_time", "custom_data", "keep_input_artifact"] {
+                    for k in [
+                        "strip_path",
+                        "strip_time",
+                        "custom_data",
+                        "keep_input_artifact",
+                    ] {
                         if let Some((kp, kv)) = o.take(k) {
-                            cx.drop_into(&mut here, &kp, &kv, "not converted: opsbake's manifest has a fixed format", "tools that read the manifest");
+                            cx.drop_into(
+                                &mut here,
+                                &kp,
+                                &kv,
+                                "not converted: opsbake's manifest has a fixed format",
+                                "tools that read the manifest",
+                            );
                         }
                     }
                 }
@@ -1290,7 +1618,12 @@ fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Ve
                     let types = match o.take("checksum_types") {
                         Some((kp, kv)) => {
                             cx.mapped(&kp);
-                            (kp, kv.as_array().map(|a| a.iter().map(lossy).collect()).unwrap_or_else(|| vec![lossy(&kv)]))
+                            (
+                                kp,
+                                kv.as_array()
+                                    .map(|a| a.iter().map(lossy).collect())
+                                    .unwrap_or_else(|| vec![lossy(&kv)]),
+                            )
                         }
                         None => (format!("{p}.checksum_types"), vec!["md5".to_string()]),
                     };
@@ -1299,7 +1632,13 @@ fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Ve
                         match t.as_str() {
                             "sha256" | "sha512" | "sha1" => have.push(Y::s(t)),
                             other => {
-                                let c = cx.note(&types.0, format!("checksum type `{other}` is not supported: not converted"), "opsbake writes sha256, sha512 and sha1");
+                                let c = cx.note(
+                                    &types.0,
+                                    format!(
+                                        "checksum type `{other}` is not supported: not converted"
+                                    ),
+                                    "opsbake writes sha256, sha512 and sha1",
+                                );
                                 here.comment(&[c]);
                             }
                         }
@@ -1308,11 +1647,23 @@ fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Ve
                         outputs.set("checksums", seq(have));
                     }
                     if let Some((kp, kv)) = o.take("output") {
-                        cx.drop_into(&mut here, &kp, &kv, "not converted: opsbake writes the checksums next to each artifact", "tools that read the checksum files");
+                        cx.drop_into(
+                            &mut here,
+                            &kp,
+                            &kv,
+                            "not converted: opsbake writes the checksums next to each artifact",
+                            "tools that read the checksum files",
+                        );
                     }
                 }
                 Some(other) => {
-                    let c = cx.note(p, format!("post-processor `{other}` has no opsbake equivalent: not converted"), "do it after `opsbake build` (the manifest lists the artifacts)");
+                    let c = cx.note(
+                        p,
+                        format!(
+                            "post-processor `{other}` has no opsbake equivalent: not converted"
+                        ),
+                        "do it after `opsbake build` (the manifest lists the artifacts)",
+                    );
                     for k in o.map.keys() {
                         cx.mapped.push(format!("{p}.{k}"));
                     }
@@ -1333,7 +1684,13 @@ fn post_processor(cx: &mut Cx, p: &str, v: &Value, outputs: &mut Y, top: &mut Ve
 fn sanitize_name(s: &str) -> String {
     let n: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if n.is_empty() {
         "image".into()
@@ -1343,7 +1700,11 @@ fn sanitize_name(s: &str) -> String {
 }
 
 /// Convert a parsed Packer document (1.x JSON shape).
-pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conversion, (String, String)> {
+pub(crate) fn convert_value(
+    cx: &mut Cx,
+    doc: &Value,
+    name: &str,
+) -> Result<Conversion, (String, String)> {
     let Some(top) = doc.as_object() else {
         return Err((String::new(), "the document is not an object".into()));
     };
@@ -1361,7 +1722,11 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
         cx.mapped(&p);
     }
     if let Some((p, v)) = o.take("min_packer_version") {
-        top_comments.push(cx.note(&p, format!("not converted (value {})", shown(&p, &v)), "nothing"));
+        top_comments.push(cx.note(
+            &p,
+            format!("not converted (value {})", shown(&p, &v)),
+            "nothing",
+        ));
     }
 
     // Variables.
@@ -1371,7 +1736,11 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
             a.iter().map(lossy).collect()
         }
         Some((p, v)) => {
-            top_comments.push(cx.note(&p, format!("not a list: not converted (value {})", shown(&p, &v)), "mark the variables `sensitive: true`"));
+            top_comments.push(cx.note(
+                &p,
+                format!("not a list: not converted (value {})", shown(&p, &v)),
+                "mark the variables `sensitive: true`",
+            ));
             BTreeSet::new()
         }
         None => BTreeSet::new(),
@@ -1426,7 +1795,11 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
     }
     for s in &sensitive {
         if !declared.contains(s) {
-            top_comments.push(cx.note("sensitive-variables", format!("`{s}` is not a declared variable: ignored"), "the list"));
+            top_comments.push(cx.note(
+                "sensitive-variables",
+                format!("`{s}` is not a declared variable: ignored"),
+                "the list",
+            ));
         }
     }
 
@@ -1490,14 +1863,17 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
         None => {}
     }
     if converted.is_empty() {
-        return Err(("builders".to_string(), if seen_types.is_empty() {
-            "no builders: a Packer template needs at least one".to_string()
-        } else {
-            format!(
+        return Err((
+            "builders".to_string(),
+            if seen_types.is_empty() {
+                "no builders: a Packer template needs at least one".to_string()
+            } else {
+                format!(
                 "no builder opsbake can build (types: {}); opsbake builds amazon-ebs, googlecompute, azure-arm, vsphere-iso/-clone, virtualbox-ovf/-iso, qemu and null",
                 seen_types.join(", ")
             )
-        }));
+            },
+        ));
     }
 
     // Provisioners.
@@ -1535,7 +1911,11 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
     let used: Vec<String> = cx.used_vars.iter().cloned().collect();
     for u in used {
         if vars.get(&u).is_none() {
-            let c = cx.note("variables", format!("`{u}` is used but not declared: declared without a default"), format!("set it with --var {u}=..."));
+            let c = cx.note(
+                "variables",
+                format!("`{u}` is used but not declared: declared without a default"),
+                format!("set it with --var {u}=..."),
+            );
             let mut d = Y::map();
             d.comment(&[c]);
             vars.set(&u, d);
@@ -1552,7 +1932,11 @@ pub(crate) fn convert_value(cx: &mut Cx, doc: &Value, name: &str) -> Result<Conv
             _ => None,
         };
         if let Some(r) = rebased {
-            cx.note(&format!("variables.{n}"), format!("the default is a path: became `{r}` (relative to the new template)"), "values given with --var are relative to the template's directory too");
+            cx.note(
+                &format!("variables.{n}"),
+                format!("the default is a path: became `{r}` (relative to the new template)"),
+                "values given with --var are relative to the template's directory too",
+            );
             vars.child(&n).set("default", Y::s(r));
         }
     }

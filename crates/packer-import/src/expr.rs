@@ -231,7 +231,11 @@ mod tests {
         assert_eq!(t.text, "${template.dir}/../packer/scripts/a.sh");
         let t = translate("{{ template_dir }}/a", Ctx::Default, "../p");
         assert_eq!(t.text, "../p/a");
-        let t = translate("sudo -S sh -c '{{ .Vars }} {{ .Path }}'", Ctx::ExecuteCommand, ".");
+        let t = translate(
+            "sudo -S sh -c '{{ .Vars }} {{ .Path }}'",
+            Ctx::ExecuteCommand,
+            ".",
+        );
         assert_eq!(t.text, "sudo -S sh -c '{{.Vars}} {{.Path}}'");
         assert!(t.notes.is_empty());
         let t = translate("img-{{isotime \"2006\"}}", Ctx::Value, ".");

@@ -131,7 +131,9 @@ impl Reader<'_> {
         self.note(
             key,
             line,
-            format!("the HCL expression `{text}` has no opsbake equivalent: kept as text `${{{text}}}`"),
+            format!(
+                "the HCL expression `{text}` has no opsbake equivalent: kept as text `${{{text}}}`"
+            ),
         );
         format!("${{{text}}}")
     }
@@ -155,7 +157,11 @@ impl Reader<'_> {
         let tpl = match Template::from_expr(t) {
             Ok(t) => t,
             Err(e) => {
-                self.note(key, line, format!("the string template cannot be read ({e}): kept as text"));
+                self.note(
+                    key,
+                    line,
+                    format!("the string template cannot be read ({e}): kept as text"),
+                );
                 return t.to_string();
             }
         };
@@ -310,7 +316,11 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                         let local = id != "variables";
                         let m = r.body(&b.body, if local { "locals" } else { "variables" }, line);
                         for (k, v) in m {
-                            let name = if local { format!("local_{k}") } else { k.clone() };
+                            let name = if local {
+                                format!("local_{k}")
+                            } else {
+                                k.clone()
+                            };
                             if local {
                                 let l = r.attr_line(line, &k);
                                 r.lines.insert(format!("variables.{name}"), l);
@@ -325,8 +335,16 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                         sources.push((format!("{ty}.{name}"), m, line));
                     }
                     ("build", _) => builds.push((b, line)),
-                    ("packer", []) => r.note("packer", line, "the `packer` block (required_version, required_plugins): not converted"),
-                    (other, _) => r.note(other, line, format!("a `{other}` block has no opsbake equivalent: not converted")),
+                    ("packer", []) => r.note(
+                        "packer",
+                        line,
+                        "the `packer` block (required_version, required_plugins): not converted",
+                    ),
+                    (other, _) => r.note(
+                        other,
+                        line,
+                        format!("a `{other}` block has no opsbake equivalent: not converted"),
+                    ),
                 }
             }
         }
@@ -380,7 +398,11 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                             let mut v = r.provisioner(blk, &key, line, ty);
                             if several {
                                 if let Value::Object(m) = &mut v {
-                                    m.entry("only").or_insert_with(|| Value::Array(names.iter().cloned().map(Value::String).collect()));
+                                    m.entry("only").or_insert_with(|| {
+                                        Value::Array(
+                                            names.iter().cloned().map(Value::String).collect(),
+                                        )
+                                    });
                                 }
                             }
                             provisioners.push(v);
@@ -403,7 +425,11 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                             r.note(&format!("build.source.{n}"), line, "per-build source settings: not converted (opsbake uses the source block's settings)");
                             names.push(n.trim_start_matches("source.").to_string());
                         }
-                        (other, _) => r.note(&format!("build.{other}"), line, format!("a `{other}` block in a build: not converted")),
+                        (other, _) => r.note(
+                            &format!("build.{other}"),
+                            line,
+                            format!("a `{other}` block in a build: not converted"),
+                        ),
                     }
                 }
             }
@@ -417,7 +443,11 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
     }
     for (name, mut m, line) in sources {
         if !used.contains(&name) {
-            r.note(&format!("source.{name}"), line, "a source no build uses: not converted");
+            r.note(
+                &format!("source.{name}"),
+                line,
+                "a source no build uses: not converted",
+            );
             continue;
         }
         let key = format!("builders[{}]", builders.len());

@@ -232,7 +232,10 @@ pub fn convert_text(
 fn hcl_error(path: &Path, message: &str) -> ImportError {
     let num_after = |key: &str| -> Option<usize> {
         let i = message.find(key)? + key.len();
-        let digits: String = message[i..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = message[i..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     };
     let detail: Vec<&str> = message
@@ -269,7 +272,12 @@ fn convert_json(
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string().split(" at line ").next().unwrap_or("").to_string(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or("")
+            .to_string(),
     })?;
     let Some(obj) = doc.as_object() else {
         return Err(ImportError::NotPacker {
@@ -283,7 +291,11 @@ fn convert_json(
             path: path.to_path_buf(),
             reason: format!(
                 "no `builders` (top-level keys: {})",
-                if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+                if keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    keys.join(", ")
+                }
             ),
         });
     }
@@ -292,7 +304,12 @@ fn convert_json(
         .iter()
         .map(|(k, (l, c))| (k.clone(), format!("{file}:{l}:{c}")))
         .collect();
-    let mut cx = convert::Cx::new(file.to_string(), packer_dir.to_path_buf(), rel.to_string(), places);
+    let mut cx = convert::Cx::new(
+        file.to_string(),
+        packer_dir.to_path_buf(),
+        rel.to_string(),
+        places,
+    );
     convert::convert_value(&mut cx, &doc, name).map_err(|(key, message)| {
         let place = pos
             .get(&key)

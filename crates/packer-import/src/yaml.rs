@@ -156,7 +156,11 @@ fn key_text(k: &str) -> String {
 fn comment_lines(out: &mut Vec<String>, indent: usize, lines: &[String]) {
     for c in lines {
         for l in c.lines() {
-            out.push(format!("{}# {l}", " ".repeat(indent)).trim_end().to_string());
+            out.push(
+                format!("{}# {l}", " ".repeat(indent))
+                    .trim_end()
+                    .to_string(),
+            );
         }
     }
 }
@@ -253,7 +257,13 @@ mod tests {
         let mut step = Y::map();
         step.comment(&["first comment".to_string()]);
         step.set("type", Y::s("shell"));
-        step.set("inline", Y::Seq(vec![Item { comments: vec![], value: Some(Y::s("echo ${HOME}")) }]));
+        step.set(
+            "inline",
+            Y::Seq(vec![Item {
+                comments: vec![],
+                value: Some(Y::s("echo ${HOME}")),
+            }]),
+        );
         step.set("environment_vars", Y::map());
         doc.set(
             "provision",
@@ -263,12 +273,21 @@ mod tests {
             }]),
         );
         let text = to_string(&doc);
-        assert!(text.contains("# a step\n# first comment\n- type: \"shell\""), "{text}");
-        assert!(text.contains("    # packer: source_ami not converted"), "{text}");
+        assert!(
+            text.contains("# a step\n# first comment\n- type: \"shell\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("    # packer: source_ami not converted"),
+            "{text}"
+        );
         let back: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back["name"].as_str(), Some("a \"quoted\"\nname"));
         assert_eq!(back["builds"]["aws"]["cpus"].as_i64(), Some(2));
-        assert_eq!(back["provision"][0]["inline"][0].as_str(), Some("echo ${HOME}"));
+        assert_eq!(
+            back["provision"][0]["inline"][0].as_str(),
+            Some("echo ${HOME}")
+        );
         assert!(back["provision"][0]["environment_vars"].is_mapping());
     }
 }

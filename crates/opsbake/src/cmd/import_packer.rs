@@ -54,8 +54,8 @@ pub fn run(a: &ImportPackerArgs, json: bool) -> Result<i32, (i32, String)> {
         }
     }
     // Every import error is bad input, a file that cannot be read too.
-    let conv =
-        convert_file(&a.packer, &out_dir).map_err(|e: ImportError| (EXIT_BAD_INPUT, e.to_string()))?;
+    let conv = convert_file(&a.packer, &out_dir)
+        .map_err(|e: ImportError| (EXIT_BAD_INPUT, e.to_string()))?;
     match &a.output {
         Some(o) => std::fs::write(o, &conv.yaml)
             .map_err(|e| (EXIT_FAILED, format!("{}: {e}", o.display())))?,
