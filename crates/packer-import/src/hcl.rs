@@ -305,7 +305,10 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                                 d.insert(k.into(), v);
                             }
                         }
-                        m.remove("type");
+                        if m.remove("type").is_some() {
+                            let l = r.attr_line(line, "type");
+                            r.note(&format!("{kp}.type"), l, "the variable's `type`: not converted (opsbake variables are strings)");
+                        }
                         for (k, _) in m {
                             let l = r.attr_line(line, &k);
                             r.note(&format!("{kp}.{k}"), l, format!("`{k}` of a variable: not converted (opsbake variables are strings without validation)"));
