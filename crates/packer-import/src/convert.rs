@@ -1118,6 +1118,77 @@ fn looks_like_handoff(text: &str) -> bool {
         || t.contains("usermod --lock vcap"))
 }
 
+/// Packer's `override: {BUILDER: {key: value}}` as opsbake steps: one step
+/// per overridden builder (`only: [it]`, the settings merged) and the step
+/// without overrides for the other builders (`except: [them]`).
+fn split_overrides(
+    cx: &mut Cx,
+    p: &str,
+    v: &Value,
+    names: &HashMap<String, Iaas>,
+) -> Vec<(Value, Option<String>)> {
+    let Some(Value::Object(ov)) = v.get("override") else {
+        return vec![(v.clone(), None)];
+    };
+    let Some(base) = v.as_object() else {
+        return vec![(v.clone(), None)];
+    };
+    let mut base = base.clone();
+    base.remove("override");
+    cx.mapped(&format!("{p}.override"));
+    let list = |k: &str| -> Vec<String> {
+        match base.get(k) {
+            Some(Value::Array(a)) => a.iter().map(lossy).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (only, except) = (list("only"), list("except"));
+    let mut out = Vec::new();
+    let mut overridden = Vec::new();
+    for (name, settings) in ov {
+        let kp = format!("{p}.override.{name}");
+        let applies = (only.is_empty() || only.contains(name)) && !except.contains(name);
+        let (Some(_), Value::Object(settings), true) = (names.get(name), settings, applies) else {
+            cx.note(&kp, "an override for a builder that was not converted or does not run this step: not converted", "nothing");
+            continue;
+        };
+        let mut variant = base.clone();
+        variant.remove("except");
+        variant.insert(
+            "only".into(),
+            Value::Array(vec![Value::String(name.clone())]),
+        );
+        for (k, x) in settings {
+            variant.insert(k.clone(), x.clone());
+        }
+        let c = cx.note(
+            &kp,
+            format!("the override became its own step with `only: [{name}]`"),
+            "the step's settings for that build",
+        );
+        overridden.push(Value::String(name.clone()));
+        out.push((Value::Object(variant), Some(c)));
+    }
+    if !overridden.is_empty() {
+        let mut ex: Vec<Value> = except.iter().cloned().map(Value::String).collect();
+        ex.extend(overridden);
+        base.insert("except".into(), Value::Array(ex));
+    }
+    // The step for the other builders comes first, then the overridden
+    // ones: each build runs exactly one of them, at this position.
+    let rest_runs = only.is_empty()
+        || only.iter().any(|n| {
+            !out.iter()
+                .any(|(v, _)| v.get("only").and_then(|o| o.get(0)).map(lossy).as_deref() == Some(n))
+        });
+    let mut all = Vec::new();
+    if rest_runs {
+        all.push((Value::Object(base), None));
+    }
+    all.extend(out);
+    all
+}
+
 /// Convert one provisioner; the item it becomes.
 fn convert_provisioner(cx: &mut Cx, p: &str, v: &Value, names: &HashMap<String, Iaas>) -> Item {
     let Some(m) = v.as_object() else {
@@ -1883,7 +1954,14 @@ pub(crate) fn convert_value(
         match &v {
             Value::Array(a) => {
                 for (i, pv) in a.iter().enumerate() {
-                    steps.push(convert_provisioner(cx, &format!("{p}[{i}]"), pv, &names));
+                    let pp = format!("{p}[{i}]");
+                    for (variant, comment) in split_overrides(cx, &pp, pv, &names) {
+                        let mut item = convert_provisioner(cx, &pp, &variant, &names);
+                        if let Some(c) = comment {
+                            item.comments.insert(0, c);
+                        }
+                        steps.push(item);
+                    }
                 }
             }
             _ => return Err((p, "`provisioners` must be a list".into())),

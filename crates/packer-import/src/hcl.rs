@@ -382,7 +382,14 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                         }
                     }
                 }
-                Structure::Attribute(a) if a.key.as_str() == "name" => {}
+                Structure::Attribute(a) if a.key.as_str() == "name" => {
+                    let l = r.attr_line(*bline, "name");
+                    r.note(
+                        "build.name",
+                        l,
+                        "the build's name: not used (opsbake names builds by IaaS)",
+                    );
+                }
                 Structure::Attribute(a) => {
                     let l = r.attr_line(*bline, a.key.as_str());
                     r.note(&format!("build.{}", a.key.as_str()), l, "not converted");

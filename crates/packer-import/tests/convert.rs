@@ -547,6 +547,15 @@ fn multi_builder_with_only_and_except() {
         labels(Iaas::Vbox),
         vec!["echo everywhere", "echo overridden"]
     );
+    // The override became a step of its own for aws; the others run the
+    // step without it.
+    let exec = |i: Iaas| match c.plan(i).provision.last().unwrap() {
+        opsbake_core::template::Provisioner::Shell(s) => s.execute_command.clone(),
+        _ => None,
+    };
+    assert_eq!(exec(Iaas::Aws).as_deref(), Some("sudo {{.Path}}"));
+    assert_eq!(exec(Iaas::Gcp), None);
+    assert_eq!(exec(Iaas::Vbox), None);
     assert!(c.note("builders[3]").contains("a second builder for aws"));
     assert!(c
         .note("builders[4]")
@@ -556,8 +565,8 @@ fn multi_builder_with_only_and_except() {
         .note("provisioners[4].only[1]")
         .contains("`container` was not converted"));
     assert!(c
-        .note("provisioners[5].override")
-        .contains("per-builder overrides"));
+        .note("provisioners[5].override.aws")
+        .contains("its own step with `only: [aws]`"));
     assert_eq!(
         c.conv.builds,
         vec![
@@ -634,6 +643,50 @@ fn hcl2_sources_builds_variables() {
     assert!(t.variables.contains_key("local_image_name"));
     assert!(c.note("packer").contains("appliance.pkr.hcl:1:"));
     assert!(p.manifest_path.ends_with("packer-manifest.json"));
+    // Every variable, source attribute and provisioner attribute of the
+    // HCL file is accounted for.
+    let body = hcl::parse(&std::fs::read_to_string(fixtures().join("appliance.pkr.hcl")).unwrap())
+        .unwrap();
+    let mut keys = Vec::new();
+    let (mut src, mut prov) = (0, 0);
+    for b in body.blocks() {
+        match b.identifier.as_str() {
+            "variable" => keys.push(format!("variables.{}", b.labels[0].as_str())),
+            "source" => {
+                for s in b.body.iter() {
+                    let k = match s {
+                        hcl::Structure::Attribute(a) => a.key.to_string(),
+                        hcl::Structure::Block(b) => b.identifier.to_string(),
+                    };
+                    keys.push(format!("builders[{src}].{k}"));
+                }
+                src += 1;
+            }
+            "build" => {
+                for pb in b
+                    .body
+                    .blocks()
+                    .filter(|x| x.identifier.as_str() == "provisioner")
+                {
+                    for a in pb.body.attributes() {
+                        keys.push(format!("provisioners[{prov}].{}", a.key));
+                    }
+                    prov += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(keys.len() > 20, "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !c.conv.mapped.contains(k) && !c.conv.notes.iter().any(|n| &n.key == *k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not accounted for: {missing:?}\n{}",
+        c.yaml
+    );
 }
 
 fn err(name: &str, text: &str) -> ImportError {
