@@ -3,6 +3,7 @@
 //! 3 cleanup could not delete something, 130 interrupted.
 
 mod cmd {
+    pub mod import_packer;
     pub mod stemcell;
 }
 mod dispatch;
@@ -71,6 +72,8 @@ enum Cmd {
     Cleanup(CleanupArgs),
     /// Inspect, verify or extract a BOSH stemcell.
     Stemcell(cmd::stemcell::StemcellArgs),
+    /// Convert a Packer template (JSON or HCL2) into an opsbake template, with a report.
+    ImportPacker(cmd::import_packer::ImportPackerArgs),
     /// Print the JSON Schema of the template format.
     Schema,
     /// Print the version.
@@ -736,6 +739,8 @@ fn main() {
                 code: EXIT_BUILD_FAILED,
                 message: format!("{e:#}"),
             }),
+            Cmd::ImportPacker(a) => cmd::import_packer::run(a, cli.json)
+                .map_err(|(code, message)| Fail { code, message }),
             Cmd::Schema => {
                 let s = template::json_schema();
                 outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
