@@ -3,6 +3,10 @@
 //! Not implemented yet: [`builder`] says so with a clear error instead of
 //! pretending to work. See docs/architecture.md for the crate's role.
 
+pub mod blob;
+pub mod error;
+pub mod sas;
+
 use std::sync::Arc;
 
 use opsbake_core::builder::{BuildError, Builder, Deleter};

@@ -1,0 +1,1 @@
+//! ARM test server (below).
