@@ -111,7 +111,18 @@ struct State {
     fail_next: Vec<(String, String, String)>,
     log: Vec<String>,
     custom: BTreeMap<String, String>,
-    blobs_read: Vec<String>,
+    blobs_read: Vec<BlobRead>,
+}
+
+/// A VHD blob the server read to make an image.
+#[derive(Debug, Clone)]
+pub struct BlobRead {
+    /// Its URI.
+    pub uri: String,
+    /// Its length.
+    pub len: u64,
+    /// SHA-256 of the whole blob (hex).
+    pub sha256: String,
 }
 
 /// A running ARM test server.
@@ -246,8 +257,8 @@ impl ArmServer {
         lock(&self.state).log.clone()
     }
 
-    /// Blob URLs the server read to make images.
-    pub fn blobs_read(&self) -> Vec<String> {
+    /// The VHD blobs the server read (whole, hashed) to make images.
+    pub fn blobs_read(&self) -> Vec<BlobRead> {
         lock(&self.state).blobs_read.clone()
     }
 }
@@ -395,8 +406,8 @@ async fn handle(
     };
     // /subscriptions/{s}/providers/{ns}/locations/{loc}/...
     if lower.len() >= 4 && lower[2] == "providers" {
-        if lower.len() == 7 && lower[5] == "vmsizes" && method == Method::GET {
-            let loc = &lower[4];
+        if lower.len() == 7 && lower[6] == "vmsizes" && method == Method::GET {
+            let loc = &lower[5];
             if !ctx.opts.locations.iter().any(|l| l == loc) {
                 return err(
                     404,
@@ -412,8 +423,8 @@ async fn handle(
                 .collect();
             return reply(200, json!({ "value": v }), &[]);
         }
-        if lower.len() == 7 && (lower[5] == "operations" || lower[5] == "operationresults") {
-            return ctx.poll(&lower[6], lower[5] == "operationresults");
+        if lower.len() == 8 && (lower[6] == "operations" || lower[6] == "operationresults") {
+            return ctx.poll(&lower[7], lower[6] == "operationresults");
         }
         if lower.len() == 4 && lower[3] == "microsoft.compute" {
             return err(404, "InvalidResourceType", "no route");
@@ -444,12 +455,16 @@ async fn handle(
                 );
             }
             // providers/{ns}/{type}/{name}[/{type}/{name}]*[/{action}]
-            let rest = &segs[5..];
-            let (type_segs, action) = if rest.len() % 2 == 0 {
+            let rest = &segs[6..];
+            let (pairs, action) = if rest.len() % 2 == 0 {
                 (rest, None)
             } else {
                 (&rest[..rest.len() - 1], rest.last().copied())
             };
+            let type_segs: Vec<&str> = std::iter::once(segs[5])
+                .chain(pairs.iter().copied())
+                .collect();
+            let type_segs = type_segs.as_slice();
             let ns = type_segs[0];
             let mut kind = ns.to_string();
             for (i, s) in type_segs[1..].iter().enumerate() {
@@ -474,7 +489,11 @@ async fn handle(
             };
         }
     }
-    err(404, "InvalidResourceType", &format!("no route {method} {path}"))
+    err(
+        404,
+        "InvalidResourceType",
+        &format!("no route {method} {path}"),
+    )
 }
 
 struct Ctx {
@@ -557,7 +576,11 @@ impl Ctx {
     fn poll(&self, op: &str, results: bool) -> Resp {
         let mut s = lock(&self.st);
         let Some(o) = s.ops.get_mut(op) else {
-            return err(404, "OperationNotFound", &format!("operation {op} not found"));
+            return err(
+                404,
+                "OperationNotFound",
+                &format!("operation {op} not found"),
+            );
         };
         if !o.finished {
             o.left = o.left.saturating_sub(1);
@@ -624,14 +647,18 @@ impl Ctx {
             })
             .filter(|r| {
                 rg.as_ref().is_none_or(|g| {
-                    r.id.to_lowercase()
-                        .starts_with(&format!("/subscriptions/{SUBSCRIPTION}/resourcegroups/{g}/"))
+                    r.id.to_lowercase().starts_with(&format!(
+                        "/subscriptions/{SUBSCRIPTION}/resourcegroups/{g}/"
+                    ))
                 })
             })
             .filter(|r| {
                 tag.as_ref().is_none_or(|(k, val)| {
                     r.body
-                        .pointer(&format!("/tags/{}", k.replace('~', "~0").replace('/', "~1")))
+                        .pointer(&format!(
+                            "/tags/{}",
+                            k.replace('~', "~0").replace('/', "~1")
+                        ))
                         .and_then(Value::as_str)
                         == Some(val.as_str())
                 })
@@ -664,7 +691,13 @@ impl Ctx {
                     }
                 }
                 if !self.opts.locations.iter().any(|l| *l == loc) {
-                    return err(400, "LocationNotAvailableForResourceGroup", &format!("The provided location '{loc}' is not available for resource group."));
+                    return err(
+                        400,
+                        "LocationNotAvailableForResourceGroup",
+                        &format!(
+                            "The provided location '{loc}' is not available for resource group."
+                        ),
+                    );
                 }
                 let existed = s.res.contains_key(&key);
                 let v = json!({"id": id, "name": name, "type": RG, "location": loc,
@@ -696,11 +729,16 @@ impl Ctx {
                     &loc,
                     Box::new(move |s: &mut State| {
                         s.res.retain(|k, _| *k != k2 && !k.starts_with(&prefix));
-                        s.custom.retain(|k, _| !k.to_lowercase().starts_with(&prefix));
+                        s.custom
+                            .retain(|k, _| !k.to_lowercase().starts_with(&prefix));
                     }),
                     None,
                 );
-                reply(202, Value::Null, &h.iter().map(|(a, b)| (*a, b.clone())).collect::<Vec<_>>())
+                reply(
+                    202,
+                    Value::Null,
+                    &h.iter().map(|(a, b)| (*a, b.clone())).collect::<Vec<_>>(),
+                )
             }
             _ => err(405, "MethodNotAllowed", "resource groups: GET, PUT, DELETE"),
         }
@@ -766,7 +804,9 @@ impl Ctx {
             return err(
                 400,
                 "LocationNotAvailableForResourceType",
-                &format!("The provided location '{loc}' is not available for resource type '{kind}'."),
+                &format!(
+                    "The provided location '{loc}' is not available for resource type '{kind}'."
+                ),
             );
         }
         if let Some(old) = s.res.get(&key) {
@@ -779,7 +819,10 @@ impl Ctx {
                 return err(
                     409,
                     "OperationNotAllowed",
-                    &format!("Resource '{name}' is being {}; try later.", st.to_lowercase()),
+                    &format!(
+                        "Resource '{name}' is being {}; try later.",
+                        st.to_lowercase()
+                    ),
                 );
             }
         }
@@ -805,7 +848,10 @@ impl Ctx {
             "microsoft.network/virtualnetworks" => {}
             "microsoft.network/networksecuritygroups" => {}
             "microsoft.network/publicipaddresses" => {
-                extra.push(("/properties/ipAddress".into(), json!(Self::next_ip(&mut s, true))));
+                extra.push((
+                    "/properties/ipAddress".into(),
+                    json!(Self::next_ip(&mut s, true)),
+                ));
             }
             "microsoft.network/networkinterfaces" => {
                 let cfgs = props
@@ -819,7 +865,11 @@ impl Ctx {
                 for c in &cfgs {
                     let subnet = c.pointer("/properties/subnet/id").and_then(Value::as_str);
                     let Some(subnet) = subnet else {
-                        return err(400, "InvalidRequestFormat", "ipConfiguration without subnet.id");
+                        return err(
+                            400,
+                            "InvalidRequestFormat",
+                            "ipConfiguration without subnet.id",
+                        );
                     };
                     let (vnet, sub) = match subnet.rsplit_once("/subnets/") {
                         Some(x) => x,
@@ -830,22 +880,46 @@ impl Ctx {
                             .pointer("/properties/subnets")
                             .and_then(Value::as_array)
                             .is_some_and(|a| {
-                                a.iter().any(|x| {
-                                    x.get("name").and_then(Value::as_str) == Some(sub)
-                                })
+                                a.iter()
+                                    .any(|x| x.get("name").and_then(Value::as_str) == Some(sub))
                             })
                     });
                     if !ok {
-                        return err(400, "InvalidResourceReference", &format!("Resource {subnet} referenced by resource {id} was not found."));
+                        return err(
+                            400,
+                            "InvalidResourceReference",
+                            &format!(
+                                "Resource {subnet} referenced by resource {id} was not found."
+                            ),
+                        );
                     }
-                    let pip = c.pointer("/properties/publicIPAddress/id").and_then(Value::as_str);
+                    let pip = c
+                        .pointer("/properties/publicIPAddress/id")
+                        .and_then(Value::as_str);
                     if pip.is_some() && !Self::exists(&s, pip) {
-                        return err(400, "InvalidResourceReference", &format!("Resource {} referenced by resource {id} was not found.", pip.unwrap_or("")));
+                        return err(
+                            400,
+                            "InvalidResourceReference",
+                            &format!(
+                                "Resource {} referenced by resource {id} was not found.",
+                                pip.unwrap_or("")
+                            ),
+                        );
                     }
                 }
-                let nsg = props.get("networkSecurityGroup").and_then(|n| n.get("id")).and_then(Value::as_str);
+                let nsg = props
+                    .get("networkSecurityGroup")
+                    .and_then(|n| n.get("id"))
+                    .and_then(Value::as_str);
                 if nsg.is_some() && !Self::exists(&s, nsg) {
-                    return err(400, "InvalidResourceReference", &format!("Resource {} referenced by resource {id} was not found.", nsg.unwrap_or("")));
+                    return err(
+                        400,
+                        "InvalidResourceReference",
+                        &format!(
+                            "Resource {} referenced by resource {id} was not found.",
+                            nsg.unwrap_or("")
+                        ),
+                    );
                 }
                 extra.push((
                     "/properties/ipConfigurations/0/properties/privateIPAddress".into(),
@@ -863,11 +937,19 @@ impl Ctx {
                     })
                     .unwrap_or_default();
                 if nics.is_empty() {
-                    return err(400, "InvalidParameter", "Required parameter 'networkProfile' is missing (null).");
+                    return err(
+                        400,
+                        "InvalidParameter",
+                        "Required parameter 'networkProfile' is missing (null).",
+                    );
                 }
                 for n in &nics {
                     if !Self::exists(&s, Some(n)) {
-                        return err(400, "InvalidResourceReference", &format!("Resource {n} referenced by resource {id} was not found."));
+                        return err(
+                            400,
+                            "InvalidResourceReference",
+                            &format!("Resource {n} referenced by resource {id} was not found."),
+                        );
                     }
                     let other = s.res.values().find(|r| {
                         r.kind == "Microsoft.Compute/virtualMachines"
@@ -875,33 +957,71 @@ impl Ctx {
                             && vm_nics(&r.body).iter().any(|x| x.eq_ignore_ascii_case(n))
                     });
                     if let Some(o) = other {
-                        return err(400, "NicInUse", &format!("Network interface {n} is used by existing VM {}.", o.id));
+                        return err(
+                            400,
+                            "NicInUse",
+                            &format!("Network interface {n} is used by existing VM {}.", o.id),
+                        );
                     }
                 }
-                let img = props.pointer("/storageProfile/imageReference").cloned().unwrap_or(Value::Null);
+                let img = props
+                    .pointer("/storageProfile/imageReference")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 if let Some(iid) = img.get("id").and_then(Value::as_str) {
                     if !Self::exists(&s, Some(iid)) {
-                        return err(404, "NotFound", &format!("The Image '{iid}' cannot be found in '{loc}' region."));
+                        return err(
+                            404,
+                            "NotFound",
+                            &format!("The Image '{iid}' cannot be found in '{loc}' region."),
+                        );
                     }
                 } else {
                     let f = |k: &str| img.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                     let known = self.opts.marketplace.iter().any(|(p, o, k)| {
-                        p.eq_ignore_ascii_case(&f("publisher")) && o.eq_ignore_ascii_case(&f("offer")) && k.eq_ignore_ascii_case(&f("sku"))
+                        p.eq_ignore_ascii_case(&f("publisher"))
+                            && o.eq_ignore_ascii_case(&f("offer"))
+                            && k.eq_ignore_ascii_case(&f("sku"))
                     });
                     if !known {
-                        return err(404, "PlatformImageNotFound", &format!("The platform image '{}:{}:{}:{}' is not available.", f("publisher"), f("offer"), f("sku"), f("version")));
+                        return err(
+                            404,
+                            "PlatformImageNotFound",
+                            &format!(
+                                "The platform image '{}:{}:{}:{}' is not available.",
+                                f("publisher"),
+                                f("offer"),
+                                f("sku"),
+                                f("version")
+                            ),
+                        );
                     }
                 }
-                let size = props.pointer("/hardwareProfile/vmSize").and_then(Value::as_str).unwrap_or("");
+                let size = props
+                    .pointer("/hardwareProfile/vmSize")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 if !self.opts.vm_sizes.iter().any(|x| x == size) {
-                    return err(400, "InvalidParameter", &format!("The requested VM size {size} is not available in the current region."));
+                    return err(
+                        400,
+                        "InvalidParameter",
+                        &format!(
+                            "The requested VM size {size} is not available in the current region."
+                        ),
+                    );
                 }
-                if let Some(cd) = props.pointer("/osProfile/customData").and_then(Value::as_str) {
+                if let Some(cd) = props
+                    .pointer("/osProfile/customData")
+                    .and_then(Value::as_str)
+                {
                     match base64::engine::general_purpose::STANDARD.decode(cd) {
                         Ok(b) => {
-                            s.custom.insert(id.to_string(), String::from_utf8_lossy(&b).to_string());
+                            s.custom
+                                .insert(id.to_string(), String::from_utf8_lossy(&b).to_string());
                         }
-                        Err(_) => return err(400, "InvalidParameter", "customData must be base64."),
+                        Err(_) => {
+                            return err(400, "InvalidParameter", "customData must be base64.")
+                        }
                     }
                 }
                 let disk_name = props
@@ -910,9 +1030,18 @@ impl Ctx {
                     .map(str::to_string)
                     .unwrap_or_else(|| format!("{name}_OsDisk_1"));
                 let disk_id = format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{disk_name}");
-                extra.push(("/properties/storageProfile/osDisk/name".into(), json!(disk_name)));
-                extra.push(("/properties/storageProfile/osDisk/managedDisk/id".into(), json!(disk_id)));
-                extra.push(("/properties/vmId".into(), json!(format!("{:08x}-0000-4000-8000-000000000000", s.next_op + 1))));
+                extra.push((
+                    "/properties/storageProfile/osDisk/name".into(),
+                    json!(disk_name),
+                ));
+                extra.push((
+                    "/properties/storageProfile/osDisk/managedDisk/id".into(),
+                    json!(disk_id),
+                ));
+                extra.push((
+                    "/properties/vmId".into(),
+                    json!(format!("{:08x}-0000-4000-8000-000000000000", s.next_op + 1)),
+                ));
                 if let Some(p) = obj_props(obj_of(&mut v)) {
                     if let Some(o) = p.get_mut("osProfile").and_then(Value::as_object_mut) {
                         o.remove("customData");
@@ -924,14 +1053,29 @@ impl Ctx {
                     "location": loc, "tags": tags,
                     "properties": {"provisioningState": "Succeeded", "diskState": "Attached",
                         "diskSizeGB": props.pointer("/storageProfile/osDisk/diskSizeGB").cloned().unwrap_or(json!(30))}});
-                s.res.insert(disk_id.to_lowercase(), ArmResource { id: disk_id, kind: "Microsoft.Compute/disks".into(), body: d });
-                extra.push(("/properties/instanceView".into(), json!({"statuses": [
-                    {"code": "ProvisioningState/creating"}, {"code": "PowerState/starting"}]})));
+                s.res.insert(
+                    disk_id.to_lowercase(),
+                    ArmResource {
+                        id: disk_id,
+                        kind: "Microsoft.Compute/disks".into(),
+                        body: d,
+                    },
+                );
+                extra.push((
+                    "/properties/instanceView".into(),
+                    json!({"statuses": [
+                    {"code": "ProvisioningState/creating"}, {"code": "PowerState/starting"}]}),
+                ));
             }
             "microsoft.compute/disks" => {}
             "microsoft.compute/images" => {
-                let os = props.pointer("/storageProfile/osDisk").cloned().unwrap_or(Value::Null);
-                let src_vm = props.pointer("/sourceVirtualMachine/id").and_then(Value::as_str);
+                let os = props
+                    .pointer("/storageProfile/osDisk")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let src_vm = props
+                    .pointer("/sourceVirtualMachine/id")
+                    .and_then(Value::as_str);
                 if let Some(vm) = src_vm {
                     let Some(r) = s.res.get(&vm.to_lowercase()) else {
                         return err(404, "NotFound", &format!("The entity {vm} was not found."));
@@ -944,25 +1088,52 @@ impl Ctx {
                     let checked = check_vhd_blob(uri);
                     s = lock(&self.st);
                     match checked {
-                        Ok(size) => {
-                            s.blobs_read.push(uri.to_string());
-                            extra.push(("/properties/storageProfile/osDisk/diskSizeGB".into(), json!(size.div_ceil(1 << 30))));
+                        Ok((size, sha256)) => {
+                            s.blobs_read.push(BlobRead {
+                                uri: uri.to_string(),
+                                len: size,
+                                sha256,
+                            });
+                            extra.push((
+                                "/properties/storageProfile/osDisk/diskSizeGB".into(),
+                                json!(size.div_ceil(1 << 30)),
+                            ));
                         }
-                        Err(m) => return err(400, "InvalidParameter", &format!("The blob {uri} is not a valid fixed VHD: {m}")),
+                        Err(m) => {
+                            return err(
+                                400,
+                                "InvalidParameter",
+                                &format!("The blob {uri} is not a valid fixed VHD: {m}"),
+                            )
+                        }
                     }
                 } else if os.get("managedDisk").is_none() {
-                    return err(400, "InvalidParameter", "Required parameter 'osDisk.blobUri' or 'sourceVirtualMachine' is missing.");
+                    return err(
+                        400,
+                        "InvalidParameter",
+                        "Required parameter 'osDisk.blobUri' or 'sourceVirtualMachine' is missing.",
+                    );
                 }
                 if let Some(old) = s.res.get(&key) {
-                    if old.body.pointer("/properties/storageProfile/osDisk/blobUri") != os.get("blobUri")
+                    if old
+                        .body
+                        .pointer("/properties/storageProfile/osDisk/blobUri")
+                        != os.get("blobUri")
                         && os.get("blobUri").is_some()
                     {
-                        return err(409, "PropertyChangeNotAllowed", "Changing property 'osDisk.blobUri' is not allowed.");
+                        return err(
+                            409,
+                            "PropertyChangeNotAllowed",
+                            "Changing property 'osDisk.blobUri' is not allowed.",
+                        );
                     }
                 }
             }
             "microsoft.compute/galleries" => {
-                if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                if !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                {
                     return err(400, "InvalidParameter", &format!("The gallery name '{name}' is invalid (letters, digits, underscores and periods)."));
                 }
             }
@@ -977,19 +1148,43 @@ impl Ctx {
                 if !Self::exists(&s, Some(def)) {
                     return err(404, "ParentResourceNotFound", &format!("Can not perform requested operation on nested resource. Parent resource '{def}' not found."));
                 }
-                let src = props.pointer("/storageProfile/source/id").and_then(Value::as_str);
+                let src = props
+                    .pointer("/storageProfile/source/id")
+                    .and_then(Value::as_str);
                 if !Self::exists(&s, src) {
-                    return err(400, "InvalidParameter", &format!("The source '{}' was not found.", src.unwrap_or("")));
+                    return err(
+                        400,
+                        "InvalidParameter",
+                        &format!("The source '{}' was not found.", src.unwrap_or("")),
+                    );
                 }
                 let regions: Vec<String> = props
                     .pointer("/publishingProfile/targetRegions")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| {
+                                r.get("name").and_then(Value::as_str).map(str::to_string)
+                            })
+                            .collect()
+                    })
                     .unwrap_or_else(|| vec![loc.clone()]);
-                let summary: Vec<Value> = regions.iter().map(|r| json!({"region": r, "state": "Replicating", "progress": 0})).collect();
-                extra.push(("/properties/replicationStatus".into(), json!({"aggregatedState": "InProgress", "summary": summary})));
+                let summary: Vec<Value> = regions
+                    .iter()
+                    .map(|r| json!({"region": r, "state": "Replicating", "progress": 0}))
+                    .collect();
+                extra.push((
+                    "/properties/replicationStatus".into(),
+                    json!({"aggregatedState": "InProgress", "summary": summary}),
+                ));
             }
-            other => return err(400, "InvalidResourceType", &format!("The resource type '{other}' is not served by this test server.")),
+            other => {
+                return err(
+                    400,
+                    "InvalidResourceType",
+                    &format!("The resource type '{other}' is not served by this test server."),
+                )
+            }
         }
         for (p, val) in extra {
             set_pointer(&mut v, &p, val);
@@ -1011,11 +1206,16 @@ impl Ctx {
             let k3 = key.clone();
             Some(Box::new(move |s: &mut State, n: u32| {
                 if let Some(r) = s.res.get_mut(&k3) {
-                    if let Some(arr) = r.body.pointer_mut("/properties/replicationStatus/summary").and_then(Value::as_array_mut) {
+                    if let Some(arr) = r
+                        .body
+                        .pointer_mut("/properties/replicationStatus/summary")
+                        .and_then(Value::as_array_mut)
+                    {
                         let count = arr.len() as u32;
                         for (i, x) in arr.iter_mut().enumerate() {
                             // Region i lags i polls behind; all done at the last poll.
-                            let p = (n * 100 / polls).saturating_sub(i as u32 * 100 / (polls * count.max(1)));
+                            let p = (n * 100 / polls)
+                                .saturating_sub(i as u32 * 100 / (polls * count.max(1)));
                             let p = if n >= polls { 100 } else { p.min(99) };
                             x["progress"] = json!(p);
                             x["state"] = json!(if p >= 100 { "Completed" } else { "Replicating" });
@@ -1044,10 +1244,7 @@ impl Ctx {
             }),
             tick,
         );
-        let hs: Vec<(&str, String)> = h
-            .into_iter()
-            .filter(|(k, _)| *k != "location")
-            .collect();
+        let hs: Vec<(&str, String)> = h.into_iter().filter(|(k, _)| *k != "location").collect();
         let mut shown = v.clone();
         if let Some(p) = shown.get_mut("properties").and_then(Value::as_object_mut) {
             p.remove("instanceView");
@@ -1103,19 +1300,38 @@ impl Ctx {
         }
         let loc = location_of(&r.body);
         if let Some(x) = s.res.get_mut(&key) {
-            set_pointer(&mut x.body, "/properties/provisioningState", json!("Deleting"));
+            set_pointer(
+                &mut x.body,
+                "/properties/provisioningState",
+                json!("Deleting"),
+            );
         }
         // A VM takes the disk and NICs whose deleteOption is Delete with it.
         let mut also: Vec<String> = Vec::new();
         if kind == "microsoft.compute/virtualmachines" {
-            if r.body.pointer("/properties/storageProfile/osDisk/deleteOption").and_then(Value::as_str) == Some("Delete") {
-                if let Some(d) = r.body.pointer("/properties/storageProfile/osDisk/managedDisk/id").and_then(Value::as_str) {
+            if r.body
+                .pointer("/properties/storageProfile/osDisk/deleteOption")
+                .and_then(Value::as_str)
+                == Some("Delete")
+            {
+                if let Some(d) = r
+                    .body
+                    .pointer("/properties/storageProfile/osDisk/managedDisk/id")
+                    .and_then(Value::as_str)
+                {
                     also.push(d.to_lowercase());
                 }
             }
-            if let Some(a) = r.body.pointer("/properties/networkProfile/networkInterfaces").and_then(Value::as_array) {
+            if let Some(a) = r
+                .body
+                .pointer("/properties/networkProfile/networkInterfaces")
+                .and_then(Value::as_array)
+            {
                 for n in a {
-                    if n.pointer("/properties/deleteOption").and_then(Value::as_str) == Some("Delete") {
+                    if n.pointer("/properties/deleteOption")
+                        .and_then(Value::as_str)
+                        == Some("Delete")
+                    {
                         if let Some(i) = n.get("id").and_then(Value::as_str) {
                             also.push(i.to_lowercase());
                         }
@@ -1145,7 +1361,11 @@ impl Ctx {
         let key = id.to_lowercase();
         let mut s = lock(&self.st);
         let Some(r) = s.res.get(&key).cloned() else {
-            return err(404, "ResourceNotFound", &format!("The Resource '{id}' was not found."));
+            return err(
+                404,
+                "ResourceNotFound",
+                &format!("The Resource '{id}' was not found."),
+            );
         };
         if r.kind != "Microsoft.Compute/virtualMachines" {
             return err(400, "InvalidResourceType", action);
@@ -1161,7 +1381,11 @@ impl Ctx {
             let k = key.clone();
             Box::new(move |s: &mut State| {
                 if let Some(x) = s.res.get_mut(&k) {
-                    set_pointer(&mut x.body, "/properties/instanceView/statuses/1/code", json!(code));
+                    set_pointer(
+                        &mut x.body,
+                        "/properties/instanceView/statuses/1/code",
+                        json!(code),
+                    );
                 }
             })
         };
@@ -1196,7 +1420,9 @@ fn obj_of(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
     v.as_object_mut()
 }
 
-fn obj_props(o: Option<&mut serde_json::Map<String, Value>>) -> Option<&mut serde_json::Map<String, Value>> {
+fn obj_props(
+    o: Option<&mut serde_json::Map<String, Value>>,
+) -> Option<&mut serde_json::Map<String, Value>> {
     o?.get_mut("properties")?.as_object_mut()
 }
 
@@ -1263,13 +1489,16 @@ fn set_pointer(v: &mut Value, pointer: &str, val: Value) {
 
 /// Read the blob's length (HEAD) and last 512 bytes (Range) anonymously from
 /// a loopback blob endpoint and check the fixed VHD footer: cookie
-/// `conectix`, disk type 2 (fixed), current size = blob length - 512.
-fn check_vhd_blob(uri: &str) -> Result<u64, String> {
+/// `conectix`, disk type 2 (fixed), current size = blob length - 512; then
+/// read it whole and hash it (what Azure copies into the image).
+fn check_vhd_blob(uri: &str) -> Result<(u64, String), String> {
     let rest = uri
         .strip_prefix("http://")
         .ok_or("only http:// blob URIs (azurite) are read by the test server")?;
     let (hostport, path) = rest.split_once('/').ok_or("no path")?;
-    let addr: SocketAddr = hostport.parse().map_err(|_| format!("{hostport} is not ip:port"))?;
+    let addr: SocketAddr = hostport
+        .parse()
+        .map_err(|_| format!("{hostport} is not ip:port"))?;
     if !addr.ip().is_loopback() {
         return Err(format!("{addr} is not loopback: never contacted"));
     }
@@ -1282,17 +1511,27 @@ fn check_vhd_blob(uri: &str) -> Result<u64, String> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .ok_or("no content-length")?;
     if len < 1024 || len % 512 != 0 {
         return Err(format!("length {len} is not a multiple of 512"));
     }
-    let (st, _, body) = raw(addr, "GET", &path, Some(format!("bytes={}-{}", len - 512, len - 1)))?;
+    let (st, _, body) = raw(
+        addr,
+        "GET",
+        &path,
+        Some(format!("bytes={}-{}", len - 512, len - 1)),
+    )?;
     if st != 206 && st != 200 {
         return Err(format!("range read answered {st}"));
     }
-    let f = if body.len() == 512 { body } else { body[body.len().saturating_sub(512)..].to_vec() };
+    let f = if body.len() == 512 {
+        body
+    } else {
+        body[body.len().saturating_sub(512)..].to_vec()
+    };
     if &f[..8] != b"conectix" {
         return Err("no `conectix` cookie in the last 512 bytes".into());
     }
@@ -1304,7 +1543,37 @@ fn check_vhd_blob(uri: &str) -> Result<u64, String> {
     if current != len - 512 {
         return Err(format!("footer size {current} != blob length {len} - 512"));
     }
-    Ok(len)
+    Ok((len, hash_blob(addr, &path)?))
+}
+
+fn hash_blob(addr: SocketAddr, path: &str) -> Result<String, String> {
+    use sha2::Digest as _;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nx-ms-version: 2021-12-02\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, s);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        r.read_exact(&mut byte).map_err(|e| e.to_string())?;
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    if text.contains("transfer-encoding: chunked") {
+        return Err("chunked blob answer not handled".into());
+    }
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 fn raw(
@@ -1313,7 +1582,8 @@ fn raw(
     path: &str,
     range: Option<String>,
 ) -> Result<(u16, String, Vec<u8>), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nx-ms-version: 2021-12-02\r\nConnection: close\r\n");
     if let Some(r) = range {
