@@ -308,18 +308,18 @@ fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
 }
 
 type Chunk = (u64, Vec<u8>);
-
-/// Read the VHD in order on a blocking thread, sending chunks of `chunk`
-/// bytes; returns the VHD's size first.
-fn spawn_reader(
-    src: VhdSource,
-    chunk: usize,
-    depth: usize,
-) -> (
+/// (size, chunks, the reader's task).
+type Reader = (
     tokio::sync::oneshot::Receiver<Result<u64, AzureError>>,
     tokio::sync::mpsc::Receiver<Result<Chunk, AzureError>>,
     tokio::task::JoinHandle<()>,
-) {
+);
+/// Bytes sent by one job, and the footer page it held back.
+type JobResult = Result<(u64, Option<Vec<u8>>), AzureError>;
+
+/// Read the VHD in order on a blocking thread, sending chunks of `chunk`
+/// bytes; returns the VHD's size first.
+fn spawn_reader(src: VhdSource, chunk: usize, depth: usize) -> Reader {
     let (size_tx, size_rx) = tokio::sync::oneshot::channel();
     let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
     let h = tokio::task::spawn_blocking(move || {
@@ -427,7 +427,7 @@ async fn upload_pass(
     let size = size_rx
         .await
         .map_err(|_| AzureError::Invalid(format!("{}: reader stopped", src.path().display())))??;
-    if size == 0 || size % PAGE as u64 != 0 {
+    if size == 0 || !size.is_multiple_of(PAGE as u64) {
         reader.abort();
         return Err(AzureError::Stemcell {
             path: src.path().to_path_buf(),
@@ -464,7 +464,6 @@ async fn upload_pass(
     let ranges = &ranges;
     let skipped_ref = &skipped;
     let jobs = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
-        .map(|r| r.map(|(off, buf)| (off, buf)))
         .map_ok(|(off, buf)| {
             let mut jobs: Vec<(u64, Vec<u8>)> = Vec::new();
             for (s, n) in nonzero_runs(&buf, max_put) {
@@ -479,7 +478,7 @@ async fn upload_pass(
             futures::stream::iter(jobs.into_iter().map(Ok::<_, AzureError>))
         })
         .try_flatten();
-    let results: Vec<Result<(u64, Option<Vec<u8>>), AzureError>> = jobs
+    let results: Vec<JobResult> = jobs
         .map(|job| {
             let client = &client;
             let name = &name;
@@ -565,7 +564,10 @@ async fn put(
     data: Vec<u8>,
 ) -> Result<(), AzureError> {
     let n = data.len() as u64;
-    if n as usize > MAX_PUT_PAGE || n % PAGE as u64 != 0 || start % PAGE as u64 != 0 {
+    if n as usize > MAX_PUT_PAGE
+        || !n.is_multiple_of(PAGE as u64)
+        || !start.is_multiple_of(PAGE as u64)
+    {
         return Err(AzureError::Invalid(format!(
             "Put Page {name} at {start}: {n} bytes is not whole pages of at most 4 MiB"
         )));
@@ -584,6 +586,30 @@ async fn put(
         )
         .await
         .map_err(|e| blob_error("Put Page", &format!("{name} [{start}, {})", start + n), e))?;
+    Ok(())
+}
+
+/// Create a container that allows anonymous blob reads, signed with `sas`
+/// (test peers: the ARM test server reads VHD blobs from azurite that way,
+/// as Azure reads them with its own access). Builds never make public
+/// containers: [`BlobTarget::ensure_container`] makes private ones.
+pub async fn create_public_container(
+    account_url: &str,
+    name: &str,
+    sas: &AccountSas,
+) -> Result<(), AzureError> {
+    let u = url::Url::parse(&format!("{}/{name}", account_url.trim_end_matches('/')))
+        .map_err(|e| AzureError::Invalid(format!("container URL: {e}")))?;
+    let c = azure_storage_blob::BlobContainerClient::new(sas.apply(&u), None, None)
+        .map_err(|e| blob_error("container client", &redact(&u), e))?;
+    c.create(Some(
+        azure_storage_blob::models::BlobContainerClientCreateOptions {
+            access: Some(azure_storage_blob::models::PublicAccessType::Blob),
+            ..Default::default()
+        },
+    ))
+    .await
+    .map_err(|e| blob_error("Create Container", &redact(&u), e))?;
     Ok(())
 }
 

@@ -31,8 +31,45 @@ pub fn describe() -> &'static str {
     }
 }
 
-/// The credential of the chain above.
+/// The credential of the chain above, with its tokens cached until five
+/// minutes before they expire (the Azure CLI credential runs `az` per call).
 pub fn chain(use_managed_identity: bool) -> Result<Arc<dyn TokenCredential>, AzureError> {
+    Ok(Arc::new(Cached {
+        inner: pick(use_managed_identity)?,
+        token: tokio::sync::Mutex::new(None),
+    }))
+}
+
+/// Caches one credential's token (one scope: Resource Manager's).
+#[derive(Debug)]
+pub struct Cached {
+    inner: Arc<dyn TokenCredential>,
+    token: tokio::sync::Mutex<Option<(String, AccessToken)>>,
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for Cached {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let key = scopes.join(" ");
+        let mut g = self.token.lock().await;
+        if let Some((k, t)) = g.as_ref() {
+            if *k == key
+                && t.expires_on > time::OffsetDateTime::now_utc() + time::Duration::minutes(5)
+            {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.inner.get_token(scopes, options).await?;
+        *g = Some((key, t.clone()));
+        Ok(t)
+    }
+}
+
+fn pick(use_managed_identity: bool) -> Result<Arc<dyn TokenCredential>, AzureError> {
     let cred =
         |e: azure_core::Error| AzureError::Credential(crate::error::strip_urls(&e.to_string()));
     if let (Some(t), Some(c), Some(s)) = (

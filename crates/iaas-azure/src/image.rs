@@ -262,7 +262,7 @@ impl AzureBuilder {
         *self.base_seq.lock().await = Some((seq, image_id.clone()));
         // The image holds its own copy: the blob goes now.
         if target.delete().await? {
-            ctx.deleted(blob_seq, kind::BLOB, &url.to_string())?;
+            ctx.deleted(blob_seq, kind::BLOB, url.as_ref())?;
         }
         Ok(BaseImage {
             id: image_id,

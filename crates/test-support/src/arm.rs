@@ -91,6 +91,7 @@ pub struct ArmResource {
 }
 
 type Done = Box<dyn FnOnce(&mut State) + Send>;
+type Tick = Box<dyn FnMut(&mut State, u32) + Send>;
 
 struct Op {
     left: u32,
@@ -98,7 +99,7 @@ struct Op {
     failure: Option<(String, String)>,
     done: Option<Done>,
     finished: bool,
-    tick: Option<Box<dyn FnMut(&mut State, u32) + Send>>,
+    tick: Option<Tick>,
 }
 
 #[derive(Default)]
@@ -456,7 +457,7 @@ async fn handle(
             }
             // providers/{ns}/{type}/{name}[/{type}/{name}]*[/{action}]
             let rest = &segs[6..];
-            let (pairs, action) = if rest.len() % 2 == 0 {
+            let (pairs, action) = if rest.len().is_multiple_of(2) {
                 (rest, None)
             } else {
                 (&rest[..rest.len() - 1], rest.last().copied())
@@ -528,7 +529,7 @@ impl Ctx {
         id: &str,
         location: &str,
         done: Done,
-        tick: Option<Box<dyn FnMut(&mut State, u32) + Send>>,
+        tick: Option<Tick>,
     ) -> Vec<(&'static str, String)> {
         s.next_op += 1;
         let op = format!("op-{:06}", s.next_op);
@@ -690,7 +691,7 @@ impl Ctx {
                         return err(409, "InvalidResourceGroupLocation", &format!("Invalid resource group location '{loc}'. The Resource group already exists in location '{}'.", location_of(&r.body)));
                     }
                 }
-                if !self.opts.locations.iter().any(|l| *l == loc) {
+                if !self.opts.locations.contains(&loc) {
                     return err(
                         400,
                         "LocationNotAvailableForResourceGroup",
@@ -800,7 +801,7 @@ impl Ctx {
         let key = id.to_lowercase();
         let mut s = lock(&self.st);
         let loc = location_of(&body);
-        if !self.opts.locations.iter().any(|l| *l == loc) {
+        if !self.opts.locations.contains(&loc) {
             return err(
                 400,
                 "LocationNotAvailableForResourceType",
@@ -1202,7 +1203,7 @@ impl Ctx {
         let is_vm = kind.eq_ignore_ascii_case("Microsoft.Compute/virtualMachines");
         let is_version = kind.eq_ignore_ascii_case("Microsoft.Compute/galleries/images/versions");
         let polls = self.opts.polls.max(1);
-        let tick: Option<Box<dyn FnMut(&mut State, u32) + Send>> = if is_version {
+        let tick: Option<Tick> = if is_version {
             let k3 = key.clone();
             Some(Box::new(move |s: &mut State, n: u32| {
                 if let Some(r) = s.res.get_mut(&k3) {
@@ -1515,7 +1516,7 @@ fn check_vhd_blob(uri: &str) -> Result<(u64, String), String> {
                 .then(|| v.trim().parse().ok())?
         })
         .ok_or("no content-length")?;
-    if len < 1024 || len % 512 != 0 {
+    if len < 1024 || !len.is_multiple_of(512) {
         return Err(format!("length {len} is not a multiple of 512"));
     }
     let (st, _, body) = raw(
