@@ -168,6 +168,11 @@ pub fn findings(o: &AzureOptions, ssh_cidrs_empty: bool) -> Vec<Finding> {
             out.push(Finding::new(k("gallery.version"), m));
         }
     }
+    if let Some(p) = set(&o.poll_interval) {
+        if let Err(m) = p.parse::<opsbake_core::template::Dur>() {
+            out.push(Finding::new(k("poll_interval"), m));
+        }
+    }
     if ssh_cidrs_empty {
         out.push(Finding::new(
             "builds.azure.network.ssh_cidrs",

@@ -185,9 +185,12 @@ impl AzureBuilder {
                 .map(|d| d.0)
                 .unwrap_or(opsbake_core::wait::DEFAULT_TIMEOUT),
         );
-        if let Some(p) = &opts.poll_interval {
-            waiter.initial = p.0;
-            waiter.max = waiter.max.max(p.0);
+        if let Some(p) = set(&opts.poll_interval) {
+            let d: opsbake_core::template::Dur = p.parse().map_err(|e| {
+                AzureError::Invalid(format!("builds.azure.options.poll_interval: {e}"))
+            })?;
+            waiter.initial = d.0;
+            waiter.max = waiter.max.max(d.0);
         }
         let arm = Arm::new(&endpoint, &subscription, credential.clone(), waiter)?;
         let storage = storage(

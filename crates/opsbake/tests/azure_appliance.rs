@@ -143,6 +143,13 @@ fn build_leftovers(arm: &ArmServer, id: &str) -> Vec<String> {
 fn light_stemcell_dir(dir: &Path) -> PathBuf {
     let d = dir.join("stemcells");
     std::fs::create_dir_all(&d).unwrap();
+    // The template names every IaaS's stemcell: link the test ones in.
+    for e in std::fs::read_dir(stemcells()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".tgz") {
+            let _ = std::os::unix::fs::symlink(e.path(), d.join(e.file_name()));
+        }
+    }
     let mf = "---\nname: bosh-azure-hyperv-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: 1\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats: [azure-light]\ncloud_properties:\n  name: bosh-azure-hyperv-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: azure\n  hypervisor: hyperv\n  disk: 384\n  os_type: linux\n  architecture: x86_64\n  image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}\n";
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut t = tar::Builder::new(gz);
@@ -352,7 +359,7 @@ fn start_and_wait(
             &format!("stemcell_dir={}", sd.display()),
             // Slow polls: the kill lands while the VM is still coming up.
             "--var",
-            "azure_poll_interval=1s",
+            "azure_poll_interval=200ms",
         ],
     )
     .stdout(Stdio::piped())

@@ -64,10 +64,11 @@ pub struct AzureOptions {
     /// Overall limit of each wait (VM running/stopped, image, replication); default 30m.
     #[serde(default)]
     pub wait_timeout: Option<Dur>,
-    /// First delay between polls of a long-running operation (default 2s;
-    /// `Retry-After` is honoured on top).
+    /// First delay between polls of a long-running operation, as `250ms`,
+    /// `2s` (default 2s; `Retry-After` is honoured on top). A string, so that
+    /// a variable can set it; empty means the default.
     #[serde(default)]
-    pub poll_interval: Option<Dur>,
+    pub poll_interval: Option<String>,
     /// Put Page calls in flight when importing a heavy stemcell (default 8).
     #[serde(default)]
     pub upload_concurrency: Option<u32>,
