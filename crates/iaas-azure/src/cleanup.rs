@@ -150,6 +150,13 @@ impl AzureDeleter {
             "$filter=tagName%20eq%20%27{BUILD_TAG}%27%20and%20tagValue%20eq%20%27{build_id}%27"
         );
         let mut out = Vec::new();
+        // Never trust the filter alone: only what carries this build's tag.
+        let ours = |v: &Value| {
+            v.get("tags")
+                .and_then(|t| t.get(BUILD_TAG))
+                .and_then(Value::as_str)
+                == Some(build_id)
+        };
         for v in self
             .arm
             .list(
@@ -158,6 +165,9 @@ impl AzureDeleter {
             )
             .await?
         {
+            if !ours(&v) {
+                continue;
+            }
             if let Some(id) = v.get("id").and_then(Value::as_str) {
                 out.push((kind::RESOURCE_GROUP.to_string(), id.to_string()));
             }
@@ -173,6 +183,9 @@ impl AzureDeleter {
             let Some(id) = v.get("id").and_then(Value::as_str) else {
                 continue;
             };
+            if !ours(&v) {
+                continue;
+            }
             let k = match v
                 .get("type")
                 .and_then(Value::as_str)

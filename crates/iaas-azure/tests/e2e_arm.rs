@@ -487,3 +487,57 @@ async fn validate_refuses_a_missing_group_and_a_size_not_offered_before_creating
         arm.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_finds_only_what_carries_the_build_tag() {
+    let arm = ArmServer::start(ArmOptions {
+        polls: 2,
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let cfg = opsbake_iaas_azure::cleanup::CleanupConfig {
+        subscription: SUBSCRIPTION.into(),
+        endpoint: arm.endpoint().into(),
+        location: "westeurope".into(),
+        ..Default::default()
+    };
+    let cred: Arc<dyn azure_core::credentials::TokenCredential> = Arc::new(StaticToken(TOKEN.into()));
+    let client = opsbake_iaas_azure::arm::Arm::new(
+        arm.endpoint(),
+        SUBSCRIPTION,
+        cred.clone(),
+        opsbake_core::wait::Waiter {
+            initial: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .unwrap();
+    for (rg, build) in [("g-mine", "b-1"), ("g-other", "b-2")] {
+        let id = client.rg_id(rg);
+        client
+            .put(&id, &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": build}}), "westeurope")
+            .await
+            .unwrap();
+    }
+    let nsg = client.res_id("images", "Microsoft.Network/networkSecurityGroups", "n-mine");
+    client
+        .put(&nsg, &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": "b-1"}}), "westeurope")
+        .await
+        .unwrap();
+    let d = opsbake_iaas_azure::deleter_with(&cfg, cred).unwrap();
+    let found = d.sweep("b-1").await.unwrap();
+    let ids: Vec<String> = found.iter().filter_map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 2, "{ids:#?}");
+    assert!(ids.iter().any(|i| i.ends_with("/g-mine")));
+    assert!(ids.iter().any(|i| i.ends_with("/n-mine")));
+    // Resources before groups.
+    assert!(found[0].kind != "resource_group");
+    for r in &found {
+        d.delete(r).await.unwrap();
+    }
+    let left: Vec<String> = arm.resources().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(left.len(), 2, "{left:#?}");
+    assert!(left.iter().any(|i| i.ends_with("/g-other")) && left.iter().any(|i| i.ends_with("/images")));
+}

@@ -345,7 +345,16 @@ fn start_and_wait(
     p: &Peers,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> (std::process::Child, String, Vec<serde_json::Value>) {
+    start_and_wait_with(p, true, pred)
+}
+
+fn start_and_wait_with(
+    p: &Peers,
+    light: bool,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> (std::process::Child, String, Vec<serde_json::Value>) {
     let sd = light_stemcell_dir(p.dir.path());
+    let prefix = if light { "light-" } else { "" };
     let mut child = command(
         p,
         &[
@@ -354,10 +363,9 @@ fn start_and_wait(
             "--skip-provision",
             "azure",
             "--var",
-            "azure_stemcell_prefix=light-",
+            &format!("azure_stemcell_prefix={prefix}"),
             "--var",
             &format!("stemcell_dir={}", sd.display()),
-            // Slow polls: the kill lands while the VM is still coming up.
             "--var",
             "azure_poll_interval=200ms",
         ],
@@ -421,6 +429,8 @@ async fn sigkill_after_the_vm_create_then_cleanup_leaves_nothing() {
     );
     let after = build_leftovers(&p.arm, &id);
     assert!(after.is_empty(), "left after cleanup: {after:#?}");
+    // The sweep by tag touched nothing else: the images' group is still there.
+    assert!(p.arm.resources().iter().any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
     // The temporary group went in one call, not resource by resource.
     let log = p.arm.log();
     assert!(
@@ -447,5 +457,33 @@ async fn sigint_after_the_vm_create_unwinds_without_cleanup() {
     assert!(!code.success());
     let after = build_leftovers(&p.arm, &id);
     assert!(after.is_empty(), "left after SIGINT: {after:#?}");
+    assert!(p.arm.of_kind("Microsoft.Compute/images").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_the_blob_upload_then_cleanup_deletes_the_blob() {
+    if skip() {
+        return;
+    }
+    let p = peers().await;
+    // The intent is journaled before the first Put Page: wait for it.
+    let (mut child, id, _) = start_and_wait_with(&p, false, |v| {
+        v["event"] == "resource_intent" && v["kind"] == "blob"
+    });
+    // Let some pages land, so there is a blob to find.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.az.list_public("opsbake-vhds").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let blobs = p.az.list_public("opsbake-vhds");
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert!(blobs[0].contains(&id), "{blobs:?}");
+    // No create was recorded: cleanup finds the blob by the id in its intent.
+    let out = cleanup(&p, &id);
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(p.az.list_public("opsbake-vhds").is_empty(), "{:?}", p.az.list_public("opsbake-vhds"));
+    assert!(build_leftovers(&p.arm, &id).is_empty());
     assert!(p.arm.of_kind("Microsoft.Compute/images").is_empty());
 }

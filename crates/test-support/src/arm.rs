@@ -308,7 +308,7 @@ fn err(status: u16, code: &str, message: &str) -> Resp {
 fn query_param(q: &str, key: &str) -> Option<String> {
     q.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        if k.eq_ignore_ascii_case(key) {
+        if k.replace("%24", "$").eq_ignore_ascii_case(key) {
             Some(
                 v.replace("%20", " ")
                     .replace("%27", "'")
