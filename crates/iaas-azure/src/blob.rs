@@ -589,7 +589,7 @@ async fn put(
     Ok(())
 }
 
-/// Create a container that allows anonymous blob reads, signed with `sas`
+/// Create a container that allows anonymous reads and listing, signed with `sas`
 /// (test peers: the ARM test server reads VHD blobs from azurite that way,
 /// as Azure reads them with its own access). Builds never make public
 /// containers: [`BlobTarget::ensure_container`] makes private ones.
@@ -604,7 +604,7 @@ pub async fn create_public_container(
         .map_err(|e| blob_error("container client", &redact(&u), e))?;
     c.create(Some(
         azure_storage_blob::models::BlobContainerClientCreateOptions {
-            access: Some(azure_storage_blob::models::PublicAccessType::Blob),
+            access: Some(azure_storage_blob::models::PublicAccessType::Container),
             ..Default::default()
         },
     ))

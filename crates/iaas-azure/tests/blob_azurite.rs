@@ -37,7 +37,7 @@ async fn public_container(base: &str, name: &str) {
     let c = azure_storage_blob::BlobContainerClient::new(sas().apply(&u), None, None).unwrap();
     c.create(Some(
         azure_storage_blob::models::BlobContainerClientCreateOptions {
-            access: Some(azure_storage_blob::models::PublicAccessType::Blob),
+            access: Some(azure_storage_blob::models::PublicAccessType::Container),
             ..Default::default()
         },
     ))
@@ -99,6 +99,7 @@ async fn only_nonzero_pages_capped_at_4mib_and_read_back_equal() {
     assert!(r.max_put <= MAX_PUT_PAGE as u64 && r.max_put > 0, "{r:?}");
     assert_eq!(r.bytes_sent, nonzero + PAGE as u64, "{r:?}");
     assert!(r.puts >= 5, "{r:?}");
+    assert_eq!(az.list_public("vhds"), ["a.vhd"]);
     let back = az.get_public("vhds", "a.vhd").unwrap();
     assert_eq!(back.len(), vhd.len());
     assert!(back == vhd, "blob differs from the VHD");

@@ -174,7 +174,7 @@ pub async fn public_container(az: &Azurite, name: &str) {
         .unwrap()
         .create(Some(
             azure_storage_blob::models::BlobContainerClientCreateOptions {
-                access: Some(azure_storage_blob::models::PublicAccessType::Blob),
+                access: Some(azure_storage_blob::models::PublicAccessType::Container),
                 ..Default::default()
             },
         ))
@@ -502,7 +502,8 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
         location: "westeurope".into(),
         ..Default::default()
     };
-    let cred: Arc<dyn azure_core::credentials::TokenCredential> = Arc::new(StaticToken(TOKEN.into()));
+    let cred: Arc<dyn azure_core::credentials::TokenCredential> =
+        Arc::new(StaticToken(TOKEN.into()));
     let client = opsbake_iaas_azure::arm::Arm::new(
         arm.endpoint(),
         SUBSCRIPTION,
@@ -517,13 +518,25 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
     for (rg, build) in [("g-mine", "b-1"), ("g-other", "b-2")] {
         let id = client.rg_id(rg);
         client
-            .put(&id, &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": build}}), "westeurope")
+            .put(
+                &id,
+                &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": build}}),
+                "westeurope",
+            )
             .await
             .unwrap();
     }
-    let nsg = client.res_id("images", "Microsoft.Network/networkSecurityGroups", "n-mine");
+    let nsg = client.res_id(
+        "images",
+        "Microsoft.Network/networkSecurityGroups",
+        "n-mine",
+    );
     client
-        .put(&nsg, &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": "b-1"}}), "westeurope")
+        .put(
+            &nsg,
+            &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": "b-1"}}),
+            "westeurope",
+        )
         .await
         .unwrap();
     let d = opsbake_iaas_azure::deleter_with(&cfg, cred).unwrap();
@@ -539,5 +552,7 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
     }
     let left: Vec<String> = arm.resources().iter().map(|r| r.id.clone()).collect();
     assert_eq!(left.len(), 2, "{left:#?}");
-    assert!(left.iter().any(|i| i.ends_with("/g-other")) && left.iter().any(|i| i.ends_with("/images")));
+    assert!(
+        left.iter().any(|i| i.ends_with("/g-other")) && left.iter().any(|i| i.ends_with("/images"))
+    );
 }

@@ -430,7 +430,11 @@ async fn sigkill_after_the_vm_create_then_cleanup_leaves_nothing() {
     let after = build_leftovers(&p.arm, &id);
     assert!(after.is_empty(), "left after cleanup: {after:#?}");
     // The sweep by tag touched nothing else: the images' group is still there.
-    assert!(p.arm.resources().iter().any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
+    assert!(p
+        .arm
+        .resources()
+        .iter()
+        .any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
     // The temporary group went in one call, not resource by resource.
     let log = p.arm.log();
     assert!(
@@ -482,8 +486,16 @@ async fn sigkill_during_the_blob_upload_then_cleanup_deletes_the_blob() {
     assert!(blobs[0].contains(&id), "{blobs:?}");
     // No create was recorded: cleanup finds the blob by the id in its intent.
     let out = cleanup(&p, &id);
-    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(p.az.list_public("opsbake-vhds").is_empty(), "{:?}", p.az.list_public("opsbake-vhds"));
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        p.az.list_public("opsbake-vhds").is_empty(),
+        "{:?}",
+        p.az.list_public("opsbake-vhds")
+    );
     assert!(build_leftovers(&p.arm, &id).is_empty());
     assert!(p.arm.of_kind("Microsoft.Compute/images").is_empty());
 }
