@@ -389,9 +389,14 @@ fn start_and_wait_with(
     let mut seen = Vec::new();
     let mut id = String::new();
     loop {
-        let v = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("event not seen; seen: {seen:#?}"));
+        let v = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("event not seen; seen: {seen:#?}");
+            }
+        };
         if let Some(b) = v["build_id"].as_str() {
             id = b.to_string();
         }
