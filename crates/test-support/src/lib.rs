@@ -3,6 +3,8 @@
 //!
 //! One module per peer; each is owned by the issue that needs it.
 
+pub mod arm;
+pub mod azurite;
 pub mod cli;
 pub mod delay_proxy;
 pub mod fault_proxy;

@@ -9,7 +9,7 @@ mod vbox;
 mod vsphere;
 
 pub use aws::AwsOptions;
-pub use azure::AzureOptions;
+pub use azure::{AzureGallery, AzureOptions, AzureReplication};
 pub use gcp::GcpOptions;
 pub use localtest::LocaltestOptions;
 pub use ssh::SshHostOptions;

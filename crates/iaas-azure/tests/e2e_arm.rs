@@ -1,0 +1,558 @@
+//! `azure` builds end to end through core's runner with the real SSH
+//! transport and provisioners: the ARM test server plays Resource Manager,
+//! azurite plays blob storage, and a hardened sshd on 127.0.0.1 plays the VM
+//! (through the `ssh.host`/`ssh.port` override; the server's TEST-NET
+//! addresses are never contacted). The sshd has no authorized_keys: its
+//! `AuthorizedKeysCommand` reads the running VMs' customData from the ARM
+//! server and prints `env.bosh.authorized_keys`, so a login proves the key
+//! travelled through customData.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use opsbake_core::events::{Event, EventSink};
+use opsbake_core::runner::{BuildJob, BuildResult, Runner};
+use opsbake_core::template::Iaas;
+use opsbake_iaas_azure::credential::StaticToken;
+use opsbake_test_support::arm::{ArmOptions, ArmServer, SUBSCRIPTION, TOKEN};
+use opsbake_test_support::azurite::Azurite;
+use tokio_util::sync::CancellationToken;
+
+pub const HEAVY: &str = "bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz";
+
+fn skip() -> bool {
+    std::env::var("OPSBAKE_SKIP_PEERS").as_deref() == Ok("1")
+}
+
+fn stemcell(name: &str) -> PathBuf {
+    let d = std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").expect(
+        "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env",
+    );
+    let p = PathBuf::from(d).join(name);
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// A light azure stemcell pointing at the ARM server's marketplace image.
+fn light_stemcell(dir: &Path) -> PathBuf {
+    let mf = r#"---
+name: bosh-azure-hyperv-debian-bookworm-go_agent
+version: '1.0'
+bosh_protocol: 1
+api_version: 3
+sha1: da39a3ee5e6b4b0d3255bfef95601890afd80709
+operating_system: debian-bookworm
+stemcell_formats: [azure-light]
+cloud_properties:
+  name: bosh-azure-hyperv-debian-bookworm-go_agent
+  version: '1.0'
+  infrastructure: azure
+  hypervisor: hyperv
+  disk: 384
+  disk_format: vhd
+  container_format: bare
+  os_type: linux
+  os_distro: debian
+  architecture: x86_64
+  image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}
+"#;
+    let p = dir.join("light-bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz");
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut t = tar::Builder::new(gz);
+    for (name, data) in [("stemcell.MF", mf.as_bytes()), ("image", &b""[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, name, data).unwrap();
+    }
+    std::fs::write(&p, t.into_inner().unwrap().finish().unwrap()).unwrap();
+    p
+}
+
+#[derive(Default)]
+struct Log(std::sync::Mutex<Vec<String>>);
+
+impl EventSink for Log {
+    fn emit(&self, e: Event) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(serde_json::to_string(&e).unwrap());
+    }
+}
+
+pub fn template(
+    dir: &Path,
+    stemcell: &Path,
+    arm: &str,
+    storage: &str,
+    ssh_port: u16,
+    extra: &str,
+) -> PathBuf {
+    let t = dir.join("appliance.yml");
+    std::fs::write(
+        &t,
+        format!(
+            r#"name: appliance
+version: "1.0"
+stemcells:
+  azure: {{path: "{sc}"}}
+builds:
+  azure:
+    disk: 10240
+    network: {{ssh_cidrs: [203.0.113.0/24]}}
+    ssh: {{user: vcap, host: 127.0.0.1, port: {ssh_port}, login_timeout: 60s}}
+    options:
+      subscription_id: "{SUBSCRIPTION}"
+      resource_group: images
+      location: westeurope
+      vm_size: Standard_B1s
+      endpoint: "{arm}"
+      storage_endpoint: "{storage}"
+      storage_container: vhds
+      image_name: "appliance-1.0-${{build.id}}"
+      poll_interval: 1s
+{extra}
+provision:
+  - type: shell
+    sudo: false
+    inline:
+      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
+outputs:
+  directory: "{out}"
+"#,
+            sc = stemcell.display(),
+            out = dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    t
+}
+
+async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>) {
+    let loaded = opsbake_core::template::load(template).unwrap();
+    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
+    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Azure, id).unwrap();
+    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
+    let mut b =
+        opsbake_iaas_azure::AzureBuilder::new(&plan, Arc::new(StaticToken(TOKEN.into()))).unwrap();
+    let mut w = b.waiter;
+    w.initial = std::time::Duration::from_millis(20);
+    w.max = std::time::Duration::from_millis(100);
+    b.set_waiter(w);
+    let log = Arc::new(Log::default());
+    let mut runner = Runner::new(dir.join("state"), log.clone());
+    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
+    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    let r = runner
+        .run_all(
+            vec![BuildJob {
+                plan,
+                builder: Arc::new(b),
+                inputs,
+            }],
+            CancellationToken::new(),
+        )
+        .await;
+    let events = log.0.lock().unwrap().clone();
+    (r[0].clone(), events)
+}
+
+/// Public-read container so that the ARM server reads blobs anonymously.
+pub async fn public_container(az: &Azurite, name: &str) {
+    let sas = opsbake_iaas_azure::sas::AccountSas::sign(
+        opsbake_iaas_azure::sas::DEV_ACCOUNT,
+        opsbake_iaas_azure::sas::DEV_KEY,
+        time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    )
+    .unwrap();
+    let u = url::Url::parse(&format!("{}/{name}", az.account_url())).unwrap();
+    azure_storage_blob::BlobContainerClient::new(sas.apply(&u), None, None)
+        .unwrap()
+        .create(Some(
+            azure_storage_blob::models::BlobContainerClientCreateOptions {
+                access: Some(azure_storage_blob::models::PublicAccessType::Container),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+/// SHA-256 of the stemcell's VHD, streamed.
+pub fn vhd_sha256(stemcell: &Path) -> (u64, String) {
+    use sha2::Digest as _;
+    let f = std::fs::File::open(stemcell).unwrap();
+    let mut outer = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    for e in outer.entries().unwrap() {
+        let e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() != "image" {
+            continue;
+        }
+        let mut inner = tar::Archive::new(flate2::read::GzDecoder::new(e));
+        let mut d = inner.entries().unwrap().next().unwrap().unwrap();
+        let len = d.size();
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = d.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        return (len, hex::encode(h.finalize()));
+    }
+    panic!("no image member");
+}
+
+fn kinds(arm: &ArmServer) -> Vec<String> {
+    arm.resources()
+        .iter()
+        .map(|r| format!("{} {}", r.kind, r.id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_stemcell_build_imports_the_vhd_and_logs_in_through_custom_data() {
+    if skip() {
+        return;
+    }
+    let sc = stemcell(HEAVY);
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let az = Azurite::start().unwrap();
+    public_container(&az, "vhds").await;
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      gallery: {name: opsbake_images, image: appliance, version: 1.0.0, regions: [{name: westeurope}, {name: northeurope, replicas: 2}]}",
+    );
+    // One throttled call on the way: 429 + Retry-After is honoured.
+    arm.throttle(1);
+    let (r, events) = run(dir.path(), &t, "ob-az-heavy-1").await;
+    assert!(
+        r.error.is_none(),
+        "{:?}\n{}\nsshd:\n{}",
+        r.error,
+        events.join("\n"),
+        sshd.log_text()
+    );
+    // The login used the key from customData (vcap has no authorized_keys).
+    assert!(
+        sshd.log_text().contains("Accepted publickey for vcap"),
+        "{}",
+        sshd.log_text()
+    );
+    let marker = std::fs::read_to_string(sshd.home().join("opsbake-marker")).unwrap();
+    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
+    // The page blob the image was made from equals the stemcell's VHD.
+    let (len, sha) = vhd_sha256(&sc);
+    let reads = arm.blobs_read();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(
+        (reads[0].len, reads[0].sha256.as_str()),
+        (len, sha.as_str())
+    );
+    // Kept: the managed image, the base image (by stemcell sha1), the
+    // gallery, its definition and version; the build's group is gone, and
+    // so is the blob.
+    let left = kinds(&arm);
+    let images = arm.of_kind("Microsoft.Compute/images");
+    assert_eq!(images.len(), 2, "{left:#?}");
+    assert!(images
+        .iter()
+        .any(|i| i.body["tags"]["opsbake-stemcell-sha1"].is_string()));
+    let versions = arm.of_kind("Microsoft.Compute/galleries/images/versions");
+    assert_eq!(versions.len(), 1, "{left:#?}");
+    assert!(
+        arm.of_kind("Microsoft.Compute/virtualMachines").is_empty(),
+        "{left:#?}"
+    );
+    assert!(
+        arm.of_kind("Microsoft.Compute/disks").is_empty(),
+        "{left:#?}"
+    );
+    assert!(
+        arm.of_kind("Microsoft.Network/networkInterfaces")
+            .is_empty(),
+        "{left:#?}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|l| l.contains("resourceGroups/opsbake-ob-az-heavy-1")),
+        "{left:#?}"
+    );
+    assert!(
+        az.list_public("vhds").is_empty(),
+        "{:?}",
+        az.list_public("vhds")
+    );
+    // Replication progress was reported per region.
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("replication of 1.0.0") && e.contains("northeurope")),
+        "{}",
+        events.join("\n")
+    );
+    let art = r.artifact.unwrap();
+    assert!(
+        art.id.contains("/images/appliance-1.0-ob-az-heavy-1"),
+        "{}",
+        art.id
+    );
+    assert!(art.id.contains("/versions/1.0.0"), "{}", art.id);
+    // Long-running operations took several polls each; the temporary
+    // group went in one DELETE.
+    let log = arm.log();
+    assert!(
+        log.iter().filter(|l| l.contains("/operations/")).count() >= 3 * 8,
+        "{log:#?}"
+    );
+    let deletes: Vec<&String> = log.iter().filter(|l| l.starts_with("DELETE")).collect();
+    assert!(
+        deletes
+            .iter()
+            .any(|l| l.contains("resourceGroups/opsbake-ob-az-heavy-1?")),
+        "{deletes:#?}"
+    );
+    assert!(
+        !deletes.iter().any(|l| l.contains("virtualMachines")),
+        "{deletes:#?}"
+    );
+
+    // A second build reuses the base image: no blob upload, no image read.
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-heavy-2").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    assert_eq!(arm.blobs_read().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_stemcell_build_in_a_given_group_deletes_vm_then_disk_and_nic() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    arm.seed_resource_group("builds", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "      build_resource_group: builds",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-light-1").await;
+    assert!(
+        r.error.is_none(),
+        "{:?}\n{}\nsshd:\n{}",
+        r.error,
+        events.join("\n"),
+        sshd.log_text()
+    );
+    assert!(sshd.log_text().contains("Accepted publickey for vcap"));
+    // The VM ran from the marketplace reference.
+    let log = arm.log();
+    let order: Vec<&str> = log
+        .iter()
+        .filter(|l| l.starts_with("DELETE"))
+        .map(|l| l.as_str())
+        .collect();
+    let pos = |k: &str| {
+        order
+            .iter()
+            .position(|l| l.contains(k))
+            .unwrap_or_else(|| panic!("no DELETE of {k}: {order:#?}"))
+    };
+    assert!(
+        pos("virtualMachines") < pos("networkInterfaces"),
+        "{order:#?}"
+    );
+    assert!(
+        pos("networkInterfaces") < pos("publicIPAddresses"),
+        "{order:#?}"
+    );
+    assert!(
+        pos("networkInterfaces") < pos("networkSecurityGroups"),
+        "{order:#?}"
+    );
+    assert!(pos("virtualMachines") < pos("disks"), "{order:#?}");
+    // Only the image and the two groups remain.
+    let left = kinds(&arm);
+    assert_eq!(left.len(), 3, "{left:#?}");
+    assert_eq!(
+        arm.of_kind("Microsoft.Compute/images").len(),
+        1,
+        "{left:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_vm_create_surfaces_the_operation_error_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        9,
+        "",
+    );
+    arm.fail_next(
+        "virtualmachines",
+        "AllocationFailed",
+        "Allocation failed. We do not have sufficient capacity.",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-fail-1").await;
+    let e = r.error.clone().unwrap_or_default();
+    assert!(
+        e.contains("AllocationFailed") && e.contains("sufficient capacity"),
+        "{e}\n{}",
+        events.join("\n")
+    );
+    let left = kinds(&arm);
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert!(r.leftovers.is_empty(), "{:?}", r.leftovers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_refuses_a_missing_group_and_a_size_not_offered_before_creating_anything() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        9,
+        "",
+    );
+    let (r, _) = run(dir.path(), &t, "ob-az-val-1").await;
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("ResourceGroupNotFound") && e.contains("images"),
+        "{e}"
+    );
+    arm.seed_resource_group("images", "westeurope");
+    let t2 = t.with_file_name("t2.yml");
+    std::fs::write(
+        &t2,
+        std::fs::read_to_string(&t)
+            .unwrap()
+            .replace("Standard_B1s", "Standard_X99"),
+    )
+    .unwrap();
+    let (r, _) = run(dir.path(), &t2, "ob-az-val-2").await;
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("Standard_X99") && e.contains("westeurope"),
+        "{e}"
+    );
+    assert_eq!(arm.resources().len(), 1);
+    assert!(
+        !arm.log().iter().any(|l| l.starts_with("PUT")),
+        "{:#?}",
+        arm.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_finds_only_what_carries_the_build_tag() {
+    let arm = ArmServer::start(ArmOptions {
+        polls: 2,
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let cfg = opsbake_iaas_azure::cleanup::CleanupConfig {
+        subscription: SUBSCRIPTION.into(),
+        endpoint: arm.endpoint().into(),
+        location: "westeurope".into(),
+        ..Default::default()
+    };
+    let cred: Arc<dyn azure_core::credentials::TokenCredential> =
+        Arc::new(StaticToken(TOKEN.into()));
+    let client = opsbake_iaas_azure::arm::Arm::new(
+        arm.endpoint(),
+        SUBSCRIPTION,
+        cred.clone(),
+        opsbake_core::wait::Waiter {
+            initial: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .unwrap();
+    for (rg, build) in [("g-mine", "b-1"), ("g-other", "b-2")] {
+        let id = client.rg_id(rg);
+        client
+            .put(
+                &id,
+                &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": build}}),
+                "westeurope",
+            )
+            .await
+            .unwrap();
+    }
+    let nsg = client.res_id(
+        "images",
+        "Microsoft.Network/networkSecurityGroups",
+        "n-mine",
+    );
+    client
+        .put(
+            &nsg,
+            &serde_json::json!({"location": "westeurope", "tags": {"opsbake-build-id": "b-1"}}),
+            "westeurope",
+        )
+        .await
+        .unwrap();
+    let d = opsbake_iaas_azure::deleter_with(&cfg, cred).unwrap();
+    let found = d.sweep("b-1").await.unwrap();
+    let ids: Vec<String> = found.iter().filter_map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 2, "{ids:#?}");
+    assert!(ids.iter().any(|i| i.ends_with("/g-mine")));
+    assert!(ids.iter().any(|i| i.ends_with("/n-mine")));
+    // Resources before groups.
+    assert!(found[0].kind != "resource_group");
+    for r in &found {
+        d.delete(r).await.unwrap();
+    }
+    let left: Vec<String> = arm.resources().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(left.len(), 2, "{left:#?}");
+    assert!(
+        left.iter().any(|i| i.ends_with("/g-other")) && left.iter().any(|i| i.ends_with("/images"))
+    );
+}
