@@ -305,6 +305,9 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                                 d.insert(k.into(), v);
                             }
                         }
+                        // A type (`string`, `list(string)`) is not a value.
+                        let tkey = format!("{kp}.type");
+                        r.notes.retain(|n| n.0 != tkey);
                         if m.remove("type").is_some() {
                             let l = r.attr_line(line, "type");
                             r.note(&format!("{kp}.type"), l, "the variable's `type`: not converted (opsbake variables are strings)");
