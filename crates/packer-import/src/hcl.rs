@@ -97,9 +97,8 @@ impl Reader<'_> {
                 match (root.as_str(), first.as_deref(), t.operators.len()) {
                     ("var", Some(n), 1) => return format!("{{{{user `{n}`}}}}"),
                     ("local", Some(n), 1) => return format!("{{{{user `local_{n}`}}}}"),
-                    ("path", Some("root"), 1) | ("path", Some("cwd"), 1) => {
-                        return "{{template_dir}}".to_string()
-                    }
+                    ("path", Some("root"), 1) => return "{{template_dir}}".to_string(),
+                    ("path", Some("cwd"), 1) => return "{{pwd}}".to_string(),
                     ("build", Some("name"), 1) => return "{{build_name}}".to_string(),
                     ("build", Some("type"), 1) | ("source", Some("type"), 1) => {
                         return "{{build_type}}".to_string()
