@@ -97,9 +97,8 @@ impl Reader<'_> {
                 match (root.as_str(), first.as_deref(), t.operators.len()) {
                     ("var", Some(n), 1) => return format!("{{{{user `{n}`}}}}"),
                     ("local", Some(n), 1) => return format!("{{{{user `local_{n}`}}}}"),
-                    ("path", Some("root"), 1) | ("path", Some("cwd"), 1) => {
-                        return "{{template_dir}}".to_string()
-                    }
+                    ("path", Some("root"), 1) => return "{{template_dir}}".to_string(),
+                    ("path", Some("cwd"), 1) => return "{{pwd}}".to_string(),
                     ("build", Some("name"), 1) => return "{{build_name}}".to_string(),
                     ("build", Some("type"), 1) | ("source", Some("type"), 1) => {
                         return "{{build_type}}".to_string()
@@ -305,6 +304,9 @@ pub fn read(src: &str) -> Result<Option<HclDoc>, String> {
                                 d.insert(k.into(), v);
                             }
                         }
+                        // A type (`string`, `list(string)`) is not a value.
+                        let tkey = format!("{kp}.type");
+                        r.notes.retain(|n| n.0 != tkey);
                         if m.remove("type").is_some() {
                             let l = r.attr_line(line, "type");
                             r.note(&format!("{kp}.type"), l, "the variable's `type`: not converted (opsbake variables are strings)");
