@@ -208,8 +208,6 @@ fn cli_build(
         .arg(template)
         .args(["--iaas", "vbox", "--offline", "--debug-keep-key"])
         .current_dir(cwd)
-        // outputs go under the run's directory, not the template's
-        .env("OPSBAKE_VAR_output_dir", cwd.join("out/appliance"))
         .env("OPSBAKE_TEST_STEMCELL_DIR", stemcells)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         // libfaketime shifts the wall clock only: timeouts keep real time
@@ -490,8 +488,9 @@ async fn offline_vbox_build_reproducible_ova_deploys_qemu() {
     bin(); // found (or built) before the clock starts
     let whole = Instant::now();
 
-    // 1. the repo's template, as a user runs it (outputs under the run's
-    // directory through OPSBAKE_VAR_output_dir)
+    // 1. the repo's template, as a user runs it (outputs next to the
+    // template, in images/out/appliance, as for scripts/demo.sh; the same
+    // variables in both builds, so the same input digests)
     // one state dir, as a user's (~/.local/state/opsbake)
     let state = root.join("state");
     let one = cli_build(

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
 
-/// Nesting deeper than this is not indexed (the template parser refuses
-/// such documents anyway).
+/// Nesting deeper than this stops the index (the template parser refuses
+/// such documents anyway; a hostile `[[[[...` must not exhaust the stack).
 const MAX_DEPTH: usize = 128;
 
 /// A 1-based line and column.
@@ -34,6 +34,8 @@ pub struct Positions {
     keys: BTreeMap<String, Pos>,
     /// Whether the document has any node at all (not only comments).
     has_content: bool,
+    /// Where the nesting went deeper than [`MAX_DEPTH`].
+    too_deep: Option<Pos>,
 }
 
 fn pos(m: &Marker) -> Pos {
@@ -61,14 +63,20 @@ impl Positions {
         // Only the first document is a template.
         loop {
             match parser.next_token() {
-                Ok((Event::StreamEnd, _)) | Err(_) => break,
+                Ok((Event::StreamEnd, _)) => break,
+                Err(e) => {
+                    p.scan_error(&e);
+                    break;
+                }
                 Ok((Event::StreamStart, _))
                 | Ok((Event::DocumentStart, _))
                 | Ok((Event::Nothing, _)) => {}
                 Ok((Event::DocumentEnd, _)) => break,
                 Ok((ev, m)) => {
                     p.has_content = !matches!(&ev, Event::Scalar(s, yaml_rust2::scanner::TScalarStyle::Plain, _, _) if s.is_empty() || s == "~");
-                    let _ = p.node(&mut parser, ev, m, String::new(), 0);
+                    if let Err(Some(e)) = p.node(&mut parser, ev, m, Some(String::new()), 0) {
+                        p.scan_error(&e);
+                    }
                     break;
                 }
             }
@@ -76,54 +84,67 @@ impl Positions {
         p
     }
 
-    /// Record one node and its children; `Err` stops at a parse error.
+    /// The scanner's own nesting limit counts as too deep; other scan
+    /// errors are left to serde_yaml_ng, which reports them.
+    fn scan_error(&mut self, e: &yaml_rust2::ScanError) {
+        if e.info().contains("recursion limit") && self.too_deep.is_none() {
+            self.too_deep = Some(pos(e.marker()));
+        }
+    }
+
+    /// Record one node and its children (`path` None: consume without
+    /// recording, under a complex key); `Err` stops at a parse error or at
+    /// [`MAX_DEPTH`].
     fn node(
         &mut self,
         parser: &mut Parser<std::str::Chars<'_>>,
         ev: Event,
         m: Marker,
-        path: String,
+        path: Option<String>,
         depth: usize,
-    ) -> Result<(), ()> {
-        if depth < MAX_DEPTH && !path.is_empty() {
-            self.values.entry(path.clone()).or_insert(pos(&m));
+    ) -> Result<(), Option<yaml_rust2::ScanError>> {
+        if depth > MAX_DEPTH {
+            self.too_deep = Some(pos(&m));
+            return Err(None);
+        }
+        if let Some(p) = path.as_ref().filter(|p| !p.is_empty()) {
+            self.values.entry(p.clone()).or_insert(pos(&m));
         }
         match ev {
             Event::SequenceStart(..) => {
                 let mut i = 0usize;
                 loop {
-                    let (ev, m) = parser.next_token().map_err(|_| ())?;
+                    let (ev, m) = parser.next_token().map_err(Some)?;
                     match ev {
                         Event::SequenceEnd => return Ok(()),
-                        Event::StreamEnd => return Err(()),
+                        Event::StreamEnd => return Err(None),
                         ev => {
-                            self.node(parser, ev, m, format!("{path}[{i}]"), depth + 1)?;
+                            let item = path.as_ref().map(|p| format!("{p}[{i}]"));
+                            self.node(parser, ev, m, item, depth + 1)?;
                             i += 1;
                         }
                     }
                 }
             }
             Event::MappingStart(..) => loop {
-                let (kev, km) = parser.next_token().map_err(|_| ())?;
-                let key = match kev {
-                    Event::MappingEnd => return Ok(()),
-                    Event::StreamEnd => return Err(()),
-                    Event::Scalar(k, ..) => {
-                        let kp = join(&path, &k);
-                        if depth < MAX_DEPTH {
-                            self.keys.entry(kp.clone()).or_insert(pos(&km));
-                        }
-                        kp
+                let (kev, km) = parser.next_token().map_err(Some)?;
+                let key = match (kev, &path) {
+                    (Event::MappingEnd, _) => return Ok(()),
+                    (Event::StreamEnd, _) => return Err(None),
+                    (Event::Scalar(k, ..), Some(p)) => {
+                        let kp = join(p, &k);
+                        self.keys.entry(kp.clone()).or_insert(pos(&km));
+                        Some(kp)
                     }
-                    other => {
+                    (Event::Scalar(..), None) => None,
+                    (other, _) => {
                         // A complex key: index nothing under it.
-                        self.node(parser, other, km, String::new(), MAX_DEPTH)?;
-                        String::new()
+                        self.node(parser, other, km, None, depth + 1)?;
+                        None
                     }
                 };
-                let (vev, vm) = parser.next_token().map_err(|_| ())?;
-                let d = if key.is_empty() { MAX_DEPTH } else { depth + 1 };
-                self.node(parser, vev, vm, key, d)?;
+                let (vev, vm) = parser.next_token().map_err(Some)?;
+                self.node(parser, vev, vm, key, depth + 1)?;
             },
             _ => Ok(()),
         }
@@ -133,6 +154,16 @@ impl Positions {
     pub fn has_content(&self) -> bool {
         self.has_content
     }
+
+    /// Where the nesting first goes deeper than [`MAX_DEPTH`] levels, if it
+    /// does (such a document is refused before the YAML library, whose
+    /// time grows with the square of the depth, sees it).
+    pub fn too_deep(&self) -> Option<Pos> {
+        self.too_deep
+    }
+
+    /// The nesting limit.
+    pub const MAX_DEPTH: usize = MAX_DEPTH;
 
     /// Where the value at `key` starts.
     pub fn value(&self, key: &str) -> Option<Pos> {
@@ -230,6 +261,35 @@ mod tests {
             ),
             Some(1)
         );
+    }
+
+    #[test]
+    fn deep_nesting_stops_the_index_without_exhausting_the_stack() {
+        let src = format!("name: x\nbuilds: {}\n", "[".repeat(200_000));
+        let started = std::time::Instant::now();
+        let p = Positions::from_source(&src);
+        assert_eq!(p.key("name"), Some(Pos { line: 1, column: 1 }));
+        assert_eq!(
+            p.too_deep(),
+            Some(Pos {
+                line: 2,
+                column: 264
+            })
+        );
+        let e = crate::template::parse(std::path::Path::new("t.yml"), src)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.yml:2:264: (file): nesting deeper than 128"),
+            "{e}"
+        );
+        // Block nesting (`- - - x`) has no flow level: the index's own limit.
+        let src = format!("name: x\nbuilds:\n{}x\n", "- ".repeat(5_000));
+        let e = crate::template::parse(std::path::Path::new("t.yml"), src)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nesting deeper than 128"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

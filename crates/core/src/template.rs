@@ -1021,6 +1021,18 @@ pub fn load(path: &Path) -> Result<Loaded, TemplateError> {
 /// Parse template text (`path` is used for errors and relative paths).
 pub fn parse(path: &Path, source: String) -> Result<Loaded, TemplateError> {
     let positions = Positions::from_source(&source);
+    if let Some(p) = positions.too_deep() {
+        return Err(TemplateError::At {
+            path: path.to_path_buf(),
+            line: p.line,
+            column: p.column,
+            key: "(file)".to_string(),
+            message: format!(
+                "nesting deeper than {} levels: not a template",
+                Positions::MAX_DEPTH
+            ),
+        });
+    }
     if !positions.has_content() && serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&source).is_ok()
     {
         return Err(TemplateError::Invalid {
