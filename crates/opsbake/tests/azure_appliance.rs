@@ -505,37 +505,32 @@ async fn sigkill_during_the_blob_upload_then_cleanup_deletes_the_blob() {
     assert!(p.arm.of_kind("Microsoft.Compute/images").is_empty());
 }
 
-fn sigkill_then_cleanup(
-    pred: fn(&serde_json::Value) -> bool,
-    label: &str,
-) -> impl std::future::Future<Output = ()> + '_ {
-    async move {
-        if skip() {
-            return;
-        }
-        let p = peers().await;
-        let (mut child, id, _) = start_and_wait(&p, pred);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let before = build_leftovers(&p.arm, &id);
-        assert!(
-            !before.is_empty(),
-            "{label}: the kill left nothing to clean"
-        );
-        let out = cleanup(&p, &id);
-        assert!(
-            out.status.success(),
-            "{label}: cleanup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let after = build_leftovers(&p.arm, &id);
-        assert!(after.is_empty(), "{label}: left after cleanup: {after:#?}");
-        assert!(p
-            .arm
-            .resources()
-            .iter()
-            .any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
+async fn sigkill_then_cleanup(pred: fn(&serde_json::Value) -> bool, label: &str) {
+    if skip() {
+        return;
     }
+    let p = peers().await;
+    let (mut child, id, _) = start_and_wait(&p, pred);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = build_leftovers(&p.arm, &id);
+    assert!(
+        !before.is_empty(),
+        "{label}: the kill left nothing to clean"
+    );
+    let out = cleanup(&p, &id);
+    assert!(
+        out.status.success(),
+        "{label}: cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = build_leftovers(&p.arm, &id);
+    assert!(after.is_empty(), "{label}: left after cleanup: {after:#?}");
+    assert!(p
+        .arm
+        .resources()
+        .iter()
+        .any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
