@@ -556,3 +556,61 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
         left.iter().any(|i| i.ends_with("/g-other")) && left.iter().any(|i| i.ends_with("/images"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_keys_from_the_serial_log_are_pinned() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let log_with = |key: &str| {
+        format!("[    7.2] cloud-init[901]: -----BEGIN SSH HOST KEY KEYS-----\n[    7.2] cloud-init[901]: {key} root@vm\n[    7.2] cloud-init[901]: -----END SSH HOST KEY KEYS-----\n")
+    };
+    // The sshd's own key in the log: pinned, and the login succeeds.
+    arm.set_serial_log(Some(log_with(sshd.host_ed25519_key().unwrap())));
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-hk-1").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    assert!(
+        events.iter().any(|e| e.contains("pinning 1 host key(s)")),
+        "{}",
+        events.join("\n")
+    );
+    // Another key in the log: the login is refused (no trust on first use).
+    arm.set_serial_log(Some(log_with(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ4b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3",
+    )));
+    let t2 = t.with_file_name("t2.yml");
+    std::fs::write(
+        &t2,
+        std::fs::read_to_string(&t)
+            .unwrap()
+            .replace("login_timeout: 60s", "login_timeout: 5s"),
+    )
+    .unwrap();
+    let (r, _) = run(dir.path(), &t2, "ob-az-hk-2").await;
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("host key") && e.contains("refused"),
+        "a wrong pinned key must fail the login: {e}"
+    );
+    assert_eq!(
+        sshd.log_text().matches("Accepted publickey").count(),
+        1,
+        "{}",
+        sshd.log_text()
+    );
+    // Nothing of the failed build is left.
+    assert!(!arm.resources().iter().any(|x| x.id.contains("ob-az-hk-2")));
+}

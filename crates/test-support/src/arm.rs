@@ -113,6 +113,7 @@ struct State {
     log: Vec<String>,
     custom: BTreeMap<String, String>,
     blobs_read: Vec<BlobRead>,
+    serial_log: Option<String>,
 }
 
 /// A VHD blob the server read to make an image.
@@ -219,6 +220,13 @@ impl ArmServer {
         lock(&self.state)
             .fail_next
             .push((path_part.to_lowercase(), code.into(), message.into()));
+    }
+
+    /// The serial console log every VM shows through boot diagnostics
+    /// (`retrieveBootDiagnosticsData` answers a URL of it on this server,
+    /// readable without a token, as a SAS URL is). `None`: no log (404).
+    pub fn set_serial_log(&self, text: Option<String>) {
+        lock(&self.state).serial_log = text;
     }
 
     /// Every resource held now.
@@ -351,6 +359,22 @@ async fn handle(
             }
             return r;
         }
+    }
+    if path.starts_with("/_test/serial/") {
+        // A "SAS URL": no bearer token, the signature in the query.
+        if !query.contains("sig=") {
+            return err(403, "AuthenticationFailed", "no signature");
+        }
+        return match lock(&st).serial_log.clone() {
+            Some(t) => {
+                let mut r = Response::new(Full::new(Bytes::from(t)));
+                if let Ok(v) = "text/plain".parse() {
+                    r.headers_mut().insert("content-type", v);
+                }
+                r
+            }
+            None => err(404, "BlobNotFound", "The specified blob does not exist."),
+        };
     }
     if auth != format!("Bearer {TOKEN}") {
         return err(
@@ -1411,6 +1435,29 @@ impl Ctx {
                     set_pointer(&mut x.body, "/properties/generalized", json!(true));
                 }
                 reply(200, Value::Null, &[])
+            }
+            "retrievebootdiagnosticsdata" => {
+                if s.serial_log.is_none() {
+                    return err(
+                        404,
+                        "BootDiagnosticsNotFound",
+                        "Boot diagnostics data is not available for this VM.",
+                    );
+                }
+                let name = r
+                    .body
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("vm")
+                    .to_string();
+                reply(
+                    200,
+                    json!({
+                        "consoleScreenshotBlobUri": format!("{}/_test/serial/{name}.bmp?sig=test", self.base),
+                        "serialConsoleLogBlobUri": format!("{}/_test/serial/{name}.log?sig=test", self.base)
+                    }),
+                    &[],
+                )
             }
             other => err(400, "InvalidRequestUri", &format!("unknown action {other}")),
         }
