@@ -614,3 +614,49 @@ async fn host_keys_from_the_serial_log_are_pinned() {
     // Nothing of the failed build is left.
     assert!(!arm.resources().iter().any(|x| x.id.contains("ob-az-hk-2")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_outliving_the_wait_is_kept_not_deleted() {
+    if skip() {
+        return;
+    }
+    // Replication takes 10,000 polls; the build waits 3 s at most.
+    let arm = ArmServer::start(ArmOptions {
+        replication_polls: Some(10_000),
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "      wait_timeout: 3s\n      gallery: {name: g1, image: appliance, version: 2.0.0, regions: [{name: westeurope}, {name: eastus}]}",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-repl-1").await;
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("still replicating") && e.contains("2.0.0"),
+        "{e}\n{}",
+        events.join("\n")
+    );
+    // The version was not deleted (Packer #7865), and progress was reported.
+    let v = arm.of_kind("Microsoft.Compute/galleries/images/versions");
+    assert_eq!(v.len(), 1, "{:#?}", arm.resources());
+    assert!(
+        events.iter().any(|e| e.contains("eastus Replicating")),
+        "{}",
+        events.join("\n")
+    );
+    // The build's VM and group are gone.
+    assert!(arm.of_kind("Microsoft.Compute/virtualMachines").is_empty());
+    assert!(!arm
+        .resources()
+        .iter()
+        .any(|x| x.id.contains("resourceGroups/opsbake-ob-az-repl-1")));
+}

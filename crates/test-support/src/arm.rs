@@ -57,6 +57,8 @@ pub struct ArmOptions {
     pub vm_sizes: Vec<String>,
     /// Marketplace images (publisher, offer, sku) that exist.
     pub marketplace: Vec<(String, String, String)>,
+    /// Polls a gallery image version's replication takes (default: `polls`).
+    pub replication_polls: Option<u32>,
 }
 
 impl Default for ArmOptions {
@@ -75,6 +77,7 @@ impl Default for ArmOptions {
                 "bosh-debian-bookworm".into(),
                 "debian-bookworm".into(),
             )],
+            replication_polls: None,
         }
     }
 }
@@ -566,7 +569,14 @@ impl Ctx {
                 let (_, c, m) = s.fail_next.remove(i);
                 (c, m)
             });
-        let polls = self.opts.polls.max(1);
+        let polls = if lower.contains("/versions/") {
+            self.opts
+                .replication_polls
+                .unwrap_or(self.opts.polls)
+                .max(1)
+        } else {
+            self.opts.polls.max(1)
+        };
         s.ops.insert(
             op.clone(),
             Op {
@@ -1226,7 +1236,14 @@ impl Ctx {
         let k2 = key.clone();
         let is_vm = kind.eq_ignore_ascii_case("Microsoft.Compute/virtualMachines");
         let is_version = kind.eq_ignore_ascii_case("Microsoft.Compute/galleries/images/versions");
-        let polls = self.opts.polls.max(1);
+        let polls = if is_version {
+            self.opts
+                .replication_polls
+                .unwrap_or(self.opts.polls)
+                .max(1)
+        } else {
+            self.opts.polls.max(1)
+        };
         let tick: Option<Tick> = if is_version {
             let k3 = key.clone();
             Some(Box::new(move |s: &mut State, n: u32| {
