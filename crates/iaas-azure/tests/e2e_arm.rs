@@ -660,3 +660,71 @@ async fn a_replication_outliving_the_wait_is_kept_not_deleted() {
         .iter()
         .any(|x| x.id.contains("resourceGroups/opsbake-ob-az-repl-1")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_on_operation_polls_and_429s() {
+    let arm = ArmServer::start(ArmOptions {
+        polls: 2,
+        poll_retry_after: 1,
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let client = opsbake_iaas_azure::arm::Arm::new(
+        arm.endpoint(),
+        SUBSCRIPTION,
+        Arc::new(StaticToken(TOKEN.into())),
+        opsbake_core::wait::Waiter {
+            initial: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(20),
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .unwrap();
+    let nsg = client.res_id("images", "Microsoft.Network/networkSecurityGroups", "n1");
+    let t0 = std::time::Instant::now();
+    client
+        .put(
+            &nsg,
+            &serde_json::json!({"location": "westeurope"}),
+            "westeurope",
+        )
+        .await
+        .unwrap();
+    // Two polls, each no earlier than the previous answer's Retry-After: 1.
+    let polls = arm
+        .log()
+        .iter()
+        .filter(|l| l.contains("/operations/"))
+        .count();
+    assert_eq!(polls, 2, "{:#?}", arm.log());
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Two 429s with Retry-After: 1, then the answer.
+    arm.throttle(2);
+    let t0 = std::time::Instant::now();
+    let v = client.get(&nsg, None).await.unwrap().unwrap();
+    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    // An error surfaces ARM's code and message.
+    let e = client
+        .put(
+            &client.res_id("nope", "Microsoft.Network/networkSecurityGroups", "n2"),
+            &serde_json::json!({"location": "westeurope"}),
+            "westeurope",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ResourceGroupNotFound") && e.contains("nope"),
+        "{e}"
+    );
+}
