@@ -506,3 +506,70 @@ async fn sigkill_during_the_blob_upload_then_cleanup_deletes_the_blob() {
     assert!(build_leftovers(&p.arm, &id).is_empty());
     assert!(p.arm.of_kind("Microsoft.Compute/images").is_empty());
 }
+
+async fn sigkill_then_cleanup(pred: fn(&serde_json::Value) -> bool, label: &str) {
+    if skip() {
+        return;
+    }
+    let p = peers().await;
+    let (mut child, id, _) = start_and_wait(&p, pred);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = build_leftovers(&p.arm, &id);
+    assert!(
+        !before.is_empty(),
+        "{label}: the kill left nothing to clean"
+    );
+    let out = cleanup(&p, &id);
+    assert!(
+        out.status.success(),
+        "{label}: cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = build_leftovers(&p.arm, &id);
+    assert!(after.is_empty(), "{label}: left after cleanup: {after:#?}");
+    assert!(p
+        .arm
+        .resources()
+        .iter()
+        .any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_the_nsg_then_cleanup_leaves_nothing() {
+    sigkill_then_cleanup(
+        |v| v["event"] == "resource_created" && v["kind"] == "network_security_group",
+        "after the NSG",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_inside_the_vm_create_then_cleanup_finds_it_by_its_intended_id() {
+    // The intent is journaled, the PUT is in flight or its operation is
+    // being polled: no id recorded, the id in the intent finds it.
+    sigkill_then_cleanup(
+        |v| v["event"] == "resource_intent" && v["kind"] == "virtual_machine",
+        "inside the VM create",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_after_the_nsg_unwinds_without_cleanup() {
+    if skip() {
+        return;
+    }
+    let p = peers().await;
+    let (mut child, id, _) = start_and_wait(&p, |v| {
+        v["event"] == "resource_created" && v["kind"] == "network_security_group"
+    });
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!child.wait().unwrap().success());
+    let after = build_leftovers(&p.arm, &id);
+    assert!(after.is_empty(), "left after SIGINT: {after:#?}");
+}

@@ -252,6 +252,48 @@ impl Arm {
         }
     }
 
+    /// GET a SAS URL ARM handed out (a boot diagnostics log): no bearer
+    /// token is sent; only https, or http on loopback (test peers).
+    pub async fn get_sas_text(&self, url: &str, what: &str) -> Result<String, AzureError> {
+        let u = url::Url::parse(url)
+            .map_err(|e| AzureError::Invalid(format!("{what}: bad URL: {e}")))?;
+        let loopback = match u.host() {
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            _ => false,
+        };
+        if u.scheme() != "https" && !loopback {
+            return Err(AzureError::Invalid(format!(
+                "{what}: not fetched over plain http from {}",
+                u.host_str().unwrap_or("?")
+            )));
+        }
+        let r = self
+            .http
+            .get(u.clone())
+            .send()
+            .await
+            .map_err(|_| AzureError::Transport {
+                op: "GET".into(),
+                resource: what.to_string(),
+                message: "request failed".into(),
+            })?;
+        if !r.status().is_success() {
+            return Err(AzureError::Api {
+                op: "GET".into(),
+                resource: what.to_string(),
+                status: r.status().as_u16(),
+                code: String::new(),
+                message: "boot diagnostics log not readable".into(),
+            });
+        }
+        r.text().await.map_err(|_| AzureError::Transport {
+            op: "GET".into(),
+            resource: what.to_string(),
+            message: "answer cut".into(),
+        })
+    }
+
     /// An error answer as [`AzureError::Api`] with ARM's `error.code` and
     /// `error.message`.
     pub fn api_error(op: &str, resource: &str, a: &Answer) -> AzureError {

@@ -6,8 +6,9 @@
 //! build's ephemeral key (STEMCELLS.md §3: cloud-init writes it to
 //! `/var/lib/cloud/instance/user-data.txt`; admin user vcap with the same
 //! key as a fallback). Connect: the `ssh.host`/`ssh.port` override, else the
-//! public or private address; the host key is trusted on first use and
-//! pinned (boot diagnostics are not read yet).
+//! public or private address; the host keys cloud-init prints to the serial
+//! console (boot diagnostics) are pinned when the log is there, else the key
+//! is trusted on first use and pinned for the build.
 
 use base64::Engine as _;
 use opsbake_core::builder::{
@@ -290,7 +291,19 @@ impl AzureBuilder {
         let host_key = match &plan.ssh.host_key {
             HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
             HostKeySpec::Insecure => HostKeyPolicy::Insecure,
-            HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
+            HostKeySpec::Tofu => {
+                let keys = boot_diagnostics_host_keys(&arm, &vm_id).await;
+                if keys.is_empty() {
+                    HostKeyPolicy::TrustOnFirstUse
+                } else {
+                    tracing::info!(vm = %vm_id, keys = keys.len(), "azure: pinning the host keys from the boot diagnostics serial log");
+                    ctx.events.info(format!(
+                        "azure: pinning {} host key(s) from the serial log of {name}",
+                        keys.len()
+                    ));
+                    HostKeyPolicy::Pin(keys)
+                }
+            }
         };
         Ok(ConnectTarget::Ssh(SshTarget {
             host,
@@ -317,4 +330,90 @@ pub fn power_state(vm: &Value) -> String {
             })
         })
         .unwrap_or_default()
+}
+
+/// The host keys in the VM's serial log (boot diagnostics:
+/// `retrieveBootDiagnosticsData` hands out a SAS URL of the log). Empty when
+/// there is no log (yet) or no keys in it.
+pub async fn boot_diagnostics_host_keys(arm: &Arm, vm_id: &str) -> Vec<String> {
+    let a = match arm
+        .call(
+            reqwest::Method::POST,
+            &format!("{vm_id}/retrieveBootDiagnosticsData?sasUriExpirationTimeInMinutes=10"),
+            Some(crate::arm::api::COMPUTE),
+            None,
+            "POST retrieveBootDiagnosticsData",
+        )
+        .await
+    {
+        Ok(a) if a.status == 200 => a,
+        Ok(a) => {
+            tracing::debug!(vm = vm_id, status = a.status, "no boot diagnostics");
+            return Vec::new();
+        }
+        Err(e) => {
+            tracing::debug!(vm = vm_id, error = %e, "no boot diagnostics");
+            return Vec::new();
+        }
+    };
+    let Some(uri) = a
+        .body
+        .get("serialConsoleLogBlobUri")
+        .and_then(Value::as_str)
+    else {
+        return Vec::new();
+    };
+    match arm
+        .get_sas_text(uri, &format!("serial log of {vm_id}"))
+        .await
+    {
+        Ok(t) => host_keys_from_serial_log(&t),
+        Err(e) => {
+            tracing::debug!(vm = vm_id, error = %e, "serial log not readable");
+            Vec::new()
+        }
+    }
+}
+
+/// The `type key` pairs cloud-init prints between `-----BEGIN SSH HOST KEY
+/// KEYS-----` and `-----END SSH HOST KEY KEYS-----` on the serial console.
+pub fn host_keys_from_serial_log(text: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.contains("BEGIN SSH HOST KEY KEYS") {
+            inside = true;
+        } else if line.contains("END SSH HOST KEY KEYS") {
+            inside = false;
+        } else if inside {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = w
+                .iter()
+                .position(|x| x.starts_with("ssh-") || x.starts_with("ecdsa-"))
+            {
+                if let Some(k) = w.get(i + 1) {
+                    out.push(format!("{} {k}", w[i]));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_log_host_keys_are_read_between_the_markers() {
+        let log = "[  5.1] cloud-init[812]: -----BEGIN SSH HOST KEY KEYS-----\n\
+                   [  5.1] cloud-init[812]: ssh-ed25519 AAAAC3Nza root@vm\n\
+                   ecdsa-sha2-nistp256 AAAAE2V root@vm\n\
+                   -----END SSH HOST KEY KEYS-----\nssh-rsa AAAAB3 outside\n";
+        assert_eq!(
+            host_keys_from_serial_log(log),
+            ["ssh-ed25519 AAAAC3Nza", "ecdsa-sha2-nistp256 AAAAE2V"]
+        );
+        assert!(host_keys_from_serial_log("no keys").is_empty());
+    }
 }

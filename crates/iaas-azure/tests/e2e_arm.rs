@@ -556,3 +556,175 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
         left.iter().any(|i| i.ends_with("/g-other")) && left.iter().any(|i| i.ends_with("/images"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_keys_from_the_serial_log_are_pinned() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let log_with = |key: &str| {
+        format!("[    7.2] cloud-init[901]: -----BEGIN SSH HOST KEY KEYS-----\n[    7.2] cloud-init[901]: {key} root@vm\n[    7.2] cloud-init[901]: -----END SSH HOST KEY KEYS-----\n")
+    };
+    // The sshd's own key in the log: pinned, and the login succeeds.
+    arm.set_serial_log(Some(log_with(sshd.host_ed25519_key().unwrap())));
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-hk-1").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    assert!(
+        events.iter().any(|e| e.contains("pinning 1 host key(s)")),
+        "{}",
+        events.join("\n")
+    );
+    // Another key in the log: the login is refused (no trust on first use).
+    arm.set_serial_log(Some(log_with(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ4b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3",
+    )));
+    let t2 = t.with_file_name("t2.yml");
+    std::fs::write(
+        &t2,
+        std::fs::read_to_string(&t)
+            .unwrap()
+            .replace("login_timeout: 60s", "login_timeout: 5s"),
+    )
+    .unwrap();
+    let (r, _) = run(dir.path(), &t2, "ob-az-hk-2").await;
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("host key") && e.contains("refused"),
+        "a wrong pinned key must fail the login: {e}"
+    );
+    assert_eq!(
+        sshd.log_text().matches("Accepted publickey").count(),
+        1,
+        "{}",
+        sshd.log_text()
+    );
+    // Nothing of the failed build is left.
+    assert!(!arm.resources().iter().any(|x| x.id.contains("ob-az-hk-2")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_outliving_the_wait_is_kept_not_deleted() {
+    if skip() {
+        return;
+    }
+    // Replication takes 10,000 polls; the build waits 3 s at most.
+    let arm = ArmServer::start(ArmOptions {
+        replication_polls: Some(10_000),
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "      wait_timeout: 3s\n      gallery: {name: g1, image: appliance, version: 2.0.0, regions: [{name: westeurope}, {name: eastus}]}",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-repl-1").await;
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("still replicating") && e.contains("2.0.0"),
+        "{e}\n{}",
+        events.join("\n")
+    );
+    // The version was not deleted (Packer #7865), and progress was reported.
+    let v = arm.of_kind("Microsoft.Compute/galleries/images/versions");
+    assert_eq!(v.len(), 1, "{:#?}", arm.resources());
+    assert!(
+        events.iter().any(|e| e.contains("eastus Replicating")),
+        "{}",
+        events.join("\n")
+    );
+    // The build's VM and group are gone.
+    assert!(arm.of_kind("Microsoft.Compute/virtualMachines").is_empty());
+    assert!(!arm
+        .resources()
+        .iter()
+        .any(|x| x.id.contains("resourceGroups/opsbake-ob-az-repl-1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_on_operation_polls_and_429s() {
+    let arm = ArmServer::start(ArmOptions {
+        polls: 2,
+        poll_retry_after: 1,
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let client = opsbake_iaas_azure::arm::Arm::new(
+        arm.endpoint(),
+        SUBSCRIPTION,
+        Arc::new(StaticToken(TOKEN.into())),
+        opsbake_core::wait::Waiter {
+            initial: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(20),
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .unwrap();
+    let nsg = client.res_id("images", "Microsoft.Network/networkSecurityGroups", "n1");
+    let t0 = std::time::Instant::now();
+    client
+        .put(
+            &nsg,
+            &serde_json::json!({"location": "westeurope"}),
+            "westeurope",
+        )
+        .await
+        .unwrap();
+    // Two polls, each no earlier than the previous answer's Retry-After: 1.
+    let polls = arm
+        .log()
+        .iter()
+        .filter(|l| l.contains("/operations/"))
+        .count();
+    assert_eq!(polls, 2, "{:#?}", arm.log());
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Two 429s with Retry-After: 1, then the answer.
+    arm.throttle(2);
+    let t0 = std::time::Instant::now();
+    let v = client.get(&nsg, None).await.unwrap().unwrap();
+    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    // An error surfaces ARM's code and message.
+    let e = client
+        .put(
+            &client.res_id("nope", "Microsoft.Network/networkSecurityGroups", "n2"),
+            &serde_json::json!({"location": "westeurope"}),
+            "westeurope",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ResourceGroupNotFound") && e.contains("nope"),
+        "{e}"
+    );
+}
