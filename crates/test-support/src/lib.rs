@@ -5,6 +5,8 @@
 
 pub mod delay_proxy;
 pub mod fault_proxy;
+pub mod gce;
+pub mod gcs;
 pub mod moto;
 pub mod process;
 pub mod qemu;
