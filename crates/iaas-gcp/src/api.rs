@@ -183,7 +183,10 @@ impl Api {
                 };
                 macro_rules! build {
                     ($t:ty) => {{
-                        let mut b = <$t>::builder().with_credentials(creds.clone());
+                        // One retry layer: ours (429/5xx, logged, bounded).
+                        let mut b = <$t>::builder()
+                            .with_credentials(creds.clone())
+                            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
                         if let Some(e) = &ep {
                             b = b.with_endpoint(e.clone());
                         }

@@ -58,6 +58,9 @@ pub struct CleanupConfig {
     /// The import bucket.
     #[serde(default)]
     pub bucket: Option<String>,
+    /// First delay between operation polls (options.poll_interval).
+    #[serde(default)]
+    pub poll_interval_ms: Option<u64>,
 }
 
 impl CleanupConfig {

@@ -211,13 +211,17 @@ pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
 pub fn deleter(cleanup_config: &Value) -> Result<Arc<dyn Deleter>, BuildError> {
     let c: CleanupConfig = serde_json::from_value(cleanup_config.clone())
         .map_err(|e| GcpError::Invalid(format!("the journal's gcp cleanup config: {e}")))?;
+    let mut waiter = Waiter::default();
+    if let Some(ms) = c.poll_interval_ms {
+        waiter.initial = std::time::Duration::from_millis(ms);
+    }
     let api = Arc::new(Api::new(
         c.project.clone(),
         c.zone.clone(),
         c.endpoint.clone(),
         c.storage_endpoint.clone(),
         c.cred_source(),
-        Waiter::default(),
+        waiter,
     ));
     Ok(Arc::new(GcpDeleter {
         api,
@@ -238,12 +242,15 @@ impl GcpBuilder {
         let opts = normalise(spec.options.clone());
         let project = resolve_project(&opts);
         let zone = opts.zone.clone();
-        let waiter = Waiter::with_timeout(
+        let mut waiter = Waiter::with_timeout(
             opts.wait_timeout
                 .as_ref()
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_TIMEOUT),
         );
+        if let Some(d) = &opts.poll_interval {
+            waiter.initial = d.0;
+        }
         let creds = if opts.anonymous_credentials {
             CredSource::Anonymous
         } else if let Some(f) = &opts.credentials_file {
@@ -530,6 +537,11 @@ impl Builder for GcpBuilder {
             },
             anonymous_credentials: self.opts.anonymous_credentials,
             bucket: self.opts.bucket.clone(),
+            poll_interval_ms: self
+                .opts
+                .poll_interval
+                .as_ref()
+                .map(|d| d.0.as_millis() as u64),
         })
         .unwrap_or(Value::Null)
     }

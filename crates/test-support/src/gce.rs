@@ -729,6 +729,15 @@ impl GceServer {
         })
     }
 
+    /// Host keys instances print on their serial console from now on.
+    pub fn set_serial_host_keys(&self, keys: Vec<String>) {
+        self.with(|s| {
+            if let Some(o) = s.opts.as_mut() {
+                o.serial_host_keys = keys;
+            }
+        });
+    }
+
     /// Set an instance's status by hand (a VM that stopped by itself...).
     pub fn set_instance_status(&self, project: &str, zone: &str, name: &str, status: &str) {
         self.with(|s| {
@@ -876,6 +885,7 @@ fn route_name(method: &str, segs: &[String]) -> String {
         ("GET", []) => "list".to_string(),
         ("GET", [_]) => "get".to_string(),
         ("DELETE", [_]) => "delete".to_string(),
+        ("GET", [_, "serialPort"]) => "getSerialPortOutput".to_string(),
         (_, [_, v]) => (*v).to_string(),
         _ => method.to_lowercase(),
     };
@@ -1176,7 +1186,8 @@ fn route(
                 }
             }
             let n = s.next_id;
-            pol["etag"] = json!(format!("BwY{n}="));
+            // An etag is base64 bytes; 16 hex digits are valid base64.
+            pol["etag"] = json!(format!("{:016x}", 0xe7a9_0000_0000_0000u64 + n));
             pol["version"] = json!(1);
             if let Some(img) =
                 s.images
@@ -1280,6 +1291,21 @@ fn fingerprint(v: &Value) -> String {
 /// An insert with a `requestId` seen before answers the same operation.
 fn request_seen(s: &mut State, project: &str, q: &HashMap<String, String>) -> Option<Answer> {
     let rid = q.get("requestId")?;
+    let uuid = rid.len() == 36
+        && rid.bytes().enumerate().all(|(i, b)| {
+            if [8, 13, 18, 23].contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    if !uuid {
+        return Some(gerr(
+            400,
+            "invalid",
+            format!("Invalid value for field 'requestId': '{rid}'. The request ID must be a valid UUID."),
+        ));
+    }
     let key = s
         .request_ids
         .get(&(project.to_string(), rid.clone()))?
@@ -1574,6 +1600,12 @@ async fn read_raw_disk(gcs: Option<&str>, src: &str) -> RawDisk {
     let Some(hostport) = gcs.strip_prefix("http://").map(|h| h.trim_end_matches('/')) else {
         return fail(format!("gcs endpoint {gcs} is not http://"));
     };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let hostport = hostport.as_str();
     let enc: String = object
         .bytes()
         .map(|b| {
@@ -1714,4 +1746,68 @@ mod tests {
         assert!(check_disk_tar(&mk(&["disk.raw", "x"])).is_err());
         assert!(check_disk_tar(b"plain").is_err());
     }
+}
+
+/// An `AuthorizedKeysCommand` that prints `env.bosh.authorized_keys` of the
+/// `bosh_settings` metadata of every RUNNING instance of `project`/`zone`
+/// at the test server: a login then proves the key travelled through the
+/// agent settings, as on GCE.
+pub fn bosh_settings_keys_command(
+    server: &GceServer,
+    project: &str,
+    zone: &str,
+) -> Result<crate::sshd::AuthorizedKeysCommand, crate::sshd::SshdError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = crate::sshd::private_script_dir("gce-bosh-settings")?;
+    let script = dir.join(format!("keys-{}-{project}-{zone}", server.addr().port()));
+    let text = format!(
+        r#"#!/usr/bin/python3
+# Prints env.bosh.authorized_keys of the bosh_settings metadata of every RUNNING instance.
+import json, urllib.request
+URL = "{ep}/compute/v1/projects/{project}/zones/{zone}/instances"
+with urllib.request.urlopen(URL, timeout=5) as r:
+    items = json.load(r).get("items", [])
+for i in items:
+    if i.get("status") != "RUNNING":
+        continue
+    for it in i.get("metadata", {{}}).get("items", []):
+        if it.get("key") == "bosh_settings":
+            for k in json.loads(it["value"])["env"]["bosh"]["authorized_keys"]:
+                print(k)
+"#,
+        ep = server.endpoint(),
+    );
+    let io = |source| crate::sshd::SshdError::Io {
+        path: script.clone(),
+        source,
+    };
+    std::fs::write(&script, text).map_err(io)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(
+        |source| crate::sshd::SshdError::Io {
+            path: script.clone(),
+            source,
+        },
+    )?;
+    Ok(crate::sshd::AuthorizedKeysCommand {
+        command: script,
+        args: "%u".into(),
+        user: "nobody".into(),
+    })
+}
+
+/// A hardened test sshd that plays the test server's instances of
+/// `project`/`zone`: no authorized_keys, only
+/// [`bosh_settings_keys_command`]; the server's instances print its host
+/// keys on their serial console.
+pub fn instance_sshd(
+    server: &GceServer,
+    project: &str,
+    zone: &str,
+) -> Result<crate::sshd::Sshd, crate::sshd::SshdError> {
+    let sshd = crate::sshd::Sshd::start(crate::sshd::SshdOptions {
+        authorized_keys_command: Some(bosh_settings_keys_command(server, project, zone)?),
+        ..crate::sshd::SshdOptions::default()
+    })?;
+    server.set_serial_host_keys(sshd.host_public_keys().to_vec());
+    Ok(sshd)
 }

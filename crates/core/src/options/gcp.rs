@@ -58,6 +58,10 @@ pub struct GcpOptions {
     /// Overall limit of each wait (operation, instance stopped); default 30m.
     #[serde(default)]
     pub wait_timeout: Option<Dur>,
+    /// First delay between polls of an operation (default 2s; it grows by
+    /// half per poll up to 15s).
+    #[serde(default)]
+    pub poll_interval: Option<Dur>,
     /// A service account key file instead of Application Default Credentials.
     #[serde(default)]
     pub credentials_file: Option<String>,
