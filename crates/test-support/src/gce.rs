@@ -1701,53 +1701,6 @@ async fn http_get(hostport: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)>
     Ok((status, buf[end + 4..].to_vec()))
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn filters_and_routes() {
-        let v = json!({"name": "opsbake-b1-ssh", "labels": {"opsbake-build-id": "b1"}});
-        assert!(matches_filter(&v, "labels.opsbake-build-id = \"b1\""));
-        assert!(!matches_filter(&v, "labels.opsbake-build-id = \"b2\""));
-        assert!(matches_filter(&v, "name eq opsbake-b1.*"));
-        assert!(!matches_filter(&v, "name eq opsbake-b2.*"));
-        let segs: Vec<String> = "compute/v1/projects/p/zones/z/instances/i/stop"
-            .split('/')
-            .map(str::to_string)
-            .collect();
-        assert_eq!(route_name("POST", &segs), "instances.stop");
-        let segs: Vec<String> = "compute/v1/projects/p/global/operations/o"
-            .split('/')
-            .map(str::to_string)
-            .collect();
-        assert_eq!(route_name("GET", &segs), "globalOperations.get");
-    }
-
-    #[test]
-    fn disk_tar_must_hold_only_disk_raw() {
-        let mk = |names: &[&str]| {
-            let mut b = tar::Builder::new(Vec::new());
-            for n in names {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(3);
-                h.set_mode(0o644);
-                h.set_cksum();
-                b.append_data(&mut h, n, &b"abc"[..]).unwrap();
-            }
-            let raw = b.into_inner().unwrap();
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            std::io::Write::write_all(&mut gz, &raw).unwrap();
-            gz.finish().unwrap()
-        };
-        assert!(check_disk_tar(&mk(&["disk.raw"])).is_ok());
-        assert!(check_disk_tar(&mk(&["root.img"])).is_err());
-        assert!(check_disk_tar(&mk(&["disk.raw", "x"])).is_err());
-        assert!(check_disk_tar(b"plain").is_err());
-    }
-}
-
 /// An `AuthorizedKeysCommand` that prints `env.bosh.authorized_keys` of the
 /// `bosh_settings` metadata of every RUNNING instance of `project`/`zone`
 /// at the test server: a login then proves the key travelled through the
@@ -1810,4 +1763,51 @@ pub fn instance_sshd(
     })?;
     server.set_serial_host_keys(sshd.host_public_keys().to_vec());
     Ok(sshd)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn filters_and_routes() {
+        let v = json!({"name": "opsbake-b1-ssh", "labels": {"opsbake-build-id": "b1"}});
+        assert!(matches_filter(&v, "labels.opsbake-build-id = \"b1\""));
+        assert!(!matches_filter(&v, "labels.opsbake-build-id = \"b2\""));
+        assert!(matches_filter(&v, "name eq opsbake-b1.*"));
+        assert!(!matches_filter(&v, "name eq opsbake-b2.*"));
+        let segs: Vec<String> = "compute/v1/projects/p/zones/z/instances/i/stop"
+            .split('/')
+            .map(str::to_string)
+            .collect();
+        assert_eq!(route_name("POST", &segs), "instances.stop");
+        let segs: Vec<String> = "compute/v1/projects/p/global/operations/o"
+            .split('/')
+            .map(str::to_string)
+            .collect();
+        assert_eq!(route_name("GET", &segs), "globalOperations.get");
+    }
+
+    #[test]
+    fn disk_tar_must_hold_only_disk_raw() {
+        let mk = |names: &[&str]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for n in names {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(3);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, n, &b"abc"[..]).unwrap();
+            }
+            let raw = b.into_inner().unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &raw).unwrap();
+            gz.finish().unwrap()
+        };
+        assert!(check_disk_tar(&mk(&["disk.raw"])).is_ok());
+        assert!(check_disk_tar(&mk(&["root.img"])).is_err());
+        assert!(check_disk_tar(&mk(&["disk.raw", "x"])).is_err());
+        assert!(check_disk_tar(b"plain").is_err());
+    }
 }
