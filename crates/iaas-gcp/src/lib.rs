@@ -72,12 +72,22 @@ pub fn normalise(mut o: GcpOptions) -> GcpOptions {
     set(&mut o.credentials_file);
     set(&mut o.endpoint);
     set(&mut o.storage_endpoint);
+    set(&mut o.poll_interval);
     list(&mut o.image_storage_locations);
     list(&mut o.image_users);
     list(&mut o.network_tags);
     o.labels.retain(|k, _| !k.trim().is_empty());
     o.image_labels.retain(|k, _| !k.trim().is_empty());
     o
+}
+
+/// `options.poll_interval` parsed (None: unset or not a duration, which
+/// the offline checks report).
+pub fn poll_interval(o: &GcpOptions) -> Option<std::time::Duration> {
+    o.poll_interval
+        .as_deref()
+        .and_then(|s| s.parse::<opsbake_core::template::Dur>().ok())
+        .map(|d| d.0)
 }
 
 /// The project: the option, else `GOOGLE_PROJECT_ID`, else
@@ -248,8 +258,8 @@ impl GcpBuilder {
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_TIMEOUT),
         );
-        if let Some(d) = &opts.poll_interval {
-            waiter.initial = d.0;
+        if let Some(d) = poll_interval(&opts) {
+            waiter.initial = d;
         }
         let creds = if opts.anonymous_credentials {
             CredSource::Anonymous
@@ -537,11 +547,7 @@ impl Builder for GcpBuilder {
             },
             anonymous_credentials: self.opts.anonymous_credentials,
             bucket: self.opts.bucket.clone(),
-            poll_interval_ms: self
-                .opts
-                .poll_interval
-                .as_ref()
-                .map(|d| d.0.as_millis() as u64),
+            poll_interval_ms: poll_interval(&self.opts).map(|d| d.as_millis() as u64),
         })
         .unwrap_or(Value::Null)
     }
@@ -634,6 +640,11 @@ impl Builder for GcpBuilder {
                     k("network_tags"),
                     format!("network tag `{t}` breaks the rule [a-z]([-a-z0-9]{{0,61}}[a-z0-9])?"),
                 ));
+            }
+        }
+        if let Some(p) = &self.opts.poll_interval {
+            if let Err(e) = p.parse::<opsbake_core::template::Dur>() {
+                out.push(Finding::new(k("poll_interval"), format!("`{p}`: {e}")));
             }
         }
         if self.plan_ssh_cidrs.is_empty() {

@@ -58,10 +58,11 @@ pub struct GcpOptions {
     /// Overall limit of each wait (operation, instance stopped); default 30m.
     #[serde(default)]
     pub wait_timeout: Option<Dur>,
-    /// First delay between polls of an operation (default 2s; it grows by
-    /// half per poll up to 15s).
+    /// First delay between polls of an operation (a duration such as `2s`
+    /// or `20ms`, default 2s; it grows by half per poll up to 15s). A string
+    /// so that a template variable can set it.
     #[serde(default)]
-    pub poll_interval: Option<Dur>,
+    pub poll_interval: Option<String>,
     /// A service account key file instead of Application Default Credentials.
     #[serde(default)]
     pub credentials_file: Option<String>,
