@@ -1718,7 +1718,8 @@ pub fn bosh_settings_keys_command(
 # Prints env.bosh.authorized_keys of the bosh_settings metadata of every RUNNING instance.
 import json, urllib.request
 URL = "{ep}/compute/v1/projects/{project}/zones/{zone}/instances"
-with urllib.request.urlopen(URL, timeout=5) as r:
+REQ = urllib.request.Request(URL, headers={{"Authorization": "Bearer opsbake-test-sshd"}})
+with urllib.request.urlopen(REQ, timeout=5) as r:
     items = json.load(r).get("items", [])
 for i in items:
     if i.get("status") != "RUNNING":
