@@ -8,6 +8,8 @@ pub mod azurite;
 pub mod cli;
 pub mod delay_proxy;
 pub mod fault_proxy;
+pub mod gce;
+pub mod gcs;
 pub mod guest;
 pub mod moto;
 pub mod process;

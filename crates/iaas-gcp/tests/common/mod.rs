@@ -1,0 +1,224 @@
+//! Shared helpers of the GCP builder's tests: the Compute Engine test
+//! server, fake-gcs-server and a hardened sshd that plays the instance
+//! (its keys come from the instance's `bosh_settings` metadata at the test
+//! server).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use opsbake_core::events::{Event, EventSink};
+use opsbake_core::runner::{BuildJob, BuildResult, Runner};
+use opsbake_core::template::Iaas;
+use opsbake_test_support::gce::{GceOptions, GceServer, SeedImage};
+use opsbake_test_support::gcs::FakeGcs;
+use opsbake_test_support::sshd::Sshd;
+use tokio_util::sync::CancellationToken;
+
+pub const PROJECT: &str = "opsbake-test";
+pub const ZONE: &str = "us-central1-a";
+pub const BUCKET: &str = "opsbake-imports";
+pub const HEAVY: &str = "bosh-stemcell-1.0-google-kvm-debian-bookworm-go_agent.tgz";
+pub const LIGHT_IMAGE: &str = "bosh-google-kvm-debian-bookworm-go-agent-1-0";
+pub const LIGHT_PROJECT: &str = "bosh-cpi";
+
+/// The test stemcell directory, or None when peers are skipped.
+pub fn stemcell_dir() -> Option<PathBuf> {
+    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None if opsbake_test_support::sshd::skip_peers() => None,
+        None => panic!(
+            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
+        ),
+    }
+}
+
+/// The heavy google test stemcell.
+pub fn heavy_stemcell() -> Option<PathBuf> {
+    let p = stemcell_dir()?.join(HEAVY);
+    assert!(
+        p.is_file(),
+        "{} missing: rerun .ci/setup.d/20-test-stemcell.sh",
+        p.display()
+    );
+    Some(p)
+}
+
+/// A light google stemcell (derived here: the test stemcell set has none)
+/// whose MF points at `projects/bosh-cpi/global/images/LIGHT_IMAGE`.
+pub fn light_stemcell(dir: &Path) -> PathBuf {
+    let mf = format!(
+        "name: bosh-google-kvm-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: '1'\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats:\n- google-light\ncloud_properties:\n  name: bosh-google-kvm-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: google\n  image_url: https://www.googleapis.com/compute/v1/projects/{LIGHT_PROJECT}/global/images/{LIGHT_IMAGE}\n"
+    );
+    let out = dir.join("light-bosh-stemcell-1.0-google-kvm-debian-bookworm-go_agent.tgz");
+    let f = std::fs::File::create(&out).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in [
+        ("stemcell.MF", mf.as_bytes()),
+        ("packages.txt", b"".as_slice()),
+        ("dev_tools_file_list.txt", b"".as_slice()),
+        ("image", b"".as_slice()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap();
+    out
+}
+
+/// The peers of one test.
+pub struct Peers {
+    pub gce: GceServer,
+    pub gcs: FakeGcs,
+    pub sshd: Sshd,
+}
+
+/// Start fake-gcs-server (with the bucket), the GCE test server and the
+/// sshd; None when peers are skipped and missing.
+pub fn peers() -> Option<Peers> {
+    if opsbake_test_support::sshd::skip_peers() && opsbake_test_support::gcs::binary().is_err() {
+        eprintln!("OPSBAKE_SKIP_PEERS=1 and no fake-gcs-server: skipped");
+        return None;
+    }
+    let gcs = FakeGcs::start().unwrap_or_else(|e| panic!("{e}"));
+    gcs.create_bucket(BUCKET).unwrap();
+    let gce = GceServer::start(GceOptions {
+        gcs_endpoint: Some(gcs.endpoint()),
+        seed_images: vec![SeedImage {
+            project: LIGHT_PROJECT.into(),
+            name: LIGHT_IMAGE.into(),
+        }],
+        ..GceOptions::default()
+    })
+    .unwrap();
+    let sshd = opsbake_test_support::gce::instance_sshd(&gce, PROJECT, ZONE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some(Peers { gce, gcs, sshd })
+}
+
+/// The appliance template for the gcp build at these peers.
+pub fn write_template(
+    dir: &Path,
+    stemcell: &Path,
+    p: &Peers,
+    gce_endpoint: &str,
+    options: &str,
+) -> PathBuf {
+    let t = dir.join("appliance.yml");
+    std::fs::write(
+        &t,
+        format!(
+            r#"name: appliance
+version: "1.0"
+stemcells:
+  gcp: {{path: "{}"}}
+builds:
+  gcp:
+    disk: 12288
+    network: {{ssh_cidrs: [203.0.113.0/24]}}
+    ssh: {{user: vcap, host: 127.0.0.1, port: {port}, login_timeout: 60s}}
+    options:
+      project_id: {PROJECT}
+      zone: {ZONE}
+      machine_type: e2-small
+      bucket: {BUCKET}
+      endpoint: "{gce_endpoint}"
+      storage_endpoint: "{gcs}"
+      anonymous_credentials: true
+      wait_timeout: 2m
+      poll_interval: 20ms{options}
+provision:
+  - type: shell
+    sudo: false
+    inline:
+      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
+outputs:
+  directory: "{}"
+"#,
+            stemcell.display(),
+            dir.join("out").display(),
+            port = p.sshd.port(),
+            gcs = p.gcs.endpoint(),
+        ),
+    )
+    .unwrap();
+    t
+}
+
+#[derive(Default)]
+pub struct Log(pub std::sync::Mutex<Vec<String>>);
+
+impl EventSink for Log {
+    fn emit(&self, e: Event) {
+        let line = serde_json::to_string(&e).unwrap();
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+/// A plan of the template.
+pub fn plan(template: &Path, id: &str) -> opsbake_core::plan::BuildPlan {
+    let loaded = opsbake_core::template::load(template).unwrap();
+    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
+    opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Gcp, id).unwrap()
+}
+
+/// Run one gcp build through core's runner with the real SSH transport and
+/// provisioners.
+pub async fn run(
+    dir: &Path,
+    template: &Path,
+    id: &str,
+    cancel: CancellationToken,
+) -> (BuildResult, Vec<String>) {
+    let loaded = opsbake_core::template::load(template).unwrap();
+    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
+    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Gcp, id).unwrap();
+    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
+    let builder = opsbake_iaas_gcp::builder(&plan).unwrap();
+    let log = Arc::new(Log::default());
+    let mut runner = Runner::new(dir.join("state"), log.clone());
+    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
+    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    let r = runner
+        .run_all(
+            vec![BuildJob {
+                plan,
+                builder,
+                inputs,
+            }],
+            cancel,
+        )
+        .await;
+    let events = log.0.lock().unwrap().clone();
+    (r[0].clone(), events)
+}
+
+/// SHA-256 (hex) and length of the `image` member of a stemcell.
+pub fn image_member_sha256(stemcell: &Path) -> (String, u64) {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let f = std::fs::File::open(stemcell).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == "image" {
+            let mut h = sha2::Sha256::new();
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let k = e.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            return (hex::encode(h.finalize()), n);
+        }
+    }
+    panic!("no image member in {}", stemcell.display());
+}
