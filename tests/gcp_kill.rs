@@ -143,7 +143,7 @@ fn stop_at(label: &str, light: bool, sig: Sig, hold: Option<&str>, event: &dyn F
             assert_eq!(b.wait_exit(), 128 + 9, "{label}");
             proxy.clear_rules();
             proxy.release();
-            let out = Command::new(BIN)
+            let out = Command::new(bin())
                 .current_dir(dir.path())
                 .arg("--state-dir")
                 .arg(dir.path().join("state"))

@@ -13,7 +13,10 @@ use opsbake_test_support::gcs::FakeGcs;
 use opsbake_test_support::sshd::Sshd;
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
+/// The CLI under test (see `opsbake_test_support::cli::opsbake_bin`).
+pub fn bin() -> &'static std::path::Path {
+    opsbake_test_support::cli::opsbake_bin()
+}
 pub const PROJECT: &str = "opsbake-test";
 pub const ZONE: &str = "us-central1-a";
 pub const BUCKET: &str = "opsbake-imports";
@@ -182,7 +185,7 @@ pub fn service_account(dir: &Path) -> PathBuf {
 pub fn gcp_command(dir: &Path, p: &Peers, gce_endpoint: &str, args: &[&str]) -> Command {
     let root = repo_root();
     let sa = service_account(dir);
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.current_dir(dir)
         .arg("--state-dir")
         .arg(dir.join("state"))
