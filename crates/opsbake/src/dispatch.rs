@@ -9,7 +9,10 @@ use opsbake_core::template::Iaas;
 
 /// Whether the IaaS has a working builder in this version.
 pub fn implemented(iaas: Iaas) -> bool {
-    matches!(iaas, Iaas::Localtest | Iaas::Ssh | Iaas::Aws | Iaas::Vbox)
+    matches!(
+        iaas,
+        Iaas::Localtest | Iaas::Ssh | Iaas::Aws | Iaas::Vbox | Iaas::Vsphere
+    )
 }
 
 /// The builder for a plan.
