@@ -315,7 +315,27 @@ impl Vim {
         tls: &tls::TlsMode,
         timeout: Duration,
     ) -> Result<Vim, VsphereError> {
-        let cfg = tls::client_config(tls).map_err(|message| VsphereError::Tls {
+        match Self::connect_with(url, tls, timeout, false).await {
+            Err(VsphereError::Http { message, .. })
+                if message.contains("BadSignature")
+                    && matches!(tls, tls::TlsMode::Thumbprint(_) | tls::TlsMode::Insecure) =>
+            {
+                tracing::warn!(
+                    "{url}: the pinned certificate's key is too small for default TLS (1024-bit RSA, as vcsim's); retrying with TLS 1.2 and legacy RSA signatures"
+                );
+                Self::connect_with(url, tls, timeout, true).await
+            }
+            r => r,
+        }
+    }
+
+    async fn connect_with(
+        url: &reqwest::Url,
+        tls: &tls::TlsMode,
+        timeout: Duration,
+        legacy: bool,
+    ) -> Result<Vim, VsphereError> {
+        let cfg = tls::client_config(tls, legacy).map_err(|message| VsphereError::Tls {
             url: url.to_string(),
             message,
         })?;

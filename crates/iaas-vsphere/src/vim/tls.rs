@@ -63,7 +63,61 @@ struct Pinned {
     want: Vec<u8>,
     provider: Arc<CryptoProvider>,
     accept_any: bool,
+    legacy: bool,
 }
+
+/// RSA PKCS#1 handshake signatures with keys from 1024 bits (ring's legacy
+/// algorithms): only for a pinned (or `insecure`) certificate over TLS 1.2,
+/// because vcsim (and old ESXi) serve 1024-bit RSA keys that ring refuses
+/// by default. The pin, not the key size, is what identifies the server.
+#[derive(Debug)]
+struct LegacyRsa(
+    &'static ring::signature::RsaParameters,
+    rustls::pki_types::AlgorithmIdentifier,
+);
+
+impl rustls::pki_types::SignatureVerificationAlgorithm for LegacyRsa {
+    fn verify_signature(
+        &self,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), rustls::pki_types::InvalidSignature> {
+        ring::signature::UnparsedPublicKey::new(self.0, public_key)
+            .verify(message, signature)
+            .map_err(|_| rustls::pki_types::InvalidSignature)
+    }
+
+    fn public_key_alg_id(&self) -> rustls::pki_types::AlgorithmIdentifier {
+        rustls::pki_types::alg_id::RSA_ENCRYPTION
+    }
+
+    fn signature_alg_id(&self) -> rustls::pki_types::AlgorithmIdentifier {
+        self.1
+    }
+}
+
+static LEGACY_SHA256: LegacyRsa = LegacyRsa(
+    &ring::signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+    rustls::pki_types::alg_id::RSA_PKCS1_SHA256,
+);
+static LEGACY_SHA384: LegacyRsa = LegacyRsa(
+    &ring::signature::RSA_PKCS1_2048_8192_SHA384,
+    rustls::pki_types::alg_id::RSA_PKCS1_SHA384,
+);
+static LEGACY_SHA512: LegacyRsa = LegacyRsa(
+    &ring::signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
+    rustls::pki_types::alg_id::RSA_PKCS1_SHA512,
+);
+static LEGACY_ALGS: rustls::crypto::WebPkiSupportedAlgorithms =
+    rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[&LEGACY_SHA256, &LEGACY_SHA384, &LEGACY_SHA512],
+        mapping: &[
+            (SignatureScheme::RSA_PKCS1_SHA256, &[&LEGACY_SHA256]),
+            (SignatureScheme::RSA_PKCS1_SHA384, &[&LEGACY_SHA384]),
+            (SignatureScheme::RSA_PKCS1_SHA512, &[&LEGACY_SHA512]),
+        ],
+    };
 
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
@@ -104,6 +158,12 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if self.legacy {
+            if let Ok(v) = rustls::crypto::verify_tls12_signature(message, cert, dss, &LEGACY_ALGS)
+            {
+                return Ok(v);
+            }
+        }
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -127,18 +187,38 @@ impl ServerCertVerifier for Pinned {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
+        let mut v = Vec::new();
+        if self.legacy {
+            // first, so that a TLS 1.2 server picks PKCS#1 over PSS
+            v.extend(LEGACY_ALGS.supported_schemes());
+        }
+        for x in self
+            .provider
             .signature_verification_algorithms
             .supported_schemes()
+        {
+            if !v.contains(&x) {
+                v.push(x);
+            }
+        }
+        v
     }
 }
 
-/// The rustls client configuration for a mode.
-pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, String> {
+/// The rustls client configuration for a mode. `legacy` (pinned or
+/// insecure modes only): TLS 1.2 with RSA PKCS#1 handshake signatures from
+/// 1024-bit keys, the retry [`crate::vim::Vim::connect`] makes when a
+/// handshake fails on such a key (vcsim's certificate).
+pub fn client_config(mode: &TlsMode, legacy: bool) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+    let legacy = legacy && matches!(mode, TlsMode::Thumbprint(_) | TlsMode::Insecure);
+    let builder = if legacy {
+        ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+    } else {
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()
+    }
+    .map_err(|e| e.to_string())?;
     let cfg = match mode {
         TlsMode::System | TlsMode::CaFile(_) => {
             let mut roots = RootCertStore::empty();
@@ -174,6 +254,7 @@ pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, String> {
                 want: want.clone(),
                 provider,
                 accept_any: false,
+                legacy,
             }))
             .with_no_client_auth(),
         TlsMode::Insecure => builder
@@ -182,6 +263,7 @@ pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, String> {
                 want: Vec::new(),
                 provider,
                 accept_any: true,
+                legacy,
             }))
             .with_no_client_auth(),
     };

@@ -114,7 +114,12 @@ impl Node {
                 continue;
             }
             out.push(' ');
-            out.push_str(k);
+            // vcsim writes `XMLSchema-instance:type` with a prefix of its
+            // own: the envelope declares `xsi`
+            match k.rsplit_once(':') {
+                Some((_, "type")) => out.push_str("xsi:type"),
+                _ => out.push_str(k),
+            }
             out.push_str("=\"");
             out.push_str(&esc(v));
             out.push('"');
@@ -238,5 +243,7 @@ mod tests {
             r#"<importSpec xsi:type="VirtualMachineImportSpec"><configSpec><name>a &amp; b</name><numCPUs>1</numCPUs></configSpec></importSpec>"#
         );
         assert!(parse("<a><b></a>").is_err());
+        let v = parse(r#"<d xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="VirtualDisk"><k>1</k></d>"#).unwrap();
+        assert_eq!(v.to_xml(), r#"<d xsi:type="VirtualDisk"><k>1</k></d>"#);
     }
 }
