@@ -89,12 +89,20 @@ pub async fn detach_settings(
             cd.write_as("device", &mut change);
             change.push_str("</deviceChange>");
         } else {
-            change.push_str(&format!(
-                "<deviceChange><operation>edit</operation><device xsi:type=\"VirtualCdrom\">{}<backing xsi:type=\"VirtualCdromRemotePassthroughBackingInfo\"><deviceName></deviceName><exclusive>false</exclusive></backing><connectable><startConnected>false</startConnected><allowGuestControl>true</allowGuestControl><connected>false</connected></connectable>{}{}</device></deviceChange>",
-                el("key", cd.text_of("key").unwrap_or("0")),
-                el("controllerKey", cd.text_of("controllerKey").unwrap_or("200")),
-                el("unitNumber", cd.text_of("unitNumber").unwrap_or("0")),
-            ));
+            let mut d = cd.clone();
+            crate::launch::set_child(
+                &mut d,
+                "<backing xsi:type=\"VirtualCdromRemotePassthroughBackingInfo\"><deviceName></deviceName><exclusive>false</exclusive></backing>",
+                "deviceInfo",
+            )?;
+            crate::launch::set_child(
+                &mut d,
+                "<connectable><startConnected>false</startConnected><allowGuestControl>true</allowGuestControl><connected>false</connected></connectable>",
+                "backing",
+            )?;
+            change.push_str("<deviceChange><operation>edit</operation>");
+            d.write_as("device", &mut change);
+            change.push_str("</deviceChange>");
         }
     }
     let spec = format!(

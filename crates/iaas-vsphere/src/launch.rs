@@ -113,6 +113,35 @@ fn is_nic(d: &Node) -> bool {
     })
 }
 
+/// Replace (or insert after `after`) a device's child with an XML fragment.
+pub fn set_child(d: &mut Node, xml: &str, after: &str) -> Result<(), VsphereError> {
+    let wrapped = crate::vim::xml::parse(&format!(
+        "<r xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">{xml}</r>"
+    ))
+    .map_err(|m| VsphereError::Protocol {
+        op: "device edit".into(),
+        message: m,
+    })?;
+    let Some(new) = wrapped.children.into_iter().next() else {
+        return Err(VsphereError::Protocol {
+            op: "device edit".into(),
+            message: "empty fragment".into(),
+        });
+    };
+    match d.children.iter().position(|c| c.name == new.name) {
+        Some(i) => d.children[i] = new,
+        None => {
+            let at = d
+                .children
+                .iter()
+                .position(|c| c.name == after)
+                .map_or(d.children.len().min(1), |i| i + 1);
+            d.children.insert(at, new);
+        }
+    }
+    Ok(())
+}
+
 fn key_of(d: &Node) -> Option<i64> {
     d.text_of("key").and_then(|k| k.parse().ok())
 }
@@ -151,31 +180,7 @@ pub fn hardware_spec(
     if let Some(net) = network {
         if let Some(nic) = devices.iter().find(|d| is_nic(d)) {
             let mut d = nic.clone();
-            let backing = crate::vim::xml::parse(&format!(
-                "<r xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">{}</r>",
-                net.backing()
-            ))
-            .map_err(|m| VsphereError::Protocol {
-                op: "network backing".into(),
-                message: m,
-            })?;
-            let Some(b) = backing.children.into_iter().next() else {
-                return Err(VsphereError::Protocol {
-                    op: "network backing".into(),
-                    message: "empty".into(),
-                });
-            };
-            match d.children.iter().position(|c| c.name == "backing") {
-                Some(i) => d.children[i] = b,
-                None => {
-                    let at = d
-                        .children
-                        .iter()
-                        .position(|c| c.name == "deviceInfo")
-                        .map_or(1.min(d.children.len()), |i| i + 1);
-                    d.children.insert(at, b);
-                }
-            }
+            set_child(&mut d, &net.backing(), "deviceInfo")?;
             changes.push_str("<deviceChange><operation>edit</operation>");
             d.write_as("device", &mut changes);
             changes.push_str("</deviceChange>");
@@ -194,15 +199,12 @@ pub fn hardware_spec(
         .iter()
         .find(|d| d.xsi_type() == Some("VirtualCdrom"))
     {
-        let key = key_of(cd).unwrap_or(0);
-        let ctl = cd.text_of("controllerKey").unwrap_or("200").to_string();
-        let unit = cd.text_of("unitNumber").unwrap_or("0").to_string();
-        changes.push_str(&format!(
-            "<deviceChange><operation>edit</operation><device xsi:type=\"VirtualCdrom\">{}{iso_backing}{connectable}{}{}</device></deviceChange>",
-            el("key", &key.to_string()),
-            el("controllerKey", &ctl),
-            el("unitNumber", &unit)
-        ));
+        let mut d = cd.clone();
+        set_child(&mut d, &iso_backing, "deviceInfo")?;
+        set_child(&mut d, connectable, "backing")?;
+        changes.push_str("<deviceChange><operation>edit</operation>");
+        d.write_as("device", &mut changes);
+        changes.push_str("</deviceChange>");
         Cdrom::Edited(cd.clone())
     } else {
         // a free slot on an IDE controller (two units each)

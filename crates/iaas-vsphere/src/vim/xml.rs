@@ -69,11 +69,17 @@ impl Node {
             .try_fold(self, |n, p| if p.is_empty() { Some(n) } else { n.child(p) })
     }
 
-    /// An attribute by local name (`type` finds `xsi:type`).
+    /// An attribute: the unprefixed one first (a reference's `type`, never
+    /// its `xsi:type`), else by local name (`name` finds `ovf:name`).
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
-            .find(|(k, _)| k == name || k.rsplit_once(':').is_some_and(|(_, l)| l == name))
+            .find(|(k, _)| k == name)
+            .or_else(|| {
+                self.attrs
+                    .iter()
+                    .find(|(k, _)| k.rsplit_once(':').is_some_and(|(_, l)| l == name))
+            })
             .map(|(_, v)| v.as_str())
     }
 
@@ -245,5 +251,12 @@ mod tests {
         assert!(parse("<a><b></a>").is_err());
         let v = parse(r#"<d xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="VirtualDisk"><k>1</k></d>"#).unwrap();
         assert_eq!(v.to_xml(), r#"<d xsi:type="VirtualDisk"><k>1</k></d>"#);
+        // a property value that is a reference: its kind is `type`, not `xsi:type`
+        let r = parse(r#"<val xmlns:X="i" X:type="ManagedObjectReference" type="ResourcePool">resgroup-26</val>"#).unwrap();
+        let m = crate::vim::MoRef::from_node(&r).unwrap();
+        assert_eq!(
+            (m.kind.as_str(), m.value.as_str()),
+            ("ResourcePool", "resgroup-26")
+        );
     }
 }
