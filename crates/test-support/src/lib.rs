@@ -6,6 +6,7 @@
 pub mod delay_proxy;
 pub mod fault_proxy;
 pub mod moto;
+pub mod nfc_export;
 pub mod process;
 pub mod qemu;
 pub mod sshd;
