@@ -462,6 +462,43 @@ fn kill_after_clone(sigint: bool) {
     }
 }
 
+/// SIGKILL right after the import's intent was recorded (the lease and
+/// the upload under way or just done), then `opsbake cleanup`: no build VM,
+/// and the base is either gone or a complete template (the kept cache).
+#[test]
+fn sigkill_during_import_then_cleanup_leaves_no_half_base() {
+    let Some(v) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Build::start(command(dir.path(), &v, 22, PASSWORD, &[]), dir.path());
+    b.wait_for("the import's intent", |e| {
+        e["event"] == "resource_intent" && e["kind"] == "vsphere_base"
+    });
+    b.child.kill().unwrap();
+    assert_eq!(b.finish(), 128 + 9);
+    let id = b.build_id();
+    let out = cleanup_command(dir.path(), &v, &id).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(leftovers(&v, &id).is_empty(), "{:?}", leftovers(&v, &id));
+    for p in v
+        .vm_paths()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.contains("/opsbake-stemcell-"))
+    {
+        let info = v.vm_info(&p).unwrap();
+        assert!(
+            is_template(&v, &p) && info.extra_config.contains_key("opsbake.stemcell-sha1"),
+            "a half-made base is left: {p} {:?}",
+            info.extra_config
+        );
+    }
+}
+
 #[test]
 fn sigkill_after_clone_and_iso_then_cleanup_leaves_nothing() {
     kill_after_clone(false);
