@@ -140,13 +140,17 @@ impl VsphereDeleter {
                     return Ok(Deleted::AlreadyGone);
                 };
                 if res.id.is_none() {
-                    // only ours: the build id (or, for a base, no sha1 yet)
+                    // only ours: a clone carries the build id from its
+                    // creation; an import gets its marks after the upload,
+                    // so a base without the sha1 mark is a half import
+                    // (killed between ImportVApp and its record)
                     let p = vim.props(&vm, &["config.extraConfig"]).await?;
                     let ec = inventory::extra_config(&p);
                     let ours = res.token.is_empty()
                         || ec
                             .get(KEY_BUILD_ID)
-                            .is_some_and(|b| res.token.starts_with(b.as_str()));
+                            .is_some_and(|b| res.token.starts_with(b.as_str()))
+                        || (res.kind == BASE && !ec.contains_key(KEY_STEMCELL_SHA1));
                     if !ours {
                         return Ok(Deleted::AlreadyGone);
                     }
