@@ -12,6 +12,7 @@ pub mod gce;
 pub mod gcs;
 pub mod guest;
 pub mod moto;
+pub mod nfc_export;
 pub mod process;
 pub mod qemu;
 pub mod sshd;

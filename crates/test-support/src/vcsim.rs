@@ -338,6 +338,13 @@ impl Vcsim {
     /// Start vcsim on 127.0.0.1 with a free port, in its own temporary
     /// directory, and wait (30 s deadline) until `govc about` answers.
     pub fn start() -> Result<Vcsim, VcsimError> {
+        Vcsim::start_with(&[])
+    }
+
+    /// [`Vcsim::start`] with extra vcsim arguments (`-username u -password
+    /// p` makes it check the login: by default it accepts any non-empty
+    /// user and password).
+    pub fn start_with(extra: &[&str]) -> Result<Vcsim, VcsimError> {
         let bin = vcsim_binary()?;
         let govc = govc_binary()?;
         let dir = tempfile::Builder::new()
@@ -354,6 +361,7 @@ impl Vcsim {
         let logf = std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
         let child = Command::new(&bin)
             .args(["-l", "127.0.0.1:0"])
+            .args(extra)
             .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(Stdio::from(outf))
@@ -717,6 +725,78 @@ impl Vcsim {
             declared: OvfDeclared::default(),
             import_output: String::new(),
         })
+    }
+
+    /// The SHA-1 thumbprint of vcsim's certificate as govc prints it
+    /// (`govc about.cert -k -thumbprint`: `host:port AA:BB:...`); builds pin
+    /// it instead of `insecure`.
+    pub fn thumbprint(&self) -> Result<String, VcsimError> {
+        let args = ["about.cert", "-k", "-thumbprint"];
+        let o = self.govc(args)?;
+        o.stdout
+            .split_whitespace()
+            .last()
+            .filter(|t| t.len() == 59 && t.contains(':'))
+            .map(str::to_string)
+            .ok_or_else(|| VcsimError::Output {
+                args: args.join(" "),
+                message: format!("no thumbprint in {:?}", o.stdout),
+            })
+    }
+
+    /// The URL without `user:pass@` (what a template's `url` holds).
+    pub fn sdk_url(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{rest}")
+            }
+            None => self.url.clone(),
+        }
+    }
+
+    /// Inventory paths of every VM and template (`govc find / -type m`).
+    pub fn vm_paths(&self) -> Result<Vec<String>, VcsimError> {
+        Ok(self
+            .govc(["find", "/", "-type", "m"])?
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// What VMware Tools would report: `guest.ipAddress` of a VM, through
+    /// vcsim's `SET.guest.ipAddress` ExtraConfig.
+    pub fn set_guest_ip(&self, vm_path: &str, ip: &str) -> Result<(), VcsimError> {
+        self.govc([
+            "vm.change",
+            "-vm",
+            vm_path,
+            "-e",
+            &format!("SET.guest.ipAddress={ip}"),
+        ])
+        .map(|_| ())
+    }
+
+    /// Files named `name` anywhere on vcsim's datastores (their directories
+    /// live in its `TMPDIR`), found on disk.
+    pub fn datastore_files_named(&self, name: &str) -> Vec<PathBuf> {
+        fn walk(d: &Path, name: &str, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(d) else { return };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, name, out);
+                } else if p.file_name().is_some_and(|n| n == name) {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("tmp"), name, &mut out);
+        out
     }
 
     /// Stop vcsim by its PID (SIGTERM, then SIGKILL after 5 s).
@@ -1174,5 +1254,64 @@ mod tests {
     fn progress_lines_keep_the_last_state() {
         let t = "\u{1b}[K[x] Uploading a... (38%)\u{1b}[K[x] Uploading a... OK\nnext";
         assert_eq!(last_line_of_progress(t), "[x] Uploading a... OK\nnext");
+    }
+}
+
+/// A file of an ISO9660 image's root directory, by its primary name
+/// (`ENV.;1` for the agent's `env`): a small reader for the settings ISO the
+/// builders write, independent of opsbake's writer.
+pub fn iso_root_file(iso: &[u8], iso_name: &str) -> Option<Vec<u8>> {
+    const SECTOR: usize = 2048;
+    let pvd = iso.get(16 * SECTOR..17 * SECTOR)?;
+    if pvd.first() != Some(&1) || pvd.get(1..6) != Some(b"CD001".as_slice()) {
+        return None;
+    }
+    let root = pvd.get(156..190)?;
+    let le32 = |b: &[u8], at: usize| -> Option<usize> {
+        let x = b.get(at..at + 4)?;
+        Some(u32::from_le_bytes([x[0], x[1], x[2], x[3]]) as usize)
+    };
+    let (lba, len) = (le32(root, 2)?, le32(root, 10)?);
+    let dir = iso.get(lba * SECTOR..lba * SECTOR + len)?;
+    let mut i = 0;
+    while i < dir.len() {
+        let rl = usize::from(*dir.get(i)?);
+        if rl == 0 {
+            // records do not cross sectors: skip to the next one
+            i = (i / SECTOR + 1) * SECTOR;
+            continue;
+        }
+        let rec = dir.get(i..i + rl)?;
+        let nl = usize::from(*rec.get(32)?);
+        let name = rec.get(33..33 + nl)?;
+        if name.eq_ignore_ascii_case(iso_name.as_bytes()) {
+            let (flba, flen) = (le32(rec, 2)?, le32(rec, 10)?);
+            return iso
+                .get(flba * SECTOR..flba * SECTOR + flen)
+                .map(<[u8]>::to_vec);
+        }
+        i += rl;
+    }
+    None
+}
+
+#[cfg(test)]
+mod iso_tests {
+    #[test]
+    fn reads_the_env_file_of_a_settings_iso() {
+        let iso = opsbake_stemcell::IsoWriter::new("BOSH_ENV")
+            .file("env", b"{\"agent_id\":\"x\"}".to_vec())
+            .file("ENV", b"{\"agent_id\":\"x\"}".to_vec())
+            .to_bytes()
+            .unwrap();
+        let names = ["ENV.;1", "ENV_1.;1"];
+        let found: Vec<_> = names
+            .iter()
+            .filter_map(|n| super::iso_root_file(&iso, n))
+            .collect();
+        assert!(!found.is_empty(), "no ENV file in the ISO");
+        assert_eq!(found[0], b"{\"agent_id\":\"x\"}");
+        assert!(super::iso_root_file(&iso, "NOPE.;1").is_none());
+        assert!(super::iso_root_file(b"short", "ENV.;1").is_none());
     }
 }

@@ -1,0 +1,583 @@
+//! `opsbake build images/appliance.yml --iaas vsphere --var-file
+//! images/vsphere.vars.yml` through the CLI binary against vcsim (started
+//! per test on 127.0.0.1 with a checked login, its certificate pinned by the
+//! thumbprint govc prints), and a hardened local sshd playing the build VM.
+//!
+//! The test plays VMware Tools and the BOSH agent: once the build has
+//! uploaded its settings ISO to vcsim's datastore, the test reads the ISO's
+//! `env` file back (an independent ISO9660 reader), gives the sshd the
+//! authorized keys found there, and sets the clone's `guest.ipAddress` to
+//! 127.0.0.1 through vcsim's `SET.guest.ipAddress` ExtraConfig. The login
+//! therefore proves the settings reached the VM. Asserted through govc:
+//! the template exists, is a template, has no CD-ROM ISO and no
+//! guestinfo.userdata left; the base template is kept with the stemcell's
+//! sha1; no build VM and no ISO file remain; the next build reuses the base.
+//! Kill tests (SIGKILL + `opsbake cleanup`, SIGINT) and bad input (wrong
+//! password, unknown datastore, a name already taken) leave nothing either.
+//!
+//! `--skip-provision vsphere`: the appliance's steps change the machine they
+//! run on, which is the build host here (as for aws against moto).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opsbake_test_support::sshd::{Sshd, SshdOptions};
+use opsbake_test_support::vcsim::{iso_root_file, skip_peers, Vcsim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
+const STEMCELL: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
+const PASSWORD: &str = "vc-Secret-4711";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn peers() -> Option<Vcsim> {
+    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").map(PathBuf::from) {
+        Some(d) => assert!(d.join(STEMCELL).is_file(), "{STEMCELL} missing"),
+        None if skip_peers() => return None,
+        None => panic!(
+            "OPSBAKE_TEST_STEMCELL_DIR is unset: export target/ci-env or OPSBAKE_SKIP_PEERS=1"
+        ),
+    }
+    match Vcsim::start_with(&["-username", "builder", "-password", PASSWORD]) {
+        Ok(v) => Some(v),
+        Err(e) if skip_peers() => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn command(dir: &Path, v: &Vcsim, ssh_port: u16, password: &str, extra: &[&str]) -> Command {
+    let root = repo_root();
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--no-progress", "--json", "build"])
+        .arg(root.join("images/appliance.yml"))
+        .args(["--iaas", "vsphere", "--skip-provision", "vsphere"])
+        .arg("--var-file")
+        .arg(root.join("images/vsphere.vars.yml"))
+        .arg("--var")
+        .arg(format!("vsphere_thumbprint={}", v.thumbprint().unwrap()))
+        .arg("--var")
+        .arg(format!("vsphere_ssh_port={ssh_port}"))
+        .args(extra)
+        .env("GOVC_URL", v.sdk_url())
+        .env("GOVC_USERNAME", "builder")
+        .env("GOVC_PASSWORD", password);
+    c
+}
+
+fn cleanup_command(dir: &Path, v: &Vcsim, id: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--no-progress", "cleanup", id])
+        .env("GOVC_URL", v.sdk_url())
+        .env("GOVC_USERNAME", "builder")
+        .env("GOVC_PASSWORD", PASSWORD);
+    c
+}
+
+struct Build {
+    child: Child,
+    rx: mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+    stderr: PathBuf,
+}
+
+impl Build {
+    fn start(mut c: Command, dir: &Path) -> Build {
+        let stderr = dir.join("opsbake.stderr");
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Build {
+            child,
+            rx,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "no `{what}` event; seen: {:#?}\nstderr:\n{}",
+                    self.seen,
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn build_id(&self) -> String {
+        self.seen
+            .iter()
+            .find_map(|v| v["build_id"].as_str())
+            .unwrap()
+            .to_string()
+    }
+
+    /// Exit code (128 + signal), and the remaining events.
+    fn finish(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                while let Ok(v) = self.rx.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(v);
+                }
+                use std::os::unix::process::ExitStatusExt;
+                return s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+            }
+            assert!(Instant::now() < deadline, "opsbake did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+fn created(kind: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |v| v["event"] == "resource_created" && v["kind"] == kind
+}
+
+/// What VMware Tools and the agent would do: read the settings ISO the
+/// build uploaded, authorize its keys, report 127.0.0.1 once powered on.
+fn play_the_vm(b: &mut Build, v: &Vcsim, sshd: &Sshd) -> (String, serde_json::Value) {
+    let vm = b.wait_for("the build VM's intent", |e| {
+        e["event"] == "resource_intent" && e["kind"] == "vsphere_vm"
+    })["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.wait_for("the settings ISO upload", created("vsphere_file"));
+    let isos = v.datastore_files_named("opsbake-env.iso");
+    assert_eq!(isos.len(), 1, "{isos:?}");
+    let iso = std::fs::read(&isos[0]).unwrap();
+    let env = ["ENV.;1", "ENV_1.;1"]
+        .iter()
+        .find_map(|n| iso_root_file(&iso, n))
+        .expect("no env file in the settings ISO");
+    let settings: serde_json::Value = serde_json::from_slice(&env).unwrap();
+    let keys: Vec<String> = settings["env"]["bosh"]["authorized_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 1, "{settings}");
+    assert!(
+        settings["env"]["bosh"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("$6$"),
+        "the password travels as a crypt hash"
+    );
+    sshd.set_authorized_keys(&keys).unwrap();
+    let path = format!("/DC0/vm/{vm}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = v
+            .govc_raw(["object.collect", "-s", &path, "runtime.powerState"])
+            .unwrap();
+        if !o.success() {
+            let log = v.log();
+            let panic_at = log.find("panic").unwrap_or(0);
+            panic!(
+                "{vm}: {}\nopsbake stderr:\n{}\nvcsim log:\n{}",
+                o.stderr,
+                b.stderr(),
+                &log[panic_at..(panic_at + 3000).min(log.len())]
+            );
+        }
+        if o.stdout.trim() == "poweredOn" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{vm} never powered on");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    v.set_guest_ip(&path, "127.0.0.1").unwrap();
+    (vm, settings)
+}
+
+/// Everything of build `id` left in vcsim: VMs carrying its id in their
+/// name (the build VM), non-template VMs of the build (by ExtraConfig),
+/// and settings ISOs.
+fn leftovers(v: &Vcsim, id: &str) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .vm_paths()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.contains(&format!("opsbake-{id}")))
+        .collect();
+    for p in v.vm_paths().unwrap() {
+        if p.contains("stemcell-") || p.contains("appliance-1.0.0-") {
+            continue;
+        }
+        let info = v.vm_info(&p).unwrap();
+        if info
+            .extra_config
+            .get("opsbake.build-id")
+            .map(String::as_str)
+            == Some(id)
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+    }
+    out.extend(
+        v.datastore_files_named("opsbake-env.iso")
+            .into_iter()
+            .map(|p| p.display().to_string()),
+    );
+    out
+}
+
+fn is_template(v: &Vcsim, path: &str) -> bool {
+    v.govc(["object.collect", "-s", path, "config.template"])
+        .unwrap()
+        .stdout
+        .trim()
+        == "true"
+}
+
+fn check_journal(state: &Path, build_id: &str, outcome: opsbake_core::journal::Outcome) {
+    let j = opsbake_core::journal::Journal::open(state, build_id).unwrap();
+    let st = j.state();
+    assert_eq!(st.outcome, Some(outcome), "{build_id}");
+    assert!(
+        st.live.is_empty(),
+        "{build_id}: journal lists {:?}",
+        st.live
+    );
+}
+
+#[test]
+fn appliance_template_through_the_cli_then_the_base_is_reused() {
+    let Some(v) = peers() else { return };
+    let sshd = Sshd::start(SshdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let before = v.vm_paths().unwrap();
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        sshd.set_authorized_keys(&[]).unwrap();
+        let t0 = Instant::now();
+        let mut b = Build::start(
+            command(dir.path(), &v, sshd.port(), PASSWORD, &[]),
+            dir.path(),
+        );
+        let (_vm, _settings) = play_the_vm(&mut b, &v, &sshd);
+        let code = b.finish();
+        let stderr = b.stderr();
+        assert_eq!(
+            code,
+            0,
+            "round {round}: stderr:\n{stderr}\nevents:\n{:#?}\nsshd:\n{}",
+            b.seen,
+            sshd.log_text()
+        );
+        assert!(
+            !stderr.contains(PASSWORD),
+            "the vCenter password was printed"
+        );
+        let id = b.build_id();
+        eprintln!(
+            "round {round}: vsphere build {id} through the CLI in {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let fin = b
+            .seen
+            .iter()
+            .find(|e| e["event"] == "build_finished")
+            .unwrap()
+            .clone();
+        assert_eq!(fin["outcome"], "succeeded", "{fin}");
+        let template = format!("/DC0/vm/appliance-1.0.0-{id}");
+        assert_eq!(
+            fin["artifact_id"],
+            template.trim_start_matches('/'),
+            "{fin}"
+        );
+        // the login used the key from the settings ISO
+        assert!(
+            sshd.log_text()
+                .matches("Accepted publickey for vcap")
+                .count()
+                > round,
+            "{}",
+            sshd.log_text()
+        );
+        // the template: a template, no settings left in it
+        assert!(is_template(&v, &template), "{template} is not a template");
+        let info = v.vm_info(&template).unwrap();
+        assert_eq!(info.cpus, 2);
+        assert_eq!(info.memory_mib, 4096);
+        assert!(
+            info.disks.iter().all(|d| d.capacity_kb >= 10240 * 1024),
+            "{:?}",
+            info.disks
+        );
+        // cleared (vCenter drops a key set to ""; vcsim keeps it, empty)
+        assert!(
+            info.extra_config
+                .get("guestinfo.userdata")
+                .is_none_or(|v| v.is_empty()),
+            "{:?}",
+            info.extra_config
+        );
+        assert_eq!(
+            info.extra_config.get("opsbake.role").map(String::as_str),
+            Some("artifact")
+        );
+        let dev = v
+            .govc(["device.info", "-vm", &template, "-json"])
+            .unwrap()
+            .stdout;
+        assert!(!dev.contains("opsbake-env.iso"), "{dev}");
+        assert!(leftovers(&v, &id).is_empty(), "{:?}", leftovers(&v, &id));
+        // one base template, kept, with the stemcell's sha1
+        let bases: Vec<String> = v
+            .vm_paths()
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.contains("/opsbake-stemcell-"))
+            .collect();
+        assert_eq!(bases.len(), 1, "{bases:?}");
+        assert!(is_template(&v, &bases[0]));
+        let base = v.vm_info(&bases[0]).unwrap();
+        assert!(bases[0].ends_with(
+            base.extra_config
+                .get("opsbake.stemcell-sha1")
+                .unwrap()
+                .as_str()
+        ));
+        let reused = b.seen.iter().any(|e| {
+            e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("reusing base template"))
+        });
+        assert_eq!(
+            reused,
+            round == 1,
+            "round {round}: the second build reuses the base"
+        );
+        check_journal(
+            &dir.path().join("state"),
+            &id,
+            opsbake_core::journal::Outcome::Succeeded,
+        );
+        ids.push(id);
+    }
+    let after = v.vm_paths().unwrap();
+    assert_eq!(after.len(), before.len() + 3, "{after:?}");
+}
+
+fn kill_after_clone(sigint: bool) {
+    let Some(v) = peers() else { return };
+    let sshd = Sshd::start(SshdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Build::start(
+        command(dir.path(), &v, sshd.port(), PASSWORD, &[]),
+        dir.path(),
+    );
+    b.wait_for("the settings ISO upload", created("vsphere_file"));
+    let id = b.build_id();
+    assert!(
+        !leftovers(&v, &id).is_empty(),
+        "the clone and its ISO exist"
+    );
+    if sigint {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(b.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let code = b.finish();
+        assert_ne!(code, 0, "{}", b.stderr());
+        assert!(
+            leftovers(&v, &id).is_empty(),
+            "SIGINT left {:?}\n{}",
+            leftovers(&v, &id),
+            b.stderr()
+        );
+    } else {
+        b.child.kill().unwrap();
+        assert_eq!(b.finish(), 128 + 9);
+        assert!(!leftovers(&v, &id).is_empty());
+        let out = cleanup_command(dir.path(), &v, &id).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "cleanup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
+        assert!(
+            leftovers(&v, &id).is_empty(),
+            "cleanup left {:?}",
+            leftovers(&v, &id)
+        );
+    }
+}
+
+/// SIGKILL right after the import's intent was recorded (the lease and
+/// the upload under way or just done), then `opsbake cleanup`: no build VM,
+/// and the base is either gone or a complete template (the kept cache).
+#[test]
+fn sigkill_during_import_then_cleanup_leaves_no_half_base() {
+    let Some(v) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Build::start(command(dir.path(), &v, 22, PASSWORD, &[]), dir.path());
+    b.wait_for("the import's intent", |e| {
+        e["event"] == "resource_intent" && e["kind"] == "vsphere_base"
+    });
+    b.child.kill().unwrap();
+    assert_eq!(b.finish(), 128 + 9);
+    let id = b.build_id();
+    let out = cleanup_command(dir.path(), &v, &id).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(leftovers(&v, &id).is_empty(), "{:?}", leftovers(&v, &id));
+    for p in v
+        .vm_paths()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.contains("/opsbake-stemcell-"))
+    {
+        let info = v.vm_info(&p).unwrap();
+        assert!(
+            is_template(&v, &p) && info.extra_config.contains_key("opsbake.stemcell-sha1"),
+            "a half-made base is left: {p} {:?}",
+            info.extra_config
+        );
+    }
+}
+
+#[test]
+fn sigkill_after_clone_and_iso_then_cleanup_leaves_nothing() {
+    kill_after_clone(false);
+}
+
+#[test]
+fn sigint_after_clone_and_iso_unwinds_itself() {
+    kill_after_clone(true);
+}
+
+#[test]
+fn wrong_password_unknown_datastore_and_a_taken_name_fail_cleanly() {
+    let Some(v) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let before = v.vm_paths().unwrap();
+    let run = |password: &str, extra: &[&str]| {
+        let out = command(dir.path(), &v, 22, password, extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            !stderr.contains(password) && !stdout.contains(password),
+            "password printed:\n{stderr}\n{stdout}"
+        );
+        // --json: the error is in the build_finished event on stdout
+        format!("{stderr}\n{stdout}")
+    };
+    let e = run("not-the-password", &[]);
+    assert!(e.contains("InvalidLogin") && e.contains("builder"), "{e}");
+    let e = run(PASSWORD, &["--var", "vsphere_datastore=NoSuchDS"]);
+    assert!(
+        e.contains("datastore DC0/datastore/NoSuchDS not found"),
+        "{e}"
+    );
+    let e = run(PASSWORD, &["--var", "vsphere_datacenter=DC9"]);
+    assert!(e.contains("datacenter DC9 not found"), "{e}");
+    // a VM of that name exists: refused before anything is created
+    let root = repo_root();
+    let t = dir.path().join("taken.yml");
+    let text = std::fs::read_to_string(root.join("images/appliance.yml"))
+        .unwrap()
+        .replace(
+            "      template_name: \"appliance-1.0.0-${build.id}\"",
+            "      template_name: DC0_C0_RP0_VM0",
+        )
+        .replace(
+            "../provisioning/",
+            &format!("{}/provisioning/", root.display()),
+        );
+    std::fs::write(&t, text).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--no-progress", "build"])
+        .arg(&t)
+        .args([
+            "--iaas",
+            "vsphere",
+            "--skip-provision",
+            "vsphere",
+            "--var-file",
+        ])
+        .arg(root.join("images/vsphere.vars.yml"))
+        .arg("--var")
+        .arg(format!("vsphere_thumbprint={}", v.thumbprint().unwrap()))
+        .env("GOVC_URL", v.sdk_url())
+        .env("GOVC_USERNAME", "builder")
+        .env("GOVC_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("DuplicateName") && e.contains("DC0/vm/DC0_C0_RP0_VM0"),
+        "{e}"
+    );
+    assert_eq!(v.vm_paths().unwrap(), before, "nothing created");
+    assert!(v.datastore_files_named("opsbake-env.iso").is_empty());
+}
