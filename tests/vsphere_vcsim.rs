@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 use opsbake_test_support::sshd::{Sshd, SshdOptions};
 use opsbake_test_support::vcsim::{iso_root_file, skip_peers, Vcsim};
 
-const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
+/// The CLI under test (see `opsbake_test_support::cli::opsbake_bin`).
+fn bin() -> &'static Path {
+    opsbake_test_support::cli::opsbake_bin()
+}
 const STEMCELL: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
 const PASSWORD: &str = "vc-Secret-4711";
 
@@ -60,7 +63,7 @@ fn peers() -> Option<Vcsim> {
 
 fn command(dir: &Path, v: &Vcsim, ssh_port: u16, password: &str, extra: &[&str]) -> Command {
     let root = repo_root();
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.current_dir(dir)
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -81,7 +84,7 @@ fn command(dir: &Path, v: &Vcsim, ssh_port: u16, password: &str, extra: &[&str])
 }
 
 fn cleanup_command(dir: &Path, v: &Vcsim, id: &str) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.current_dir(dir)
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -551,7 +554,7 @@ fn wrong_password_unknown_datastore_and_a_taken_name_fail_cleanly() {
             &format!("{}/provisioning/", root.display()),
         );
     std::fs::write(&t, text).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .current_dir(dir.path())
         .arg("--state-dir")
         .arg(dir.path().join("state"))
