@@ -630,35 +630,60 @@ async fn sweep_named(cli: &Cli, a: &CleanupArgs, t: &Path, build_id: &str) -> Re
         code: EXIT_CLEANUP_INCOMPLETE,
         message: e.to_string(),
     })?;
-    let events = Emitter::for_build(sink(cli), &iaas.to_string(), build_id);
-    let mut failed = 0;
-    for r in found.iter().rev() {
-        let id = r.id.clone().unwrap_or_else(|| r.name.clone());
-        if a.dry_run {
+    if a.dry_run {
+        for r in found.iter().rev() {
+            let id = r.id.clone().unwrap_or_else(|| r.name.clone());
             eprintln!("[{iaas}] {build_id}: would delete {} {id}", r.kind);
+        }
+        return Ok(EXIT_OK);
+    }
+    if found.is_empty() {
+        return Ok(EXIT_OK);
+    }
+    // What the sweep found goes into a journal on this machine (a new one,
+    // or this build's), and core's unwinding deletes it like any other
+    // build's: the same order, two passes, events and records, and a failed
+    // delete stays for `opsbake cleanup BUILD_ID`.
+    let sd = state_dir(cli);
+    let incomplete = |e: JournalError| Fail {
+        code: EXIT_CLEANUP_INCOMPLETE,
+        message: e.to_string(),
+    };
+    let j = match Journal::open(&sd, build_id) {
+        Ok(j) => j,
+        Err(JournalError::NotFound { .. }) => Journal::create(
+            &sd,
+            journal::Header {
+                build_id: build_id.to_string(),
+                iaas: iaas.to_string(),
+                template: t.display().to_string(),
+                started_at: opsbake_core::events::now_rfc3339(),
+                process: None,
+                cleanup_config: builder.cleanup_config(),
+            },
+        )
+        .map_err(incomplete)?,
+        Err(e) => return Err(incomplete(e)),
+    };
+    let known: Vec<String> = j.state().live.iter().filter_map(|r| r.id.clone()).collect();
+    for r in &found {
+        let id = r.id.clone().unwrap_or_else(|| r.name.clone());
+        if known.contains(&id) {
             continue;
         }
-        match builder.delete(r).await {
-            Ok(_) => events.emit(opsbake_core::events::EventKind::ResourceDeleted {
-                seq: r.seq,
-                kind: r.kind.clone(),
-                id,
-            }),
-            Err(e) => {
-                failed += 1;
-                events.emit(opsbake_core::events::EventKind::ResourceDeleteFailed {
-                    seq: r.seq,
-                    kind: r.kind.clone(),
-                    id,
-                    error: e.to_string(),
-                });
-            }
-        }
+        j.intent(&r.kind, &r.name, r.data.clone())
+            .and_then(|seq| j.created(seq, &id, serde_json::Value::Null))
+            .map_err(incomplete)?;
     }
-    Ok(if failed > 0 {
-        EXIT_CLEANUP_INCOMPLETE
-    } else {
+    let events = Emitter::for_build(sink(cli), &iaas.to_string(), build_id);
+    let failed = unwind(&j, builder.as_ref(), &events, &CleanupTracker::default()).await;
+    if j.state().outcome.is_none() {
+        let _ = j.finished(Outcome::Cancelled);
+    }
+    Ok(if failed.is_empty() {
         EXIT_OK
+    } else {
+        EXIT_CLEANUP_INCOMPLETE
     })
 }
 
