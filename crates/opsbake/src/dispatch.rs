@@ -11,7 +11,13 @@ use opsbake_core::template::Iaas;
 pub fn implemented(iaas: Iaas) -> bool {
     matches!(
         iaas,
-        Iaas::Localtest | Iaas::Ssh | Iaas::Aws | Iaas::Gcp | Iaas::Azure | Iaas::Vsphere | Iaas::Vbox
+        Iaas::Localtest
+            | Iaas::Ssh
+            | Iaas::Aws
+            | Iaas::Gcp
+            | Iaas::Azure
+            | Iaas::Vsphere
+            | Iaas::Vbox
     )
 }
 
