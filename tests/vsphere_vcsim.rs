@@ -37,10 +37,7 @@ const STEMCELL: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.
 const PASSWORD: &str = "vc-Secret-4711";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    opsbake_test_support::cli::workspace_root()
 }
 
 fn peers() -> Option<Vcsim> {

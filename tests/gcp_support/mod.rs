@@ -30,10 +30,7 @@ pub fn skip_peers() -> bool {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    opsbake_test_support::cli::workspace_root()
 }
 
 /// The test stemcell dir, or None when peers are skipped.
@@ -202,6 +199,8 @@ pub fn gcp_command(dir: &Path, p: &Peers, gce_endpoint: &str, args: &[&str]) -> 
         .arg("--var")
         .arg(format!("gcp_credentials_file={}", sa.display()))
         .args(args)
+        // outputs.directory is relative to the template: keep this run's in its dir
+        .env("OPSBAKE_VAR_output_dir", dir.join("out/appliance"))
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .env_remove("GOOGLE_PROJECT_ID")
         .env_remove("GOOGLE_CLOUD_PROJECT");

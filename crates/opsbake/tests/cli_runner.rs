@@ -351,24 +351,42 @@ fn a_failed_build_unwinds_its_journal() {
     assert!(e.root_files().is_empty());
 }
 
+/// Every IaaS has a builder now: a gcp build whose project comes from nowhere
+/// (no option, GOOGLE_PROJECT_ID and GOOGLE_CLOUD_PROJECT unset or empty:
+/// the seed's `validate!` example) is refused by the builder's offline
+/// checks, at the template's place, before anything is created.
 #[test]
-fn unimplemented_iaas_says_so_and_creates_nothing() {
+fn a_gcp_build_without_a_project_fails_validate_and_creates_nothing() {
     let e = Env::new();
     std::fs::write(e.path().join("sc.tgz"), "x").unwrap();
     let t = e.path().join("t.yml");
     std::fs::write(
         &t,
-        "name: demo\nstemcells:\n  gcp: {path: sc.tgz}\nbuilds:\n  gcp: {}\n",
+        "name: demo\nstemcells:\n  gcp: {path: sc.tgz}\nbuilds:\n  gcp:\n    options: {zone: us-central1-a}\n",
     )
     .unwrap();
-    let out = e.cmd().arg("build").arg(&t).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("the `gcp` builder is not implemented yet"),
-        "{err}"
-    );
-    assert!(!e.state().exists());
+    for cmd in ["validate", "build"] {
+        let out = e
+            .cmd()
+            .arg(cmd)
+            .arg(&t)
+            .env("GOOGLE_PROJECT_ID", "")
+            .env_remove("GOOGLE_CLOUD_PROJECT")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("t.yml:"), "{cmd}: {err}");
+        assert!(
+            err.contains("builds.gcp.options.project_id"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("GOOGLE_PROJECT_ID") && err.contains("GOOGLE_CLOUD_PROJECT"),
+            "{cmd}: {err}"
+        );
+        assert!(!e.state().exists(), "{cmd} created state");
+    }
 }
 
 #[test]
