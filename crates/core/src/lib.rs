@@ -6,6 +6,7 @@
 pub mod builder;
 pub mod events;
 pub mod hostkeys;
+pub mod iaas;
 pub mod journal;
 pub mod local;
 pub mod located;
