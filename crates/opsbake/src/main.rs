@@ -19,7 +19,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use opsbake_core::builder::RunOptions;
 use opsbake_core::events::{Emitter, EventSink};
 use opsbake_core::journal::{self, Journal, JournalError, Outcome};
-use opsbake_core::plan::{plan_build, validate_all};
+use opsbake_core::plan::plan_build;
 use opsbake_core::runner::{unwind, Asker, BuildJob, CleanupTracker, OnError, Runner};
 use opsbake_core::template::{self, Iaas, TemplateError};
 use opsbake_core::vars::{resolve, VarSources};
@@ -284,10 +284,16 @@ fn print_json(v: &serde_json::Value) {
     outln!("{}", opsbake_core::redactor().scrub(&v.to_string()));
 }
 
+/// Read a template, reporting every YAML/type-level error of it.
+fn load_checked(cli: &Cli, path: &std::path::Path) -> Result<template::Loaded, Fail> {
+    validate::load(path)
+        .map_err(|errors| bad(validate::report_all(&errors, &[], cli.json).unwrap_or_default()))
+}
+
 fn cmd_validate(cli: &Cli, t: &TemplateArgs) -> Result<i32, Fail> {
-    let loaded = template::load(&t.template)?;
+    let loaded = load_checked(cli, &t.template)?;
     let checked = validate::check(&loaded, &var_sources(t)?, &[], &state_dir(cli));
-    if let Some(m) = validate::report(&checked) {
+    if let Some(m) = validate::report(&checked, cli.json) {
         return Err(bad(m));
     }
     let plans = checked.plans;
@@ -303,13 +309,30 @@ fn cmd_validate(cli: &Cli, t: &TemplateArgs) -> Result<i32, Fail> {
 }
 
 fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
-    let loaded = template::load(&a.t.template)?;
-    let vars = resolve(&loaded, &var_sources(&a.t)?)?;
-    validate_all(&loaded, &vars)?;
+    let loaded = load_checked(cli, &a.t.template)?;
     let iaases = parse_iaas_list(&a.iaas, &loaded)?;
+    // The template's errors stop it; the builders' offline findings are
+    // shown with each build (and make the exit code 2).
+    let checked = validate::check(&loaded, &var_sources(&a.t)?, &iaases, &state_dir(cli));
+    let finding_errors = checked.findings.iter().map(|f| f.1.len()).sum::<usize>();
+    if checked.errors.len() > finding_errors {
+        return Err(bad(validate::report(&checked, cli.json).unwrap_or_default()));
+    }
+    let vars = checked.vars;
     let mut builds = Vec::new();
     for i in iaases {
         let p = plan_build(&loaded, &vars, i, "inspect")?;
+        let (errors, warnings) = checked
+            .findings
+            .iter()
+            .find(|f| f.0 == i)
+            .map(|f| (f.1.as_slice(), f.2.as_slice()))
+            .unwrap_or_default();
+        let checks: Vec<serde_json::Value> = errors
+            .iter()
+            .map(|e| validate::event(e, false))
+            .chain(warnings.iter().map(|w| validate::event(w, true)))
+            .collect();
         let steps: Vec<serde_json::Value> = p
             .provision
             .iter()
@@ -325,6 +348,7 @@ fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
             "steps": steps,
             "output_dir": p.output_dir.display().to_string(),
             "manifest": p.manifest_path.display().to_string(),
+            "checks": checks,
         }));
     }
     if cli.json {
@@ -365,7 +389,26 @@ fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
                 b["output_dir"].as_str().unwrap_or(""),
                 b["manifest"].as_str().unwrap_or("")
             );
+            for c in b["checks"].as_array().into_iter().flatten() {
+                let warn = c["event"] == "template_warning";
+                outln!(
+                    "    {}: {}:{}:{}: {}: {}",
+                    if warn { "warning" } else { "error" },
+                    c["file"].as_str().unwrap_or(""),
+                    c["line"],
+                    c["column"],
+                    c["key"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                );
+            }
         }
+    }
+    if finding_errors > 0 {
+        let n = finding_errors;
+        return Err(bad(format!(
+            "{n} error{} in the builders' offline checks (shown above)",
+            if n == 1 { "" } else { "s" }
+        )));
     }
     Ok(EXIT_OK)
 }
@@ -431,13 +474,13 @@ fn spawn_signal_handler(cancel: CancellationToken, tracker: Arc<CleanupTracker>)
 }
 
 async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
-    let loaded = template::load(&a.t.template)?;
+    let loaded = load_checked(cli, &a.t.template)?;
     let iaases = parse_iaas_list(&a.iaas, &loaded)?;
     let sd = state_dir(cli);
     // The validate step: every error of the template and of the selected
     // builders' offline checks, before anything is created.
     let checked = validate::check(&loaded, &var_sources(&a.t)?, &iaases, &sd);
-    if let Some(m) = validate::report(&checked) {
+    if let Some(m) = validate::report(&checked, cli.json) {
         return Err(bad(m));
     }
     let vars = checked.vars;

@@ -230,13 +230,36 @@ pub fn parse_all(path: &Path, source: String) -> Result<Loaded, Vec<TemplateErro
             // the rest from the document with each bad node taken out.
             let mut errors = vec![yaml_error(path, &positions, &e)];
             if let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&source) {
-                errors.extend(super::recover::more_errors(path, &positions, doc));
+                let mut rest = super::recover::all_errors(path, &positions, doc).into_iter();
+                // The same first error: its key path from the document is
+                // the more precise where the text's stops at an enclosing
+                // node (a value of the wrong kind for `Tv`).
+                if let (Some(TemplateError::At { key: k0, .. }), Some(v0)) =
+                    (errors.first(), rest.next())
+                {
+                    if let TemplateError::At { key, .. } = &v0 {
+                        if key.len() > k0.len() && key.starts_with(k0.as_str()) {
+                            errors[0] = v0;
+                        }
+                    }
+                }
+                errors.extend(rest);
             }
             let mut seen = std::collections::HashSet::new();
             errors.retain(|e| seen.insert(e.to_string()));
             crate::plan::sort_errors(&mut errors);
             Err(errors)
         }
+    }
+}
+
+/// serde's words for a value of the wrong kind where a literal or a
+/// `${...}` string is allowed, in the template's terms.
+pub(super) fn plain(message: &str) -> String {
+    if message.starts_with("data did not match any variant of untagged enum Tv") {
+        "expected a number, duration or boolean, or a string with `${...}` references".to_string()
+    } else {
+        message.to_string()
     }
 }
 
@@ -295,6 +318,7 @@ pub(super) fn yaml_error(
             column = p.column;
         }
     }
+    let message = plain(&message);
     if line == 0 {
         return TemplateError::Invalid {
             path: path.to_path_buf(),

@@ -143,17 +143,11 @@ fn placeholder(n: usize) -> Option<Value> {
     }
 }
 
-/// The errors after the first one (which the caller reports from the text,
-/// with the YAML library's own place), each at the parser's place of its
-/// original key path.
-pub(super) fn more_errors(
-    path: &Path,
-    positions: &Positions,
-    mut doc: Value,
-) -> Vec<TemplateError> {
+/// Every error of the document, each at the parser's place of its original
+/// key path (the first is the one the YAML library found in the text).
+pub(super) fn all_errors(path: &Path, positions: &Positions, mut doc: Value) -> Vec<TemplateError> {
     let mut removed = Removed::default();
     let mut out = Vec::new();
-    let mut first = true;
     while out.len() < MAX_ERRORS {
         let e = match serde_path_to_error::deserialize::<_, Template>(doc.clone()) {
             Ok(_) => break,
@@ -189,10 +183,7 @@ pub(super) fn more_errors(
                 target.push(Seg::Key(f.to_string()));
                 child(f)
             };
-            if !first {
-                out.push(at(path, positions, &key, &message));
-            }
-            first = false;
+            out.push(at(path, positions, &key, &message));
             removed.paths.push(key);
             if !remove(&mut doc, &target) {
                 break;
@@ -211,16 +202,10 @@ pub(super) fn more_errors(
                     continue;
                 }
             } else {
-                if !first {
-                    out.push(at(path, positions, &key, &message));
-                }
-                first = false;
+                out.push(at(path, positions, &key, &message));
             }
         } else if !removed.placeholders.contains_key(&orig_key) {
-            if !first {
-                out.push(at(path, positions, &orig_key, &message));
-            }
-            first = false;
+            out.push(at(path, positions, &orig_key, &message));
         } else {
             // A placeholder of the wrong kind: try the next one.
             let n = removed.placeholders.entry(orig_key.clone()).or_insert(0);
@@ -251,6 +236,7 @@ pub(super) fn more_errors(
 /// the nearest ancestor in the file).
 fn at(path: &Path, positions: &Positions, key: &str, message: &str) -> TemplateError {
     let key = if key.is_empty() { "(top)" } else { key };
+    let message = &super::load::plain(message);
     match positions.locate(key) {
         Some(p) => TemplateError::At {
             path: path.to_path_buf(),
@@ -331,5 +317,16 @@ mod tests {
         assert_eq!(e.len(), 2, "{e:#?}");
         assert!(e[0].contains("missing field `destination`"), "{e:#?}");
         assert!(e[1].contains(":7:5: provision[1].scirpts"), "{e:#?}");
+    }
+
+    #[test]
+    fn a_wrong_kind_of_number_names_its_own_key_in_terms_of_the_template() {
+        let e = errors("name: x\nbuilds:\n  aws:\n    memory: [2]\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("t.yml:4:5: builds.aws.memory: expected a number"),
+            "{e:#?}"
+        );
+        assert!(!e[0].contains("untagged"), "{e:#?}");
     }
 }
