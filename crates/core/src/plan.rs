@@ -363,7 +363,7 @@ fn plan_inner(
     };
 
     // Stemcell.
-    let needs_stemcell = !matches!(iaas, Iaas::Ssh | Iaas::Localtest);
+    let needs_stemcell = iaas.facts().needs_stemcell;
     let stemcell = match t.stemcells.get(&iaas) {
         Some(s) => {
             let key = format!("stemcells.{iaas}");

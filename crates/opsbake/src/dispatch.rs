@@ -1,4 +1,6 @@
-//! The one place that maps an IaaS to its builder and deleter.
+//! The one place that maps an IaaS to its builder and deleter: one line per
+//! IaaS (the match is exhaustive, so an IaaS added to core's table without
+//! its line here does not compile).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,47 +9,46 @@ use opsbake_core::builder::{BuildError, Builder, Deleter};
 use opsbake_core::plan::BuildPlan;
 use opsbake_core::template::Iaas;
 
-/// Whether the IaaS has a working builder in this version.
-pub fn implemented(iaas: Iaas) -> bool {
-    matches!(
-        iaas,
-        Iaas::Localtest
-            | Iaas::Ssh
-            | Iaas::Aws
-            | Iaas::Gcp
-            | Iaas::Azure
-            | Iaas::Vsphere
-            | Iaas::Vbox
-    )
+/// Makes the builder of a plan (`state_dir` for builders that keep files).
+type MakeBuilder = fn(&BuildPlan, &Path) -> Result<Arc<dyn Builder>, BuildError>;
+/// Makes the deleter of `opsbake cleanup` from a journal header's config.
+type MakeDeleter = fn(&serde_json::Value) -> Result<Arc<dyn Deleter>, BuildError>;
+
+/// The builder and deleter of each IaaS.
+fn entry(iaas: Iaas) -> (MakeBuilder, MakeDeleter) {
+    use opsbake_iaas_aws as aws;
+    use opsbake_iaas_azure as azure;
+    use opsbake_iaas_gcp as gcp;
+    use opsbake_iaas_vbox as vbox;
+    use opsbake_iaas_vsphere as vsphere;
+    #[rustfmt::skip]
+    let e: (MakeBuilder, MakeDeleter) = match iaas {
+        Iaas::Aws => (|p, _| aws::builder(p), aws::deleter),
+        Iaas::Gcp => (|p, _| gcp::builder(p), gcp::deleter),
+        Iaas::Azure => (|p, _| azure::builder(p), azure::deleter),
+        Iaas::Vsphere => (|p, _| vsphere::builder(p), vsphere::deleter),
+        Iaas::Vbox => (|p, _| vbox::builder(p), vbox::deleter),
+        Iaas::Ssh => (|p, _| opsbake_provision::ssh_builder::builder(p), |_| Ok(Arc::new(NothingToDelete))),
+        Iaas::Localtest => (crate::localtest::builder, |c| Ok(Arc::new(crate::localtest::LocaltestDeleter::from_config(c)?))),
+    };
+    e
+}
+
+/// Whether the IaaS has a working builder in this version: every IaaS of
+/// core's table has one (see [`entry`]).
+pub fn implemented(_iaas: Iaas) -> bool {
+    true
 }
 
 /// The builder for a plan.
 pub fn builder(plan: &BuildPlan, state_dir: &Path) -> Result<Arc<dyn Builder>, BuildError> {
-    match plan.iaas {
-        Iaas::Aws => opsbake_iaas_aws::builder(plan),
-        Iaas::Gcp => opsbake_iaas_gcp::builder(plan),
-        Iaas::Azure => opsbake_iaas_azure::builder(plan),
-        Iaas::Vsphere => opsbake_iaas_vsphere::builder(plan),
-        Iaas::Vbox => opsbake_iaas_vbox::builder(plan),
-        Iaas::Ssh => opsbake_provision::ssh_builder::builder(plan),
-        Iaas::Localtest => crate::localtest::builder(plan, state_dir),
-    }
+    (entry(plan.iaas).0)(plan, state_dir)
 }
 
 /// A deleter for `opsbake cleanup`, from a journal header.
 pub fn deleter(iaas: &str, cfg: &serde_json::Value) -> Result<Arc<dyn Deleter>, BuildError> {
     let i: Iaas = iaas.parse().map_err(BuildError::Other)?;
-    match i {
-        Iaas::Aws => opsbake_iaas_aws::deleter(cfg),
-        Iaas::Gcp => opsbake_iaas_gcp::deleter(cfg),
-        Iaas::Azure => opsbake_iaas_azure::deleter(cfg),
-        Iaas::Vsphere => opsbake_iaas_vsphere::deleter(cfg),
-        Iaas::Vbox => opsbake_iaas_vbox::deleter(cfg),
-        Iaas::Ssh => Ok(Arc::new(NothingToDelete)),
-        Iaas::Localtest => Ok(Arc::new(crate::localtest::LocaltestDeleter::from_config(
-            cfg,
-        )?)),
-    }
+    (entry(i).1)(cfg)
 }
 
 /// The `ssh` builder creates nothing but local files, which core deletes.

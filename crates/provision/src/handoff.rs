@@ -61,9 +61,7 @@ impl HandoffConfig {
             appliance_user: h.user.clone().unwrap_or_else(|| "ubuntu".to_string()),
             keep_agent: h.keep_agent,
             password_hash: h.password_hash.clone(),
-            ovf_unit: h
-                .ovf_ssh_key
-                .unwrap_or(matches!(iaas, Iaas::Vsphere | Iaas::Vbox)),
+            ovf_unit: h.ovf_ssh_key.unwrap_or(iaas.facts().ovf_ssh_key),
             build_key_comment: format!("opsbake-{build_id}"),
             keep_staging,
         }
@@ -254,17 +252,17 @@ pub fn guard(
             ),
         });
     }
-    let user_named = matches!(iaas, Iaas::Ssh | Iaas::Localtest);
-    if user_named && !allow_loopback {
+    let facts = iaas.facts();
+    if facts.user_named_target && !allow_loopback {
         match host {
             Some(h) if is_loopback(h) => {
                 return Err(ProvisionError::Refused {
                     reason: format!("the target {h} is a loopback address of the build host"),
                 })
             }
-            None if iaas == Iaas::Localtest => {
+            None if facts.on_build_host => {
                 return Err(ProvisionError::Refused {
-                    reason: "the localtest builder runs on the build host".into(),
+                    reason: format!("the {iaas} builder runs on the build host"),
                 })
             }
             _ => {}

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_yaml_ng::Value;
 
+use opsbake_core::iaas::Iaas;
+
 /// SHA-1 of the empty string: the `sha1` of every light stemcell.
 pub const EMPTY_SHA1: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 /// `cloud_properties.disk` when the MF does not give one (MiB).
@@ -328,8 +330,8 @@ impl Manifest {
             iaas: iaas.clone(),
             missing: missing.to_string(),
         };
-        match iaas.as_str() {
-            "aws" => {
+        match Iaas::for_stemcell_infrastructure(&iaas) {
+            Some(Iaas::Aws) => {
                 let amis = cp
                     .ami
                     .as_ref()
@@ -348,7 +350,7 @@ impl Manifest {
                     ami: ami.clone(),
                 })
             }
-            "google" | "gcp" | "gce" => {
+            Some(Iaas::Gcp) => {
                 if let Some(url) = &cp.image_url {
                     Ok(CloudImageRef::GcpImage {
                         image_url: url.clone(),
@@ -362,7 +364,7 @@ impl Manifest {
                     Err(none("neither cloud_properties.image_url nor source_url"))
                 }
             }
-            "azure" => {
+            Some(Iaas::Azure) => {
                 let img = cp
                     .image
                     .as_ref()
@@ -379,8 +381,8 @@ impl Manifest {
                         .unwrap_or_else(|| "gen1".to_string()),
                 })
             }
-            other => Err(none(&format!(
-                "light stemcells of infrastructure {other:?} are not known"
+            _ => Err(none(&format!(
+                "light stemcells of infrastructure {iaas:?} are not known"
             ))),
         }
     }

@@ -35,31 +35,17 @@ pub struct BuildSpec<O: Default> {
     pub options: O,
 }
 
-/// The `builds` section: one entry per IaaS.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Builds {
-    /// AWS.
-    #[serde(default)]
-    pub aws: Option<BuildSpec<AwsOptions>>,
-    /// GCP.
-    #[serde(default)]
-    pub gcp: Option<BuildSpec<GcpOptions>>,
-    /// Azure.
-    #[serde(default)]
-    pub azure: Option<BuildSpec<AzureOptions>>,
-    /// vSphere.
-    #[serde(default)]
-    pub vsphere: Option<BuildSpec<VsphereOptions>>,
-    /// VirtualBox / QEMU.
-    #[serde(default)]
-    pub vbox: Option<BuildSpec<VboxOptions>>,
-    /// An existing host.
-    #[serde(default)]
-    pub ssh: Option<BuildSpec<SshHostOptions>>,
-    /// The local test builder.
-    #[serde(default)]
-    pub localtest: Option<BuildSpec<LocaltestOptions>>,
+impl<O: Default> BuildSpec<O> {
+    /// The part every IaaS has, without the options.
+    pub fn common(&self) -> CommonSpec {
+        CommonSpec {
+            cpus: self.cpus.clone(),
+            memory: self.memory.clone(),
+            disk: self.disk.clone(),
+            network: self.network.clone(),
+            ssh: self.ssh.clone(),
+        }
+    }
 }
 
 /// The parts of a build entry every IaaS has, without its options.
@@ -85,27 +71,5 @@ impl Builds {
             .copied()
             .filter(|i| self.common(*i).is_some())
             .collect()
-    }
-
-    /// The common part of one IaaS's entry.
-    pub fn common(&self, iaas: Iaas) -> Option<CommonSpec> {
-        fn c<O: Default>(b: &Option<BuildSpec<O>>) -> Option<CommonSpec> {
-            b.as_ref().map(|b| CommonSpec {
-                cpus: b.cpus.clone(),
-                memory: b.memory.clone(),
-                disk: b.disk.clone(),
-                network: b.network.clone(),
-                ssh: b.ssh.clone(),
-            })
-        }
-        match iaas {
-            Iaas::Aws => c(&self.aws),
-            Iaas::Gcp => c(&self.gcp),
-            Iaas::Azure => c(&self.azure),
-            Iaas::Vsphere => c(&self.vsphere),
-            Iaas::Vbox => c(&self.vbox),
-            Iaas::Ssh => c(&self.ssh),
-            Iaas::Localtest => c(&self.localtest),
-        }
     }
 }

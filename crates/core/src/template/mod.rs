@@ -20,12 +20,13 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::iaas::Builds;
 pub use crate::iaas::Iaas;
 pub use crate::options::{
     AwsOptions, AzureOptions, GcpOptions, LocaltestOptions, SshHostOptions, VboxOptions,
     VsphereOptions,
 };
-pub use builds::{BuildSpec, Builds, CommonSpec};
+pub use builds::{BuildSpec, CommonSpec};
 pub use load::{load, load_all, parse, parse_all, Loaded, TemplateError, MAX_TEMPLATE_BYTES};
 pub use provision::{
     BreakpointProvisioner, ChecksumType, ChefSoloProvisioner, Common, FileProvisioner,
