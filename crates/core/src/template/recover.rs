@@ -116,7 +116,7 @@ fn remove(doc: &mut Value, segs: &[Seg]) -> bool {
     match (last, node_mut(doc, parent)) {
         (Seg::Key(k), Some(Value::Mapping(m))) => {
             let key = m.keys().find(|key| key_matches(key, k)).cloned();
-            key.and_then(|key| m.remove(&key)).is_some()
+            key.and_then(|key| m.shift_remove(&key)).is_some()
         }
         (Seg::Idx(i), Some(Value::Sequence(s))) if *i < s.len() => {
             s.remove(*i);
@@ -328,5 +328,25 @@ mod tests {
             "{e:#?}"
         );
         assert!(!e[0].contains("untagged"), "{e:#?}");
+    }
+
+    #[test]
+    fn errors_are_bounded() {
+        let mut src = String::from("name: x\nbuilds:\n  vbox:\n");
+        for i in 0..80 {
+            src.push_str(&format!("    bad{i}: 1\n"));
+        }
+        let e = errors(&src);
+        assert_eq!(e.len(), super::MAX_ERRORS, "{e:#?}");
+        assert!(
+            e[0].starts_with("t.yml:4:5: builds.vbox.bad0: "),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[49].starts_with("t.yml:53:5: builds.vbox.bad49: "),
+            "{}",
+            e[49]
+        );
     }
 }
