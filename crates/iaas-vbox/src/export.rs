@@ -699,6 +699,58 @@ pub fn write_ova(
 mod tests {
     use super::*;
 
+    /// The OVA of a fixed small disk, written twice: both runs give the same
+    /// bytes, and those bytes are the ones the vbox writer gave before it
+    /// moved onto the stemcell crate's OVF/OVA writer (pinned SHA-256 of the
+    /// descriptor and of the whole OVA).
+    #[test]
+    fn ova_bytes_are_reproducible_and_pinned() {
+        let t = tempfile::tempdir().unwrap();
+        let raw = t.path().join("disk.raw");
+        let mut data = vec![0u8; 4 << 20];
+        for (i, b) in data.iter_mut().enumerate().take(1 << 20) {
+            *b = (i % 251) as u8;
+        }
+        data[(3 << 20) + 17] = 0x5a;
+        std::fs::write(&raw, &data).unwrap();
+        let spec = OvaSpec {
+            name: "appliance".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            os_id: 96,
+            vbox_os: "Debian_64".into(),
+            product: "appliance".into(),
+            version: "1.0".into(),
+            epoch: 1_704_067_200,
+        };
+        let a = t.path().join("a.ova");
+        let b = t.path().join("b.ova");
+        let ra = write_ova(&raw, &a, &t.path().join("wa"), &spec).unwrap();
+        write_ova(&raw, &b, &t.path().join("wb"), &spec).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(
+            bytes,
+            std::fs::read(&b).unwrap(),
+            "OVA bytes differ between runs"
+        );
+        assert_eq!(ra.size, bytes.len() as u64);
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let mut first = ar.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(first.path().unwrap().to_str(), Some("appliance.ovf"));
+        let mut ovf_text = String::new();
+        first.read_to_string(&mut ovf_text).unwrap();
+        let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+        assert_eq!(
+            hex(ovf_text.as_bytes()),
+            "9c561092c91f338f4181a8f53804cbad43779024711c9c1d87d65f7a27a074fc",
+            "{ovf_text}"
+        );
+        assert_eq!(
+            hex(&bytes),
+            "9b7465d764105598b041d25aef1c8a3e62e3600f30657c5889a5cd85a21c59ca"
+        );
+    }
+
     #[test]
     fn uuids_are_v4_shaped_and_stable() {
         let a = uuid_from(b"x");
