@@ -18,7 +18,7 @@ use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use opsbake_stemcell::ova::{self, OvaBuild};
-use opsbake_stemcell::ovf::{ApplianceSpec, DigestAlgo, DiskBus, MfEntry};
+use opsbake_stemcell::ovf::{DigestAlgo, DiskBus, MfEntry};
 use opsbake_stemcell::vmdk::{VmdkOptions, VmdkReport};
 use opsbake_stemcell::xml::{Element, Node};
 use opsbake_stemcell::Ovf;
@@ -346,18 +346,7 @@ pub fn descriptor(
     mac: &str,
 ) -> Result<String, VboxError> {
     let (product, machine) = vbox_elements(spec, disk_uuid, machine_uuid, mac);
-    let mut ovf = Ovf::new_appliance(&ApplianceSpec {
-        name: spec.name.clone(),
-        cpus: spec.cpus,
-        memory_mib: spec.memory_mib,
-        disk_href: disk_href.to_string(),
-        disk_file_size: vmdk.file_size,
-        disk_capacity: vmdk.capacity,
-        os_id: spec.os_id,
-        os_description: spec.vbox_os.clone(),
-        network: "NAT".into(),
-        bus: DiskBus::IdeWithCdrom,
-    });
+    let mut ovf = Ovf::new_appliance(&ova_build(spec).appliance(disk_href, vmdk));
     add_vbox_sections(&mut ovf, spec, disk_uuid, product, machine)?;
     Ok(ovf.to_xml())
 }
@@ -490,6 +479,27 @@ fn vbox_elements(
     (product, machine)
 }
 
+/// The stemcell crate's OVA settings for a VirtualBox OVA: IDE disk (and
+/// VMDK adapter type), CD-ROM, NIC on `NAT`, SHA-256 `.mf`.
+fn ova_build(spec: &OvaSpec) -> OvaBuild {
+    OvaBuild {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        os_id: spec.os_id,
+        os_description: spec.vbox_os.clone(),
+        network: "NAT".into(),
+        digest: DigestAlgo::Sha256,
+        mtime: u64::try_from(spec.epoch).unwrap_or(0),
+        vmdk: VmdkOptions {
+            adapter_type: "ide".into(),
+            ..VmdkOptions::default()
+        },
+        extra_sections: Vec::new(),
+        bus: DiskBus::IdeWithCdrom,
+    }
+}
+
 /// What VirtualBox adds to the stemcell crate's appliance descriptor: its
 /// namespace, the disk's `vbox:uuid`, the ProductSection (before the OS
 /// section), `vbox:OSType`, and the `vbox:Machine` section.
@@ -533,22 +543,7 @@ pub fn write_ova(
     work: &Path,
     spec: &OvaSpec,
 ) -> Result<OvaReport, VboxError> {
-    let build = OvaBuild {
-        name: spec.name.clone(),
-        cpus: spec.cpus,
-        memory_mib: spec.memory_mib,
-        os_id: spec.os_id,
-        os_description: spec.vbox_os.clone(),
-        network: "NAT".into(),
-        digest: DigestAlgo::Sha256,
-        mtime: u64::try_from(spec.epoch).unwrap_or(0),
-        vmdk: VmdkOptions {
-            adapter_type: "ide".into(),
-            ..VmdkOptions::default()
-        },
-        extra_sections: Vec::new(),
-        bus: DiskBus::IdeWithCdrom,
-    };
+    let build = ova_build(spec);
     let mut disk_uuid = String::new();
     let rep = ova::write_ova_in(raw, out, work, &build, |ovf, disk, _vmdk| {
         let disk_sha = sha256_file(disk)?;

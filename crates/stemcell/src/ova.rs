@@ -138,6 +138,25 @@ impl Default for OvaBuild {
     }
 }
 
+impl OvaBuild {
+    /// The descriptor settings for this OVA with the disk `disk_href` the
+    /// VMDK writer reported on.
+    pub fn appliance(&self, disk_href: &str, vmdk: &VmdkReport) -> ApplianceSpec {
+        ApplianceSpec {
+            name: self.name.clone(),
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            disk_href: disk_href.to_string(),
+            disk_file_size: vmdk.file_size,
+            disk_capacity: vmdk.capacity,
+            os_id: self.os_id,
+            os_description: self.os_description.clone(),
+            network: self.network.clone(),
+            bus: self.bus,
+        }
+    }
+}
+
 /// What [`write_ova_from_raw`] produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OvaReport {
@@ -224,18 +243,7 @@ pub fn write_ova_in<E: From<OvaError>>(
         .map_err(E::from)?;
     let disk = work.join(&disk_name);
     let vmdk = vmdk::write_stream_optimized(raw, &disk, &spec.vmdk).map_err(OvaError::from)?;
-    let mut descriptor = Ovf::new_appliance(&ApplianceSpec {
-        name: spec.name.clone(),
-        cpus: spec.cpus,
-        memory_mib: spec.memory_mib,
-        disk_href: disk_name.clone(),
-        disk_file_size: vmdk.file_size,
-        disk_capacity: vmdk.capacity,
-        os_id: spec.os_id,
-        os_description: spec.os_description.clone(),
-        network: spec.network.clone(),
-        bus: spec.bus,
-    });
+    let mut descriptor = Ovf::new_appliance(&spec.appliance(&disk_name, &vmdk));
     for s in &spec.extra_sections {
         descriptor
             .add_virtual_system_section(s.clone())
