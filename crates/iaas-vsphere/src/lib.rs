@@ -491,12 +491,12 @@ impl Builder for VsphereBuilder {
     async fn capture(&self, ctx: &BuildContext) -> Result<Artifact, BuildError> {
         let cfg = self.cfg()?;
         let (vim, place) = self.session().await?;
-        let (vm_seq, vm, iso, added) = {
+        let (vm, iso, added) = {
             let st = self.state.lock().await;
-            let Some((s, v)) = st.vm.clone() else {
+            let Some((_, v)) = st.vm.clone() else {
                 return Err(BuildError::Other("capture: no VM was launched".into()));
             };
-            (s, v, st.iso.clone(), st.cdrom_added)
+            (v, st.iso.clone(), st.cdrom_added)
         };
         let what = format!("{}/{}", place.folder_path, cfg.vm_name);
         let how = capture::shutdown(
@@ -525,8 +525,9 @@ impl Builder for VsphereBuilder {
             custom.insert("stemcell_sha1".into(), sha1);
         }
         let id = if cfg.template {
+            // kept at the end of `export`: a build stopped before then
+            // (a kill mid-export) unwinds the template too
             capture::make_template(&vim, &vm, &cfg.template_name, &ctx.cancel).await?;
-            ctx.keep(vm_seq, VM, &vm.value)?;
             let path = format!("{}/{}", place.folder_path, cfg.template_name);
             ctx.events.info(format!("template {path} ({vm})"));
             custom.insert("template".into(), path.clone());
@@ -608,6 +609,9 @@ impl Builder for VsphereBuilder {
         // with nothing left to delete, end the session (else the unwind
         // still needs it)
         if cfg.template {
+            if let Some((vm_seq, vm)) = self.state.lock().await.vm.clone() {
+                ctx.keep(vm_seq, VM, &vm.value)?;
+            }
             if let Err(e) = vim.logout().await {
                 tracing::debug!("logout: {e}");
             }

@@ -783,19 +783,33 @@ impl Vcsim {
     /// Files named `name` anywhere on vcsim's datastores (their directories
     /// live in its `TMPDIR`), found on disk.
     pub fn datastore_files_named(&self, name: &str) -> Vec<PathBuf> {
-        fn walk(d: &Path, name: &str, out: &mut Vec<PathBuf>) {
+        self.datastore_paths(|p| p.file_name().is_some_and(|n| n == name) && !p.is_dir())
+    }
+
+    /// Files and directories on vcsim's datastores whose name contains
+    /// `part` (a build id: the build VM's folder and files).
+    pub fn datastore_paths_containing(&self, part: &str) -> Vec<PathBuf> {
+        self.datastore_paths(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(part))
+        })
+    }
+
+    fn datastore_paths(&self, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+        fn walk(d: &Path, keep: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
             let Ok(rd) = std::fs::read_dir(d) else { return };
             for e in rd.flatten() {
                 let p = e.path();
+                if keep(&p) {
+                    out.push(p.clone());
+                }
                 if p.is_dir() {
-                    walk(&p, name, out);
-                } else if p.file_name().is_some_and(|n| n == name) {
-                    out.push(p);
+                    walk(&p, keep, out);
                 }
             }
         }
         let mut out = Vec::new();
-        walk(&self.dir.path().join("tmp"), name, &mut out);
+        walk(&self.dir.path().join("tmp"), &keep, &mut out);
         out
     }
 
