@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod cleanup;
 pub mod config;
+pub mod custom;
 pub mod error;
 pub mod import;
 pub mod inventory;
@@ -144,6 +145,7 @@ impl VsphereBuilder {
             insecure,
             thumbprint,
             ca_file,
+            name_prefix: c.prefix.clone(),
         })
     }
 
@@ -395,6 +397,13 @@ impl Builder for VsphereBuilder {
         let (vim, place) = self.session().await?;
         let src = MoRef::new("VirtualMachine", &base.id);
         let (seq, vm) = launch::clone_vm(ctx, &vim, cfg, &place, &src).await?;
+        let what = format!("{}/{}", place.folder_path, cfg.vm_name);
+        if let Err(e) = custom::tag(&vim, &vm, &what, ctx.build_id()).await {
+            ctx.events.warn(format!(
+                "custom attribute {} on {what}: {e} (the sweep still finds it by ExtraConfig and name)",
+                custom::FIELD
+            ));
+        }
         self.state.lock().await.vm = Some((seq, vm.clone()));
         let what = format!("{}/{}", place.folder_path, cfg.vm_name);
         ctx.events
