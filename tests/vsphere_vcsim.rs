@@ -744,6 +744,38 @@ fn wrong_password_unknown_datastore_and_a_taken_name_fail_cleanly() {
     );
     let e = run(PASSWORD, &["--var", "vsphere_datacenter=DC9"]);
     assert!(e.contains("datacenter DC9 not found"), "{e}");
+    // a full datastore: a 1 PiB disk does not fit vcsim's LocalDS_0 (the
+    // free space of the file system under its directory)
+    let full = dir.path().join("full.yml");
+    let text = std::fs::read_to_string(repo_root().join("images/appliance.yml")).unwrap();
+    let vsphere_disk = "  vsphere:\n    cpus: 2\n    memory: 4096\n    disk: 10240\n";
+    assert!(text.contains(vsphere_disk));
+    std::fs::write(
+        &full,
+        text.replace(
+            vsphere_disk,
+            "  vsphere:\n    cpus: 2\n    memory: 4096\n    disk: 1073741824\n",
+        )
+        .replace(
+            "../provisioning/",
+            &format!("{}/provisioning/", repo_root().display()),
+        ),
+    )
+    .unwrap();
+    let out = command_with(dir.path(), &full, true, &v, 22, PASSWORD, &[])
+        .output()
+        .unwrap();
+    let e = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(!e.contains(PASSWORD), "password printed: {e}");
+    assert!(
+        e.contains("datastore LocalDS_0 has") && e.contains("the build needs 1073745920 MiB"),
+        "{e}"
+    );
     // a VM of that name exists: refused before anything is created
     let root = repo_root();
     let t = dir.path().join("taken.yml");
