@@ -12,8 +12,14 @@
 //! the template exists, is a template, has no CD-ROM ISO and no
 //! guestinfo.userdata left; the base template is kept with the stemcell's
 //! sha1; no build VM and no ISO file remain; the next build reuses the base.
-//! Kill tests (SIGKILL + `opsbake cleanup`, SIGINT) and bad input (wrong
-//! password, unknown datastore, a name already taken) leave nothing either.
+//! The kill matrix (`kill_matrix!`: during and after the import, after the
+//! clone, after the ISO upload, mid-provisioning, after the shutdown, while
+//! making the template; each with SIGKILL + `opsbake cleanup` and with
+//! SIGINT alone) and bad input (wrong password, unknown datacenter or
+//! datastore, a name already taken) leave no VM, template or datastore
+//! file of the build. vcsim has no ExportVm: the export's failure is
+//! tested (the template is unwound), the lease download runs against
+//! test-support's NFC export server in crates/iaas-vsphere/tests.
 //!
 //! `--skip-provision vsphere`: the appliance's steps change the machine they
 //! run on, which is the build host here (as for aws against moto).
@@ -41,6 +47,11 @@ fn repo_root() -> PathBuf {
 }
 
 fn peers() -> Option<Vcsim> {
+    peers_with(&[])
+}
+
+/// vcsim with extra flags (e.g. `-method-delay`).
+fn peers_with(extra: &[&str]) -> Option<Vcsim> {
     match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").map(PathBuf::from) {
         Some(d) => assert!(d.join(STEMCELL).is_file(), "{STEMCELL} missing"),
         None if skip_peers() => return None,
@@ -48,7 +59,9 @@ fn peers() -> Option<Vcsim> {
             "OPSBAKE_TEST_STEMCELL_DIR is unset: export target/ci-env or OPSBAKE_SKIP_PEERS=1"
         ),
     }
-    match Vcsim::start_with(&["-username", "builder", "-password", PASSWORD]) {
+    let mut args = vec!["-username", "builder", "-password", PASSWORD];
+    args.extend_from_slice(extra);
+    match Vcsim::start_with(&args) {
         Ok(v) => Some(v),
         Err(e) if skip_peers() => {
             eprintln!("skipped: {e}");
@@ -59,15 +72,33 @@ fn peers() -> Option<Vcsim> {
 }
 
 fn command(dir: &Path, v: &Vcsim, ssh_port: u16, password: &str, extra: &[&str]) -> Command {
+    let t = repo_root().join("images/appliance.yml");
+    command_with(dir, &t, true, v, ssh_port, password, extra)
+}
+
+/// `opsbake build <template> --iaas vsphere` against `v`, the appliance's
+/// steps skipped when `skip_provision`.
+fn command_with(
+    dir: &Path,
+    template: &Path,
+    skip_provision: bool,
+    v: &Vcsim,
+    ssh_port: u16,
+    password: &str,
+    extra: &[&str],
+) -> Command {
     let root = repo_root();
     let mut c = Command::new(bin());
     c.current_dir(dir)
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(["--no-progress", "--json", "build"])
-        .arg(root.join("images/appliance.yml"))
-        .args(["--iaas", "vsphere", "--skip-provision", "vsphere"])
-        .arg("--var-file")
+        .arg(template)
+        .args(["--iaas", "vsphere"]);
+    if skip_provision {
+        c.args(["--skip-provision", "vsphere"]);
+    }
+    c.arg("--var-file")
         .arg(root.join("images/vsphere.vars.yml"))
         .arg("--var")
         .arg(format!("vsphere_thumbprint={}", v.thumbprint().unwrap()))
@@ -414,76 +445,184 @@ fn appliance_template_through_the_cli_then_the_base_is_reused() {
     assert_eq!(after.len(), before.len() + 3, "{after:?}");
 }
 
-fn kill_after_clone(sigint: bool) {
-    let Some(v) = peers() else { return };
-    let sshd = Sshd::start(SshdOptions::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut b = Build::start(
-        command(dir.path(), &v, sshd.port(), PASSWORD, &[]),
-        dir.path(),
-    );
-    b.wait_for("the settings ISO upload", created("vsphere_file"));
-    let id = b.build_id();
-    assert!(
-        !leftovers(&v, &id).is_empty(),
-        "the clone and its ISO exist"
-    );
-    if sigint {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(b.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
+/// How the build is stopped.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stop {
+    /// SIGKILL, then `opsbake cleanup`.
+    Kill,
+    /// SIGINT: the build unwinds itself.
+    Int,
+}
+
+/// Where the build is stopped (the event that says it got there).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Point {
+    /// The base import's intent recorded (lease and upload under way).
+    DuringImport,
+    /// The base template imported and kept.
+    AfterImport,
+    /// The build VM cloned.
+    AfterClone,
+    /// The settings ISO uploaded to the datastore.
+    AfterIso,
+    /// A provisioning step printed its marker and is still running.
+    MidProvision,
+    /// The guest shut down (capture), CD-ROM and ISO not yet removed.
+    AfterShutdown,
+    /// Making the template (MarkAsTemplate), the ISO gone: the last call
+    /// before the export (vcsim has no ExportVm, so the export itself
+    /// cannot be stopped midway through the CLI; see
+    /// `export_refused_by_vcsim_fails_and_unwinds_the_template`).
+    MakingTemplate,
+}
+
+const MARKER: &str = "opsbake-mid-provisioning";
+
+impl Point {
+    fn reached(self, e: &serde_json::Value) -> bool {
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        match self {
+            Point::DuringImport => e["event"] == "resource_intent" && e["kind"] == "vsphere_base",
+            Point::AfterImport => e["event"] == "resource_kept" && e["kind"] == "vsphere_base",
+            Point::AfterClone => created("vsphere_vm")(e),
+            Point::AfterIso => created("vsphere_file")(e),
+            Point::MidProvision => e["event"] == "output" && text("line").contains(MARKER),
+            Point::AfterShutdown => e["event"] == "message" && text("text").contains(" stopped ("),
+            Point::MakingTemplate => {
+                e["event"] == "resource_deleted" && e["kind"] == "vsphere_file"
+            }
+        }
+    }
+
+    /// vcsim answers the call the build makes right after the point this
+    /// late (`-method-delay`), so that the signal lands inside it: after the
+    /// shutdown the CD-ROM's removal (ReconfigVM), after the ISO's deletion
+    /// MarkAsTemplate. Without it the build races past the point in a few
+    /// milliseconds.
+    fn vcsim_flags(self) -> &'static [&'static str] {
+        match self {
+            Point::AfterShutdown => &["-method-delay", "ReconfigVM_Task:1500"],
+            Point::MakingTemplate => &["-method-delay", "MarkAsTemplate:1500"],
+            _ => &[],
+        }
+    }
+
+    /// The build gets past the clone only if the test plays the VM.
+    fn plays_the_vm(self) -> bool {
+        matches!(
+            self,
+            Point::MidProvision | Point::AfterShutdown | Point::MakingTemplate
         )
-        .unwrap();
-        let code = b.finish();
-        assert_ne!(code, 0, "{}", b.stderr());
-        assert!(
-            leftovers(&v, &id).is_empty(),
-            "SIGINT left {:?}\n{}",
-            leftovers(&v, &id),
-            b.stderr()
-        );
-    } else {
-        b.child.kill().unwrap();
-        assert_eq!(b.finish(), 128 + 9);
-        assert!(!leftovers(&v, &id).is_empty());
-        let out = cleanup_command(dir.path(), &v, &id).output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "cleanup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
-        assert!(
-            leftovers(&v, &id).is_empty(),
-            "cleanup left {:?}",
-            leftovers(&v, &id)
-        );
     }
 }
 
-/// SIGKILL right after the import's intent was recorded (the lease and
-/// the upload under way or just done), then `opsbake cleanup`: no build VM,
-/// and the base is either gone or a complete template (the kept cache).
-#[test]
-fn sigkill_during_import_then_cleanup_leaves_no_half_base() {
-    let Some(v) = peers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut b = Build::start(command(dir.path(), &v, 22, PASSWORD, &[]), dir.path());
-    b.wait_for("the import's intent", |e| {
-        e["event"] == "resource_intent" && e["kind"] == "vsphere_base"
-    });
-    b.child.kill().unwrap();
-    assert_eq!(b.finish(), 128 + 9);
-    let id = b.build_id();
-    let out = cleanup_command(dir.path(), &v, &id).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// images/appliance.yml with one shell step of its own instead of the
+/// appliance's (they would change the build host, which plays the VM), a
+/// long one when the kill comes mid-provisioning, and the OVA export on.
+fn kill_template(dir: &Path, point: Point) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("images/appliance.yml")).unwrap();
+    let (head, rest) = text.split_once("\nprovision:\n").unwrap();
+    let outputs = &rest[rest.find("\noutputs:\n").unwrap()..];
+    let wait = if point == Point::MidProvision {
+        ", \"sleep 60\""
+    } else {
+        ""
+    };
+    let step = format!(
+        "provision:\n  - type: shell\n    sudo: false\n    inline: [\"echo {MARKER}\"{wait}]\n"
     );
-    assert!(leftovers(&v, &id).is_empty(), "{:?}", leftovers(&v, &id));
+    let text = format!("{head}\n{step}{outputs}").replace(
+        "      shutdown_timeout: 5m\n",
+        "      shutdown_timeout: 5m\n      export_ova: true\n",
+    );
+    assert!(text.contains("export_ova: true"), "{text}");
+    let t = dir.join("kill.yml");
+    std::fs::write(&t, text).unwrap();
+    t
+}
+
+/// Everything of build `id` left anywhere in vcsim: [`leftovers`], any VM
+/// or template whose path names the build, and any datastore file or
+/// folder whose name does.
+fn everything_of(v: &Vcsim, id: &str) -> Vec<String> {
+    let mut out = leftovers(v, id);
+    for p in v.vm_paths().unwrap() {
+        if p.contains(id) && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out.extend(
+        v.datastore_paths_containing(id)
+            .into_iter()
+            .map(|p| p.display().to_string()),
+    );
+    out
+}
+
+/// Stop a build at `point` with `stop`; assert through vcsim that nothing
+/// of it is left (after `opsbake cleanup` for SIGKILL), the base is gone
+/// or a complete template, the journal lists nothing live, and the
+/// password was never printed.
+fn stop_at(point: Point, stop: Stop) {
+    let Some(v) = peers_with(point.vcsim_flags()) else {
+        return;
+    };
+    let sshd = Sshd::start(SshdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = kill_template(dir.path(), point);
+    let mut b = Build::start(
+        command_with(dir.path(), &t, false, &v, sshd.port(), PASSWORD, &[]),
+        dir.path(),
+    );
+    if point.plays_the_vm() {
+        play_the_vm(&mut b, &v, &sshd);
+    }
+    let label = format!("{point:?}/{stop:?}");
+    b.wait_for(&label, |e| point.reached(e));
+    let id = b.build_id();
+    if point != Point::DuringImport && point != Point::AfterImport {
+        assert!(
+            !everything_of(&v, &id).is_empty(),
+            "{label}: the build has made nothing yet"
+        );
+    }
+    match stop {
+        Stop::Kill => {
+            b.child.kill().unwrap();
+            assert_eq!(b.finish(), 128 + 9, "{label}");
+            let out = cleanup_command(dir.path(), &v, &id).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert_eq!(out.status.code(), Some(0), "{label}: cleanup: {err}");
+            assert!(!err.contains(PASSWORD), "{label}: password printed");
+        }
+        Stop::Int => {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(b.child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .unwrap();
+            let code = b.finish();
+            let fin = b
+                .seen
+                .iter()
+                .find(|e| e["event"] == "build_finished")
+                .cloned()
+                .unwrap_or_else(|| panic!("{label}: no build_finished\n{}", b.stderr()));
+            assert_eq!(code, 130, "{label}: {fin}\n{}", b.stderr());
+            assert_eq!(fin["outcome"], "cancelled", "{label}: {fin}");
+        }
+    }
+    assert!(!b.stderr().contains(PASSWORD), "{label}: password printed");
+    let left = everything_of(&v, &id);
+    assert!(
+        left.is_empty(),
+        "{label}: left {left:?}\nevents: {:#?}\n{}",
+        b.seen
+            .iter()
+            .filter(|e| e["event"] != "output")
+            .collect::<Vec<_>>(),
+        b.stderr()
+    );
     for p in v
         .vm_paths()
         .unwrap()
@@ -493,20 +632,88 @@ fn sigkill_during_import_then_cleanup_leaves_no_half_base() {
         let info = v.vm_info(&p).unwrap();
         assert!(
             is_template(&v, &p) && info.extra_config.contains_key("opsbake.stemcell-sha1"),
-            "a half-made base is left: {p} {:?}",
+            "{label}: a half-made base is left: {p} {:?}",
             info.extra_config
         );
     }
+    let j = opsbake_core::journal::Journal::open(&dir.path().join("state"), &id).unwrap();
+    assert!(
+        j.state().live.is_empty(),
+        "{label}: journal lists {:?}",
+        j.state().live
+    );
 }
 
-#[test]
-fn sigkill_after_clone_and_iso_then_cleanup_leaves_nothing() {
-    kill_after_clone(false);
+macro_rules! kill_matrix {
+    ($($name:ident: $point:ident, $stop:ident;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                stop_at(Point::$point, Stop::$stop);
+            }
+        )*
+    };
 }
 
+kill_matrix! {
+    sigkill_during_import_then_cleanup: DuringImport, Kill;
+    sigint_during_import: DuringImport, Int;
+    sigkill_after_import_then_cleanup: AfterImport, Kill;
+    sigint_after_import: AfterImport, Int;
+    sigkill_after_clone_then_cleanup: AfterClone, Kill;
+    sigint_after_clone: AfterClone, Int;
+    sigkill_after_iso_upload_then_cleanup: AfterIso, Kill;
+    sigint_after_iso_upload: AfterIso, Int;
+    sigkill_mid_provisioning_then_cleanup: MidProvision, Kill;
+    sigint_mid_provisioning: MidProvision, Int;
+    sigkill_after_shutdown_then_cleanup: AfterShutdown, Kill;
+    sigint_after_shutdown: AfterShutdown, Int;
+    sigkill_making_the_template_then_cleanup: MakingTemplate, Kill;
+    sigint_making_the_template: MakingTemplate, Int;
+}
+
+/// `export_ova: true` against vcsim, which has no ExportVm: the build gets
+/// to the export with its template made, fails there naming the call and
+/// the template (exit 1), and unwinds the template it had not kept yet.
 #[test]
-fn sigint_after_clone_and_iso_unwinds_itself() {
-    kill_after_clone(true);
+fn export_refused_by_vcsim_fails_and_unwinds_the_template() {
+    let Some(v) = peers() else { return };
+    let sshd = Sshd::start(SshdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = kill_template(dir.path(), Point::MakingTemplate);
+    let mut b = Build::start(
+        command_with(dir.path(), &t, false, &v, sshd.port(), PASSWORD, &[]),
+        dir.path(),
+    );
+    play_the_vm(&mut b, &v, &sshd);
+    let code = b.finish();
+    let id = b.build_id();
+    let fin = b
+        .seen
+        .iter()
+        .find(|e| e["event"] == "build_finished")
+        .cloned()
+        .unwrap();
+    assert_eq!(code, 1, "{fin}");
+    let err = fin["error"].as_str().unwrap();
+    assert!(
+        err.contains("ExportVm") && err.contains(&format!("DC0/vm/appliance-1.0.0-{id}")),
+        "{err}"
+    );
+    assert!(
+        b.seen
+            .iter()
+            .any(|e| e["event"] == "resource_deleted" && e["kind"] == "vsphere_vm"),
+        "the template was not unwound"
+    );
+    assert!(!b.stderr().contains(PASSWORD));
+    let left = everything_of(&v, &id);
+    assert!(left.is_empty(), "left {left:?}");
+    check_journal(
+        &dir.path().join("state"),
+        &id,
+        opsbake_core::journal::Outcome::Failed,
+    );
 }
 
 #[test]
@@ -537,6 +744,38 @@ fn wrong_password_unknown_datastore_and_a_taken_name_fail_cleanly() {
     );
     let e = run(PASSWORD, &["--var", "vsphere_datacenter=DC9"]);
     assert!(e.contains("datacenter DC9 not found"), "{e}");
+    // a full datastore: a 1 PiB disk does not fit vcsim's LocalDS_0 (the
+    // free space of the file system under its directory)
+    let full = dir.path().join("full.yml");
+    let text = std::fs::read_to_string(repo_root().join("images/appliance.yml")).unwrap();
+    let vsphere_disk = "  vsphere:\n    cpus: 2\n    memory: 4096\n    disk: 10240\n";
+    assert!(text.contains(vsphere_disk));
+    std::fs::write(
+        &full,
+        text.replace(
+            vsphere_disk,
+            "  vsphere:\n    cpus: 2\n    memory: 4096\n    disk: 1073741824\n",
+        )
+        .replace(
+            "../provisioning/",
+            &format!("{}/provisioning/", repo_root().display()),
+        ),
+    )
+    .unwrap();
+    let out = command_with(dir.path(), &full, true, &v, 22, PASSWORD, &[])
+        .output()
+        .unwrap();
+    let e = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(!e.contains(PASSWORD), "password printed: {e}");
+    assert!(
+        e.contains("datastore LocalDS_0 has") && e.contains("the build needs 1073745920 MiB"),
+        "{e}"
+    );
     // a VM of that name exists: refused before anything is created
     let root = repo_root();
     let t = dir.path().join("taken.yml");

@@ -89,6 +89,9 @@ pub enum VboxError {
     /// OVF writing failed.
     #[error(transparent)]
     Ovf(#[from] opsbake_stemcell::OvfError),
+    /// OVA writing failed (the stemcell crate's writer).
+    #[error(transparent)]
+    Ova(#[from] opsbake_stemcell::ova::OvaError),
     /// The settings ISO could not be written.
     #[error(transparent)]
     Iso(#[from] opsbake_stemcell::IsoError),

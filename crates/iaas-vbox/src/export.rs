@@ -17,9 +17,11 @@
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use opsbake_stemcell::ovf::{self, DigestAlgo, MfEntry};
-use opsbake_stemcell::vmdk::{self, VmdkOptions, VmdkReport};
-use opsbake_stemcell::xml::{Document, Element, Node};
+use opsbake_stemcell::ova::{self, OvaBuild};
+use opsbake_stemcell::ovf::{DigestAlgo, DiskBus, MfEntry};
+use opsbake_stemcell::vmdk::{VmdkOptions, VmdkReport};
+use opsbake_stemcell::xml::{Element, Node};
+use opsbake_stemcell::Ovf;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{io_err, VboxError};
@@ -333,7 +335,8 @@ pub struct OvaReport {
 /// VirtualBox's namespace for `vbox:Machine`.
 pub const NS_VBOX: &str = "http://www.virtualbox.org/ovf/machine";
 
-/// The OVF 1.0 descriptor.
+/// The OVF 1.0 descriptor: the stemcell crate's appliance descriptor (IDE
+/// disk, CD-ROM, NIC on `NAT`) with VirtualBox's sections added.
 pub fn descriptor(
     spec: &OvaSpec,
     disk_href: &str,
@@ -341,18 +344,24 @@ pub fn descriptor(
     disk_uuid: &str,
     machine_uuid: &str,
     mac: &str,
-) -> String {
+) -> Result<String, VboxError> {
+    let (product, machine) = vbox_elements(spec, disk_uuid, machine_uuid, mac);
+    let mut ovf = Ovf::new_appliance(&ova_build(spec).appliance(disk_href, vmdk));
+    add_vbox_sections(&mut ovf, spec, disk_uuid, product, machine)?;
+    Ok(ovf.to_xml())
+}
+
+/// VirtualBox's own parts of the descriptor: the ProductSection (with the
+/// `public_ssh_key` property) and the `vbox:Machine` section.
+fn vbox_elements(
+    spec: &OvaSpec,
+    disk_uuid: &str,
+    machine_uuid: &str,
+    mac: &str,
+) -> (Element, Element) {
     let info = |t: &str| Element::new("Info").text(t);
-    let rasd = |n: &str, v: &str| Element::new(&format!("rasd:{n}")).text(v);
-    let item = |fields: &[(&str, &str)]| {
-        fields
-            .iter()
-            .fold(Element::new("Item"), |e, (n, v)| e.child(rasd(n, v)))
-    };
     let cpus = spec.cpus.to_string();
     let mem = spec.memory_mib.to_string();
-    let cpu_name = format!("{} virtual CPU", spec.cpus);
-    let mem_name = format!("{}MB of memory", spec.memory_mib);
     let date = crate::qemu::rtc_datetime(spec.epoch) + "Z";
     let product = Element::new("ProductSection")
         .attr("ovf:required", "false")
@@ -467,151 +476,60 @@ pub fn descriptor(
                     ),
             ),
         );
-    let root = Element::new("Envelope")
-        .attr("ovf:version", "1.0")
-        .attr("xml:lang", "en-US")
-        .attr("xmlns", ovf::NS_OVF)
-        .attr("xmlns:ovf", ovf::NS_OVF)
-        .attr("xmlns:rasd", ovf::NS_RASD)
-        .attr("xmlns:vssd", ovf::NS_VSSD)
-        .attr("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance")
-        .attr("xmlns:vbox", NS_VBOX)
-        .child(
-            Element::new("References").child(
-                Element::new("File")
-                    .attr("ovf:href", disk_href)
-                    .attr("ovf:id", "file1")
-                    .attr("ovf:size", vmdk.file_size.to_string()),
-            ),
-        )
-        .child(
-            Element::new("DiskSection")
-                .child(info("List of the virtual disks used in the package"))
-                .child(
-                    Element::new("Disk")
-                        .attr("ovf:capacity", vmdk.capacity.to_string())
-                        .attr("ovf:capacityAllocationUnits", "byte")
-                        .attr("ovf:diskId", "vmdisk1")
-                        .attr("ovf:fileRef", "file1")
-                        .attr("ovf:format", ovf::VMDK_STREAM_OPTIMIZED)
-                        .attr("vbox:uuid", disk_uuid),
-                ),
-        )
-        .child(
-            Element::new("NetworkSection")
-                .child(info("Logical networks used in the package"))
-                .child(Element::new("Network").attr("ovf:name", "NAT").child(
-                    Element::new("Description").text("Logical network used by this appliance."),
-                )),
-        )
-        .child(
-            Element::new("VirtualSystem")
-                .attr("ovf:id", &spec.name)
-                .child(info("A virtual machine"))
-                .child(Element::new("Name").text(&spec.name))
-                .child(product)
-                .child(
-                    Element::new("OperatingSystemSection")
-                        .attr("ovf:id", spec.os_id.to_string())
-                        .child(info("The kind of installed guest operating system"))
-                        .child(Element::new("Description").text(&spec.vbox_os))
-                        .child(
-                            Element::new("vbox:OSType")
-                                .attr("ovf:required", "false")
-                                .text(&spec.vbox_os),
-                        ),
-                )
-                .child(
-                    Element::new("VirtualHardwareSection")
-                        .child(info("Virtual hardware requirements for a virtual machine"))
-                        .child(
-                            Element::new("System")
-                                .child(
-                                    Element::new("vssd:ElementName")
-                                        .text("Virtual Hardware Family"),
-                                )
-                                .child(Element::new("vssd:InstanceID").text("0"))
-                                .child(
-                                    Element::new("vssd:VirtualSystemIdentifier").text(&spec.name),
-                                )
-                                .child(Element::new("vssd:VirtualSystemType").text("vmx-13")),
-                        )
-                        .child(item(&[
-                            ("Caption", &cpu_name),
-                            ("Description", "Number of virtual CPUs"),
-                            ("ElementName", &cpu_name),
-                            ("InstanceID", "1"),
-                            ("ResourceType", "3"),
-                            ("VirtualQuantity", &cpus),
-                        ]))
-                        .child(item(&[
-                            ("AllocationUnits", "byte * 2^20"),
-                            ("Caption", &mem_name),
-                            ("Description", "Memory Size"),
-                            ("ElementName", &mem_name),
-                            ("InstanceID", "2"),
-                            ("ResourceType", "4"),
-                            ("VirtualQuantity", &mem),
-                        ]))
-                        .child(item(&[
-                            ("Address", "0"),
-                            ("Caption", "ideController0"),
-                            ("Description", "IDE Controller"),
-                            ("ElementName", "ideController0"),
-                            ("InstanceID", "3"),
-                            ("ResourceSubType", "PIIX4"),
-                            ("ResourceType", "5"),
-                        ]))
-                        .child(item(&[
-                            ("Address", "1"),
-                            ("Caption", "ideController1"),
-                            ("Description", "IDE Controller"),
-                            ("ElementName", "ideController1"),
-                            ("InstanceID", "4"),
-                            ("ResourceSubType", "PIIX4"),
-                            ("ResourceType", "5"),
-                        ]))
-                        .child(item(&[
-                            ("AddressOnParent", "0"),
-                            ("Caption", "disk1"),
-                            ("Description", "Disk Image"),
-                            ("ElementName", "disk1"),
-                            ("HostResource", "/disk/vmdisk1"),
-                            ("InstanceID", "5"),
-                            ("Parent", "3"),
-                            ("ResourceType", "17"),
-                        ]))
-                        .child(item(&[
-                            ("AddressOnParent", "0"),
-                            ("AutomaticAllocation", "true"),
-                            ("Caption", "cdrom1"),
-                            ("Description", "CD-ROM Drive (the OVF environment)"),
-                            ("ElementName", "cdrom1"),
-                            ("InstanceID", "6"),
-                            ("Parent", "4"),
-                            ("ResourceType", "15"),
-                        ]))
-                        .child(item(&[
-                            ("AutomaticAllocation", "true"),
-                            ("Caption", "Ethernet adapter on 'NAT'"),
-                            ("Connection", "NAT"),
-                            ("ElementName", "Ethernet adapter on 'NAT'"),
-                            ("InstanceID", "7"),
-                            ("ResourceSubType", "E1000"),
-                            ("ResourceType", "10"),
-                        ])),
-                )
-                .child(machine),
-        );
-    Document {
-        prolog: vec![
-            Node::Raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>".into()),
-            Node::Text("\n".into()),
-        ],
-        root,
-        epilog: vec![Node::Text("\n".into())],
+    (product, machine)
+}
+
+/// The stemcell crate's OVA settings for a VirtualBox OVA: IDE disk (and
+/// VMDK adapter type), CD-ROM, NIC on `NAT`, SHA-256 `.mf`.
+fn ova_build(spec: &OvaSpec) -> OvaBuild {
+    OvaBuild {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        os_id: spec.os_id,
+        os_description: spec.vbox_os.clone(),
+        network: "NAT".into(),
+        digest: DigestAlgo::Sha256,
+        mtime: u64::try_from(spec.epoch).unwrap_or(0),
+        vmdk: VmdkOptions {
+            adapter_type: "ide".into(),
+            ..VmdkOptions::default()
+        },
+        extra_sections: Vec::new(),
+        bus: DiskBus::IdeWithCdrom,
     }
-    .to_xml()
+}
+
+/// What VirtualBox adds to the stemcell crate's appliance descriptor: its
+/// namespace, the disk's `vbox:uuid`, the ProductSection (before the OS
+/// section), `vbox:OSType`, and the `vbox:Machine` section.
+fn add_vbox_sections(
+    ovf: &mut Ovf,
+    spec: &OvaSpec,
+    disk_uuid: &str,
+    product: Element,
+    machine: Element,
+) -> Result<(), VboxError> {
+    let missing = |what: &str| VboxError::Config(format!("OVF descriptor: no {what}"));
+    let env = ovf.envelope_mut();
+    env.attrs.push(("xmlns:vbox".into(), NS_VBOX.into()));
+    env.find_mut("DiskSection")
+        .and_then(|d| d.find_mut("Disk"))
+        .ok_or_else(|| missing("DiskSection/Disk"))?
+        .attrs
+        .push(("vbox:uuid".into(), disk_uuid.to_string()));
+    env.find_mut("VirtualSystem")
+        .and_then(|v| v.find_mut("OperatingSystemSection"))
+        .ok_or_else(|| missing("OperatingSystemSection"))?
+        .children
+        .push(Node::Element(
+            Element::new("vbox:OSType")
+                .attr("ovf:required", "false")
+                .text(&spec.vbox_os),
+        ));
+    ovf.insert_virtual_system_section("OperatingSystemSection", product)?;
+    ovf.add_virtual_system_section(machine)?;
+    Ok(())
 }
 
 /// Write the OVA for the normalised raw disk at `out`: VMDK (our parallel
@@ -625,72 +543,22 @@ pub fn write_ova(
     work: &Path,
     spec: &OvaSpec,
 ) -> Result<OvaReport, VboxError> {
-    let disk_name = format!("{}-disk1.vmdk", spec.name);
-    let ovf_name = format!("{}.ovf", spec.name);
-    let mf_name = format!("{}.mf", spec.name);
-    for n in [&disk_name, &ovf_name, &mf_name] {
-        if n.contains('/') || n.len() > 99 || n.starts_with('.') {
-            return Err(VboxError::Config(format!(
-                "{n:?} cannot be an OVA member name"
-            )));
-        }
-    }
-    std::fs::create_dir_all(work).map_err(io_err(work))?;
-    let disk = work.join(&disk_name);
-    let vmdk = vmdk::write_stream_optimized(
-        raw,
-        &disk,
-        &VmdkOptions {
-            adapter_type: "ide".into(),
-            ..VmdkOptions::default()
-        },
-    )?;
-    let disk_sha = sha256_file(&disk)?;
-    let disk_uuid = uuid_from(format!("disk:{disk_sha}").as_bytes());
-    let machine_uuid = uuid_from(format!("machine:{}:{disk_sha}", spec.name).as_bytes());
-    let m = Sha256::digest(format!("mac:{disk_sha}").as_bytes());
-    let mac = format!("080027{:02X}{:02X}{:02X}", m[0], m[1], m[2]);
-    let xml = descriptor(spec, &disk_name, &vmdk, &disk_uuid, &machine_uuid, &mac);
-    let ovf_path = work.join(&ovf_name);
-    std::fs::write(&ovf_path, xml).map_err(io_err(&ovf_path))?;
-    let digests = ovf::write_mf(work, &mf_name, &[&ovf_name, &disk_name], DigestAlgo::Sha256)?;
-    let mf_path = work.join(&mf_name);
-    let tmp = out.with_extension("ova.part");
-    {
-        let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
-        for (name, path) in [
-            (&ovf_name, &ovf_path),
-            (&mf_name, &mf_path),
-            (&disk_name, &disk),
-        ] {
-            let f = std::fs::File::open(path).map_err(io_err(path))?;
-            let len = f.metadata().map_err(io_err(path))?.len();
-            let mut h = tar::Header::new_ustar();
-            h.set_path(name).map_err(io_err(path))?;
-            h.set_size(len);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(u64::try_from(spec.epoch).unwrap_or(0));
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_username("root").map_err(io_err(path))?;
-            h.set_groupname("root").map_err(io_err(path))?;
-            h.set_cksum();
-            b.append(&h, std::io::BufReader::with_capacity(1 << 20, f))
-                .map_err(io_err(&tmp))?;
-        }
-        let w = b.into_inner().map_err(io_err(&tmp))?;
-        let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, out).map_err(io_err(out))?;
-    let size = std::fs::metadata(out).map_err(io_err(out))?.len();
+    let build = ova_build(spec);
+    let mut disk_uuid = String::new();
+    let rep = ova::write_ova_in(raw, out, work, &build, |ovf, disk, _vmdk| {
+        let disk_sha = sha256_file(disk)?;
+        disk_uuid = uuid_from(format!("disk:{disk_sha}").as_bytes());
+        let machine_uuid = uuid_from(format!("machine:{}:{disk_sha}", spec.name).as_bytes());
+        let m = Sha256::digest(format!("mac:{disk_sha}").as_bytes());
+        let mac = format!("080027{:02X}{:02X}{:02X}", m[0], m[1], m[2]);
+        let (product, machine) = vbox_elements(spec, &disk_uuid, &machine_uuid, &mac);
+        add_vbox_sections(ovf, spec, &disk_uuid, product, machine)
+    })?;
     Ok(OvaReport {
         path: out.to_path_buf(),
-        size,
-        vmdk,
-        digests,
+        size: rep.size,
+        vmdk: rep.vmdk,
+        digests: rep.digests,
         disk_uuid,
     })
 }
@@ -698,6 +566,58 @@ pub fn write_ova(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The OVA of a fixed small disk, written twice: both runs give the same
+    /// bytes, and those bytes are the ones the vbox writer gave before it
+    /// moved onto the stemcell crate's OVF/OVA writer (pinned SHA-256 of the
+    /// descriptor and of the whole OVA).
+    #[test]
+    fn ova_bytes_are_reproducible_and_pinned() {
+        let t = tempfile::tempdir().unwrap();
+        let raw = t.path().join("disk.raw");
+        let mut data = vec![0u8; 4 << 20];
+        for (i, b) in data.iter_mut().enumerate().take(1 << 20) {
+            *b = (i % 251) as u8;
+        }
+        data[(3 << 20) + 17] = 0x5a;
+        std::fs::write(&raw, &data).unwrap();
+        let spec = OvaSpec {
+            name: "appliance".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            os_id: 96,
+            vbox_os: "Debian_64".into(),
+            product: "appliance".into(),
+            version: "1.0".into(),
+            epoch: 1_704_067_200,
+        };
+        let a = t.path().join("a.ova");
+        let b = t.path().join("b.ova");
+        let ra = write_ova(&raw, &a, &t.path().join("wa"), &spec).unwrap();
+        write_ova(&raw, &b, &t.path().join("wb"), &spec).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(
+            bytes,
+            std::fs::read(&b).unwrap(),
+            "OVA bytes differ between runs"
+        );
+        assert_eq!(ra.size, bytes.len() as u64);
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let mut first = ar.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(first.path().unwrap().to_str(), Some("appliance.ovf"));
+        let mut ovf_text = String::new();
+        first.read_to_string(&mut ovf_text).unwrap();
+        let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+        assert_eq!(
+            hex(ovf_text.as_bytes()),
+            "9c561092c91f338f4181a8f53804cbad43779024711c9c1d87d65f7a27a074fc",
+            "{ovf_text}"
+        );
+        assert_eq!(
+            hex(&bytes),
+            "9b7465d764105598b041d25aef1c8a3e62e3600f30657c5889a5cd85a21c59ca"
+        );
+    }
 
     #[test]
     fn uuids_are_v4_shaped_and_stable() {
@@ -735,7 +655,8 @@ mod tests {
             "u-d",
             "u-m",
             "080027000001",
-        );
+        )
+        .unwrap();
         let o = opsbake_stemcell::Ovf::parse(&xml).unwrap();
         let disks = o.disks();
         assert_eq!(disks.len(), 1);

@@ -290,12 +290,13 @@ pub fn write_ova(
     out: &Path,
     spec: &OvaSpec,
 ) -> Result<(u64, Vec<String>), VsphereError> {
-    use opsbake_stemcell::ovf::{write_mf, ApplianceSpec, DigestAlgo};
+    use opsbake_stemcell::ova::{member_names, package};
+    use opsbake_stemcell::ovf::{ApplianceSpec, DigestAlgo, DiskBus};
     let dir = disk
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let disk_name = format!("{}-disk1.vmdk", spec.name);
+    let [_, _, disk_name] = member_names(&spec.name).map_err(|e| VsphereError::local(out, e))?;
     let disk_in_dir = dir.join(&disk_name);
     if disk != disk_in_dir {
         std::fs::rename(disk, &disk_in_dir).map_err(|e| VsphereError::local(disk, e))?;
@@ -319,21 +320,10 @@ pub fn write_ova(
         }
         .into(),
         network: spec.network.clone(),
+        bus: DiskBus::Scsi,
     });
-    let ovf_name = format!("{}.ovf", spec.name);
-    let mf_name = format!("{}.mf", spec.name);
-    let ovf_path = dir.join(&ovf_name);
-    std::fs::write(&ovf_path, ovf.to_xml()).map_err(|e| VsphereError::local(&ovf_path, e))?;
-    let digests = write_mf(&dir, &mf_name, &[&ovf_name, &disk_name], DigestAlgo::Sha256)
-        .map_err(|e| VsphereError::local(&dir, e))?;
-    opsbake_stemcell::ova::write_ova(
-        out,
-        (&ovf_name, &ovf_path),
-        Some((&mf_name, &dir.join(&mf_name))),
-        &[(&disk_name, &disk_in_dir)],
-        spec.mtime,
-    )
-    .map_err(|e| VsphereError::local(out, e))?;
+    let digests = package(&dir, out, &spec.name, &ovf, DigestAlgo::Sha256, spec.mtime)
+        .map_err(|e| VsphereError::local(out, e))?;
     let size = std::fs::metadata(out)
         .map_err(|e| VsphereError::local(out, e))?
         .len();

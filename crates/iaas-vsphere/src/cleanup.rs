@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::custom;
 use crate::error::VsphereError;
 use crate::inventory::{self, KEY_BUILD_ID, KEY_ROLE, KEY_STEMCELL_SHA1};
 use crate::vim::tls::{parse_thumbprint, TlsMode};
@@ -47,6 +48,10 @@ pub struct CleanupConfig {
     /// CA file.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// The VM name prefix (`name_prefix`): the sweep also takes VMs whose
+    /// name starts with it and holds the build id.
+    #[serde(default)]
+    pub name_prefix: String,
 }
 
 impl CleanupConfig {
@@ -177,31 +182,47 @@ impl VsphereDeleter {
         }
     }
 
-    /// VMs carrying this build id that are not artifacts or complete bases.
+    /// VMs of this build that are not artifacts or complete bases: by the
+    /// ExtraConfig key, by the custom attribute [`custom::FIELD`], or by
+    /// the name prefix and the build id in the name.
     pub async fn sweep_vms(&self, build_id: &str) -> Result<Vec<Resource>, VsphereError> {
         let vim = self.vim().await?;
+        let key = match custom::field_key(&vim).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!("custom attribute {}: {e}", custom::FIELD);
+                None
+            }
+        };
         let objs = vim
             .list(
                 &vim.sc.root_folder,
                 "VirtualMachine",
-                &["name", "config.extraConfig"],
+                &["name", "config.extraConfig", "customValue"],
             )
             .await?;
         let mut out = Vec::new();
         for o in objs {
             let ec = inventory::extra_config(&o.props);
-            if ec.get(KEY_BUILD_ID).map(String::as_str) != Some(build_id) {
+            let name = o
+                .props
+                .get("name")
+                .map(|n| n.text.clone())
+                .unwrap_or_default();
+            let by_extra_config = ec.get(KEY_BUILD_ID).map(String::as_str) == Some(build_id);
+            let by_attribute =
+                key.as_deref().and_then(|k| custom::value_of(&o.props, k)) == Some(build_id);
+            let by_name = !self.cfg.name_prefix.is_empty()
+                && !build_id.is_empty()
+                && name.starts_with(&self.cfg.name_prefix)
+                && name.contains(build_id);
+            if !(by_extra_config || by_attribute || by_name) {
                 continue;
             }
             let role = ec.get(KEY_ROLE).map(String::as_str).unwrap_or("build");
             if role == "artifact" || (role == "base" && ec.contains_key(KEY_STEMCELL_SHA1)) {
                 continue;
             }
-            let name = o
-                .props
-                .get("name")
-                .map(|n| n.text.clone())
-                .unwrap_or_default();
             out.push(Resource {
                 seq: 0,
                 kind: if role == "base" { BASE } else { VM }.to_string(),

@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod cleanup;
 pub mod config;
+pub mod custom;
 pub mod error;
 pub mod import;
 pub mod inventory;
@@ -144,6 +145,7 @@ impl VsphereBuilder {
             insecure,
             thumbprint,
             ca_file,
+            name_prefix: c.prefix.clone(),
         })
     }
 
@@ -395,6 +397,13 @@ impl Builder for VsphereBuilder {
         let (vim, place) = self.session().await?;
         let src = MoRef::new("VirtualMachine", &base.id);
         let (seq, vm) = launch::clone_vm(ctx, &vim, cfg, &place, &src).await?;
+        let what = format!("{}/{}", place.folder_path, cfg.vm_name);
+        if let Err(e) = custom::tag(&vim, &vm, &what, ctx.build_id()).await {
+            ctx.events.warn(format!(
+                "custom attribute {} on {what}: {e} (the sweep still finds it by ExtraConfig and name)",
+                custom::FIELD
+            ));
+        }
         self.state.lock().await.vm = Some((seq, vm.clone()));
         let what = format!("{}/{}", place.folder_path, cfg.vm_name);
         ctx.events
@@ -491,12 +500,12 @@ impl Builder for VsphereBuilder {
     async fn capture(&self, ctx: &BuildContext) -> Result<Artifact, BuildError> {
         let cfg = self.cfg()?;
         let (vim, place) = self.session().await?;
-        let (vm_seq, vm, iso, added) = {
+        let (vm, iso, added) = {
             let st = self.state.lock().await;
-            let Some((s, v)) = st.vm.clone() else {
+            let Some((_, v)) = st.vm.clone() else {
                 return Err(BuildError::Other("capture: no VM was launched".into()));
             };
-            (s, v, st.iso.clone(), st.cdrom_added)
+            (v, st.iso.clone(), st.cdrom_added)
         };
         let what = format!("{}/{}", place.folder_path, cfg.vm_name);
         let how = capture::shutdown(
@@ -525,8 +534,9 @@ impl Builder for VsphereBuilder {
             custom.insert("stemcell_sha1".into(), sha1);
         }
         let id = if cfg.template {
+            // kept at the end of `export`: a build stopped before then
+            // (a kill mid-export) unwinds the template too
             capture::make_template(&vim, &vm, &cfg.template_name, &ctx.cancel).await?;
-            ctx.keep(vm_seq, VM, &vm.value)?;
             let path = format!("{}/{}", place.folder_path, cfg.template_name);
             ctx.events.info(format!("template {path} ({vm})"));
             custom.insert("template".into(), path.clone());
@@ -608,6 +618,9 @@ impl Builder for VsphereBuilder {
         // with nothing left to delete, end the session (else the unwind
         // still needs it)
         if cfg.template {
+            if let Some((vm_seq, vm)) = self.state.lock().await.vm.clone() {
+                ctx.keep(vm_seq, VM, &vm.value)?;
+            }
             if let Err(e) = vim.logout().await {
                 tracing::debug!("logout: {e}");
             }

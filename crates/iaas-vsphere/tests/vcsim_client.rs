@@ -261,3 +261,85 @@ async fn guest_address_wait_sees_a_change_made_meanwhile_and_times_out_exactly()
         .unwrap_err();
     assert!(matches!(e, VsphereError::Cancelled(_)), "{e:?}");
 }
+
+/// The sweep of `opsbake cleanup` finds a build's VMs by the custom
+/// attribute `opsbake.build-id` (CustomFieldsManager: defined once, set
+/// with SetField, read back by govc as a third party) and by the name
+/// prefix, each on its own (no ExtraConfig on those VMs); VMs of another
+/// build or without a mark are not taken.
+#[tokio::test]
+async fn sweep_finds_vms_by_custom_attribute_and_by_name_prefix() {
+    use opsbake_iaas_vsphere::cleanup::{CleanupConfig, VsphereDeleter};
+    use opsbake_iaas_vsphere::custom;
+    use std::sync::Arc;
+    let Some(v) = start() else { return };
+    let vim = connect(&v).await;
+    vim.login("user", &Secret::new("pass".into()))
+        .await
+        .unwrap();
+    let id = "ob-20261206-000000-vsphere-abc123";
+    let find = |p: &str| {
+        let vim = &vim;
+        let p = p.to_string();
+        async move { vim.find_by_path(&p).await.unwrap().unwrap() }
+    };
+    let tagged = find("DC0/vm/DC0_C0_RP0_VM0").await;
+    let other = find("DC0/vm/DC0_C0_RP0_VM1").await;
+    assert!(custom::field_key(&vim).await.unwrap().is_none());
+    custom::tag(&vim, &tagged, "DC0_C0_RP0_VM0", id)
+        .await
+        .unwrap();
+    custom::tag(&vim, &other, "DC0_C0_RP0_VM1", "ob-another-build")
+        .await
+        .unwrap();
+    // defined once: a second ensure gives the same key
+    let key = custom::field_key(&vim).await.unwrap().unwrap();
+    assert_eq!(custom::ensure_field(&vim).await.unwrap(), key);
+    // govc, a third-party reader, sees the attribute and its value
+    let info = v
+        .govc(["fields.info", "/DC0/vm/DC0_C0_RP0_VM0"])
+        .unwrap()
+        .stdout;
+    assert!(info.contains(custom::FIELD) && info.contains(id), "{info}");
+    // a VM named with the prefix and the build id, no mark at all
+    let renamed = find("DC0/vm/DC0_H0_VM0").await;
+    vim.run_task(
+        "Rename_Task",
+        &format!(
+            "{}{}",
+            this(&renamed),
+            el("newName", &format!("opsbake-{id}"))
+        ),
+        "DC0_H0_VM0",
+        Duration::from_secs(60),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let vim = Arc::new(vim);
+    let sweep = |prefix: &str| {
+        let d = VsphereDeleter::with_session(
+            CleanupConfig {
+                name_prefix: prefix.into(),
+                ..CleanupConfig::default()
+            },
+            vim.clone(),
+        );
+        async move {
+            let mut ids: Vec<String> = d
+                .sweep_vms(id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id.unwrap())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![tagged.value.clone(), renamed.value.clone()];
+    both.sort();
+    assert_eq!(sweep("opsbake-").await, both);
+    assert_eq!(sweep("").await, vec![tagged.value.clone()]);
+    assert_eq!(sweep("other-").await, vec![tagged.value.clone()]);
+}

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::ovf::{self, ApplianceSpec, DigestAlgo, MfEntry, Ovf, OvfError};
+use crate::ovf::{self, ApplianceSpec, DigestAlgo, DiskBus, MfEntry, Ovf, OvfError};
 use crate::vmdk::{self, VmdkError, VmdkOptions, VmdkReport};
 use crate::xml::Element;
 
@@ -116,6 +116,8 @@ pub struct OvaBuild {
     pub vmdk: VmdkOptions,
     /// Extra sections for the virtual system (e.g. `vbox:Machine`).
     pub extra_sections: Vec<Element>,
+    /// Disk controller layout of the descriptor.
+    pub bus: DiskBus,
 }
 
 impl Default for OvaBuild {
@@ -131,6 +133,26 @@ impl Default for OvaBuild {
             mtime: 0,
             vmdk: VmdkOptions::default(),
             extra_sections: Vec::new(),
+            bus: DiskBus::Scsi,
+        }
+    }
+}
+
+impl OvaBuild {
+    /// The descriptor settings for this OVA with the disk `disk_href` the
+    /// VMDK writer reported on.
+    pub fn appliance(&self, disk_href: &str, vmdk: &VmdkReport) -> ApplianceSpec {
+        ApplianceSpec {
+            name: self.name.clone(),
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            disk_href: disk_href.to_string(),
+            disk_file_size: vmdk.file_size,
+            disk_capacity: vmdk.capacity,
+            os_id: self.os_id,
+            os_description: self.os_description.clone(),
+            network: self.network.clone(),
+            bus: self.bus,
         }
     }
 }
@@ -146,6 +168,49 @@ pub struct OvaReport {
     pub size: u64,
 }
 
+/// The member names of the OVA of a VM called `name`: `<name>.ovf`,
+/// `<name>.mf`, `<name>-disk1.vmdk` (checked to fit a USTAR name).
+pub fn member_names(name: &str) -> Result<[String; 3], OvaError> {
+    let names = [
+        format!("{name}.ovf"),
+        format!("{name}.mf"),
+        format!("{name}-disk1.vmdk"),
+    ];
+    for n in &names {
+        if n.contains('/') || n.len() > 99 || n.starts_with('.') {
+            return Err(OvaError::BadName(n.clone()));
+        }
+    }
+    Ok(names)
+}
+
+/// Package a descriptor and its disk, both named by [`member_names`] of
+/// `name`: write `<name>.ovf` and the `.mf` (with `digest`) into `work` (the
+/// disk must already be there), then the OVA at `out` (OVF, MF, VMDK in
+/// that order, every member with `mtime`). Returns the `.mf` lines.
+pub fn package(
+    work: &Path,
+    out: &Path,
+    name: &str,
+    descriptor: &Ovf,
+    digest: DigestAlgo,
+    mtime: u64,
+) -> Result<Vec<MfEntry>, OvaError> {
+    let [ovf_name, mf_name, disk_name] = member_names(name)?;
+    let ovf_path = work.join(&ovf_name);
+    std::fs::write(&ovf_path, descriptor.to_xml()).map_err(io_err(&ovf_path))?;
+    let digests = ovf::write_mf(work, &mf_name, &[&ovf_name, &disk_name], digest)?;
+    let mf_path = work.join(&mf_name);
+    write_ova(
+        out,
+        (&ovf_name, &ovf_path),
+        Some((&mf_name, &mf_path)),
+        &[(&disk_name, &work.join(&disk_name))],
+        mtime,
+    )?;
+    Ok(digests)
+}
+
 /// Build an OVA from a raw disk: streamOptimized VMDK (parallel, deterministic),
 /// an OVF 1.0 descriptor, a `.mf`, and the tarball.
 pub fn write_ova_from_raw(raw: &Path, out: &Path, spec: &OvaBuild) -> Result<OvaReport, OvaError> {
@@ -157,41 +222,35 @@ pub fn write_ova_from_raw(raw: &Path, out: &Path, spec: &OvaBuild) -> Result<Ova
         .prefix(".opsbake-ova-")
         .tempdir_in(dir)
         .map_err(io_err(dir))?;
-    let disk_name = format!("{}-disk1.vmdk", spec.name);
-    let ovf_name = format!("{}.ovf", spec.name);
-    let mf_name = format!("{}.mf", spec.name);
-    for n in [&disk_name, &ovf_name, &mf_name] {
-        if n.contains('/') || n.len() > 100 {
-            return Err(OvaError::BadName(n.clone()));
-        }
-    }
-    let disk = work.path().join(&disk_name);
-    let vmdk = vmdk::write_stream_optimized(raw, &disk, &spec.vmdk)?;
-    let mut descriptor = Ovf::new_appliance(&ApplianceSpec {
-        name: spec.name.clone(),
-        cpus: spec.cpus,
-        memory_mib: spec.memory_mib,
-        disk_href: disk_name.clone(),
-        disk_file_size: vmdk.file_size,
-        disk_capacity: vmdk.capacity,
-        os_id: spec.os_id,
-        os_description: spec.os_description.clone(),
-        network: spec.network.clone(),
-    });
+    write_ova_in(raw, out, work.path(), spec, |_, _, _| Ok::<_, OvaError>(()))
+}
+
+/// [`write_ova_from_raw`] with the intermediate files (VMDK, OVF, `.mf`) in
+/// `work` (created if missing, left for the caller), and `edit` called on
+/// the descriptor after the VMDK is written and `spec.extra_sections` are
+/// added (given the VMDK's path and report), before it is written: what an
+/// IaaS adds of its own (VirtualBox's `vbox:` sections) goes there.
+pub fn write_ova_in<E: From<OvaError>>(
+    raw: &Path,
+    out: &Path,
+    work: &Path,
+    spec: &OvaBuild,
+    edit: impl FnOnce(&mut Ovf, &Path, &VmdkReport) -> Result<(), E>,
+) -> Result<OvaReport, E> {
+    let [_, _, disk_name] = member_names(&spec.name)?;
+    std::fs::create_dir_all(work)
+        .map_err(io_err(work))
+        .map_err(E::from)?;
+    let disk = work.join(&disk_name);
+    let vmdk = vmdk::write_stream_optimized(raw, &disk, &spec.vmdk).map_err(OvaError::from)?;
+    let mut descriptor = Ovf::new_appliance(&spec.appliance(&disk_name, &vmdk));
     for s in &spec.extra_sections {
-        descriptor.add_virtual_system_section(s.clone())?;
+        descriptor
+            .add_virtual_system_section(s.clone())
+            .map_err(OvaError::from)?;
     }
-    let ovf_path = work.path().join(&ovf_name);
-    std::fs::write(&ovf_path, descriptor.to_xml()).map_err(io_err(&ovf_path))?;
-    let digests = ovf::write_mf(work.path(), &mf_name, &[&ovf_name, &disk_name], spec.digest)?;
-    let mf_path = work.path().join(&mf_name);
-    write_ova(
-        out,
-        (&ovf_name, &ovf_path),
-        Some((&mf_name, &mf_path)),
-        &[(&disk_name, &disk)],
-        spec.mtime,
-    )?;
+    edit(&mut descriptor, &disk, &vmdk)?;
+    let digests = package(work, out, &spec.name, &descriptor, spec.digest, spec.mtime)?;
     let size = std::fs::metadata(out).map_err(io_err(out))?.len();
     Ok(OvaReport {
         vmdk,

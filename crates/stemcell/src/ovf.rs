@@ -154,6 +154,19 @@ pub struct ApplianceSpec {
     pub os_description: String,
     /// Network name the NIC connects to (e.g. `NAT`).
     pub network: String,
+    /// Where the disk sits.
+    pub bus: DiskBus,
+}
+
+/// The disk controller layout of a new appliance descriptor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    /// One LSI Logic SCSI controller holding the disk (what vSphere exports).
+    #[default]
+    Scsi,
+    /// Two PIIX4 IDE controllers: the disk on the first, a CD-ROM (for the
+    /// OVF environment) on the second (what VirtualBox exports).
+    IdeWithCdrom,
 }
 
 /// An OVF descriptor.
@@ -443,6 +456,23 @@ impl Ovf {
         Ok(())
     }
 
+    /// Insert a section into the virtual system before its first child
+    /// element named `before` (local name), or at its end when there is none.
+    pub fn insert_virtual_system_section(
+        &mut self,
+        before: &str,
+        section: Element,
+    ) -> Result<(), OvfError> {
+        let vs = self.virtual_system_mut()?;
+        let at = vs
+            .children
+            .iter()
+            .position(|n| matches!(n, Node::Element(e) if local(&e.name) == before))
+            .unwrap_or(vs.children.len());
+        vs.children.insert(at, Node::Element(section));
+        Ok(())
+    }
+
     /// Append a section (e.g. VirtualBox's `vbox:Machine`) to the virtual system.
     pub fn add_virtual_system_section(&mut self, section: Element) -> Result<(), OvfError> {
         self.virtual_system_mut()?
@@ -465,6 +495,71 @@ impl Ovf {
         let mem = spec.memory_mib.to_string();
         let cpu_name = format!("{} virtual CPU", spec.cpus);
         let mem_name = format!("{}MB of memory", spec.memory_mib);
+        let nic_name = format!("Ethernet adapter on '{}'", spec.network);
+        let disk = |id: &'static str, parent: &'static str| {
+            vec![
+                ("AddressOnParent", "0"),
+                ("Caption", "disk1"),
+                ("Description", "Disk Image"),
+                ("ElementName", "disk1"),
+                ("HostResource", "/disk/vmdisk1"),
+                ("InstanceID", id),
+                ("Parent", parent),
+                ("ResourceType", "17"),
+            ]
+        };
+        let ide = |n: &'static str, id: &'static str, name: &'static str| {
+            vec![
+                ("Address", n),
+                ("Caption", name),
+                ("Description", "IDE Controller"),
+                ("ElementName", name),
+                ("InstanceID", id),
+                ("ResourceSubType", "PIIX4"),
+                ("ResourceType", "5"),
+            ]
+        };
+        let nic = |id: &'static str| {
+            vec![
+                ("AutomaticAllocation", "true"),
+                ("Caption", nic_name.as_str()),
+                ("Connection", spec.network.as_str()),
+                ("ElementName", nic_name.as_str()),
+                ("InstanceID", id),
+                ("ResourceSubType", "E1000"),
+                ("ResourceType", "10"),
+            ]
+        };
+        let controllers: Vec<Vec<(&str, &str)>> = match spec.bus {
+            DiskBus::Scsi => vec![
+                vec![
+                    ("Caption", "scsiController0"),
+                    ("Description", "SCSI Controller"),
+                    ("ElementName", "scsiController0"),
+                    ("InstanceID", "3"),
+                    ("ResourceSubType", "lsilogic"),
+                    ("ResourceType", "6"),
+                ],
+                disk("4", "3"),
+                nic("5"),
+            ],
+            DiskBus::IdeWithCdrom => vec![
+                ide("0", "3", "ideController0"),
+                ide("1", "4", "ideController1"),
+                disk("5", "3"),
+                vec![
+                    ("AddressOnParent", "0"),
+                    ("AutomaticAllocation", "true"),
+                    ("Caption", "cdrom1"),
+                    ("Description", "CD-ROM Drive (the OVF environment)"),
+                    ("ElementName", "cdrom1"),
+                    ("InstanceID", "6"),
+                    ("Parent", "4"),
+                    ("ResourceType", "15"),
+                ],
+                nic("7"),
+            ],
+        };
         let root = Element::new("Envelope")
             .attr("ovf:version", "1.0")
             .attr("xml:lang", "en-US")
@@ -487,6 +582,7 @@ impl Ovf {
                     .child(
                         Element::new("Disk")
                             .attr("ovf:capacity", spec.disk_capacity.to_string())
+                            .attr("ovf:capacityAllocationUnits", "byte")
                             .attr("ovf:diskId", "vmdisk1")
                             .attr("ovf:fileRef", "file1")
                             .attr("ovf:format", VMDK_STREAM_OPTIMIZED),
@@ -516,65 +612,43 @@ impl Ovf {
                             .child(Element::new("Description").text(&spec.os_description)),
                     )
                     .child(
-                        Element::new("VirtualHardwareSection")
-                            .child(info("Virtual hardware requirements for a virtual machine"))
-                            .child(
-                                Element::new("System")
-                                    .child(
-                                        Element::new("vssd:ElementName")
-                                            .text("Virtual Hardware Family"),
-                                    )
-                                    .child(Element::new("vssd:InstanceID").text("0"))
-                                    .child(
-                                        Element::new("vssd:VirtualSystemIdentifier")
-                                            .text(&spec.name),
-                                    )
-                                    .child(Element::new("vssd:VirtualSystemType").text("vmx-13")),
-                            )
-                            .child(item(&[
-                                ("Caption", &cpu_name),
-                                ("Description", "Number of virtual CPUs"),
-                                ("ElementName", &cpu_name),
-                                ("InstanceID", "1"),
-                                ("ResourceType", "3"),
-                                ("VirtualQuantity", &cpus),
-                            ]))
-                            .child(item(&[
-                                ("AllocationUnits", "byte * 2^20"),
-                                ("Caption", &mem_name),
-                                ("Description", "Memory Size"),
-                                ("ElementName", &mem_name),
-                                ("InstanceID", "2"),
-                                ("ResourceType", "4"),
-                                ("VirtualQuantity", &mem),
-                            ]))
-                            .child(item(&[
-                                ("Caption", "scsiController0"),
-                                ("Description", "SCSI Controller"),
-                                ("ElementName", "scsiController0"),
-                                ("InstanceID", "3"),
-                                ("ResourceSubType", "lsilogic"),
-                                ("ResourceType", "6"),
-                            ]))
-                            .child(item(&[
-                                ("AddressOnParent", "0"),
-                                ("Caption", "disk1"),
-                                ("Description", "Disk Image"),
-                                ("ElementName", "disk1"),
-                                ("HostResource", "/disk/vmdisk1"),
-                                ("InstanceID", "4"),
-                                ("Parent", "3"),
-                                ("ResourceType", "17"),
-                            ]))
-                            .child(item(&[
-                                ("AutomaticAllocation", "true"),
-                                ("Caption", "Ethernet adapter on 'NAT'"),
-                                ("Connection", &spec.network),
-                                ("ElementName", "Ethernet adapter on 'NAT'"),
-                                ("InstanceID", "5"),
-                                ("ResourceSubType", "E1000"),
-                                ("ResourceType", "10"),
-                            ])),
+                        controllers.iter().fold(
+                            Element::new("VirtualHardwareSection")
+                                .child(info("Virtual hardware requirements for a virtual machine"))
+                                .child(
+                                    Element::new("System")
+                                        .child(
+                                            Element::new("vssd:ElementName")
+                                                .text("Virtual Hardware Family"),
+                                        )
+                                        .child(Element::new("vssd:InstanceID").text("0"))
+                                        .child(
+                                            Element::new("vssd:VirtualSystemIdentifier")
+                                                .text(&spec.name),
+                                        )
+                                        .child(
+                                            Element::new("vssd:VirtualSystemType").text("vmx-13"),
+                                        ),
+                                )
+                                .child(item(&[
+                                    ("Caption", &cpu_name),
+                                    ("Description", "Number of virtual CPUs"),
+                                    ("ElementName", &cpu_name),
+                                    ("InstanceID", "1"),
+                                    ("ResourceType", "3"),
+                                    ("VirtualQuantity", &cpus),
+                                ]))
+                                .child(item(&[
+                                    ("AllocationUnits", "byte * 2^20"),
+                                    ("Caption", &mem_name),
+                                    ("Description", "Memory Size"),
+                                    ("ElementName", &mem_name),
+                                    ("InstanceID", "2"),
+                                    ("ResourceType", "4"),
+                                    ("VirtualQuantity", &mem),
+                                ])),
+                            |e, f| e.child(item(f)),
+                        ),
                     ),
             );
         Ovf {
@@ -882,6 +956,7 @@ mod tests {
             os_id: 94,
             os_description: "Ubuntu_64".into(),
             network: "NAT".into(),
+            bus: DiskBus::Scsi,
         };
         let ovf = Ovf::new_appliance(&spec);
         let back = Ovf::parse(&ovf.to_xml()).unwrap();
