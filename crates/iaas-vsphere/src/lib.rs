@@ -423,10 +423,8 @@ impl Builder for VsphereBuilder {
         let json = settings
             .to_json()
             .map_err(|e| BuildError::Other(format!("agent settings: {e}")))?;
-        let iso = opsbake_stemcell::IsoWriter::new("BOSH_ENV")
-            .file("env", json.clone())
-            .file("ENV", json.clone())
-            .to_bytes()
+        let iso = opsbake_stemcell::agent_settings_iso(&settings, 0)
+            .and_then(|w| w.to_bytes())
             .map_err(|e| BuildError::Other(format!("settings ISO: {e}")))?;
         let dir = launch::vm_dir(&vim, &vm).await?;
         let (iseq, iso_path) = launch::upload_iso(ctx, &vim, &place, &dir, iso).await?;

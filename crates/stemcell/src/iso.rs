@@ -125,19 +125,26 @@ impl IsoWriter {
     }
 }
 
-/// Write the BOSH agent settings CD-ROM: files `env` (what the agent reads on
-/// vSphere) and `ENV` (the VirtualBox CPI's name), both holding the settings JSON.
+/// The BOSH agent settings CD-ROM: files `env` (what the agent reads on
+/// vSphere) and `ENV` (the VirtualBox CPI's name), both holding the settings
+/// JSON. The one writer of it: the vbox builder writes it to a file, the
+/// vsphere builder uploads these bytes to the datastore, and the QEMU boot test
+/// of the test stemcell boots with it.
+pub fn agent_settings_iso(settings: &AgentSettings, timestamp: i64) -> Result<IsoWriter, IsoError> {
+    let json = settings.to_json()?;
+    Ok(IsoWriter::new("BOSH_ENV")
+        .timestamp(timestamp)
+        .file("env", json.clone())
+        .file("ENV", json))
+}
+
+/// Write [`agent_settings_iso`] to `path`.
 pub fn write_agent_settings_iso(
     settings: &AgentSettings,
     timestamp: i64,
     path: &Path,
 ) -> Result<(), IsoError> {
-    let json = settings.to_json()?;
-    IsoWriter::new("BOSH_ENV")
-        .timestamp(timestamp)
-        .file("env", json.clone())
-        .file("ENV", json)
-        .write_to(path)
+    agent_settings_iso(settings, timestamp)?.write_to(path)
 }
 
 /// Write an OVF environment CD-ROM (file `ovf-env.xml`, as vSphere attaches it).

@@ -8,7 +8,9 @@
 pub mod iso;
 pub mod settings;
 
-pub use iso::{write_agent_settings_iso, write_ovf_env_iso, IsoError, IsoWriter};
+pub use iso::{
+    agent_settings_iso, write_agent_settings_iso, write_ovf_env_iso, IsoError, IsoWriter,
+};
 pub use settings::AgentSettings;
 pub mod manifest;
 pub mod name;

@@ -138,15 +138,22 @@ fn boots_and_takes_settings_from_the_cdrom() {
     let password = format!("pw-{}", std::process::id());
     let hash = qemu::password_hash(&password).unwrap();
     let agent_id = "builder-boot-test";
-    let settings = qemu::settings_json(agent_id, std::slice::from_ref(&key.public), Some(&hash));
-    // The settings CD-ROM from the stemcell crate's ISO writer (files `env` and
-    // `ENV`, Rock Ridge names), as the VirtualBox builder makes it.
+    // The settings CD-ROM exactly as the vsphere builder uploads it and the
+    // vbox builder attaches it: `AgentSettings::minimal` (the build's key, the
+    // password's hash) through the one writer, `agent_settings_iso` (files
+    // `env` and `ENV`, Rock Ridge names). The vsphere builder's bytes are the
+    // same function's with timestamp 0, as here.
+    let settings = opsbake_stemcell::AgentSettings::minimal(
+        agent_id,
+        vec![key.public.clone()],
+        Some(opsbake_core::Secret::new(hash.clone())),
+    );
     let iso = work.path().join("settings.iso");
-    opsbake_stemcell::IsoWriter::new("BOSH_ENV")
-        .file("env", settings.clone())
-        .file("ENV", settings.clone())
-        .write_to(&iso)
+    let bytes = opsbake_stemcell::agent_settings_iso(&settings, 0)
+        .unwrap()
+        .to_bytes()
         .unwrap();
+    std::fs::write(&iso, &bytes).unwrap();
 
     let mut opts = QemuOptions::new(&vmdk).cdrom(&iso);
     opts.work_dir = Some(work.path().join("vm"));
