@@ -13,6 +13,7 @@ use tokio::sync::RwLock;
 use crate::channels::ChannelLimits;
 use crate::conn::Conn;
 use crate::connect::{wait_for_login, LoginReport, SshOptions};
+use crate::plan;
 use crate::sftp::{self, UploadState};
 
 /// An SSH connection to a build VM.
@@ -123,7 +124,7 @@ impl Transport for SshTransport {
     }
 
     async fn upload(&self, items: Vec<Upload>) -> Result<TransferReport, TransportError> {
-        let plan = sftp::plan(&items)?;
+        let plan = plan::plan(&items)?;
         let state = Mutex::new(UploadState::default());
         let mut attempt = 0;
         loop {
@@ -145,7 +146,7 @@ impl Transport for SshTransport {
                     drop(pool);
                     c.pool_released();
                     match r {
-                        Ok(rep) => sftp::verify_sha256(&c, &plan).await.map(|()| rep),
+                        Ok(rep) => plan::verify_sha256(&c, &plan).await.map(|()| rep),
                         Err(e) => Err(e),
                     }
                 }
@@ -167,7 +168,7 @@ impl Transport for SshTransport {
         let c = self.current().await;
         let r = match c.pool().await? {
             Some(pool) => {
-                let r = sftp::download(&c.handle, &self.describe, &self.opts, &pool, &items).await;
+                let r = crate::download::download(&c.handle, &self.describe, &self.opts, &pool, &items).await;
                 drop(pool);
                 c.pool_released();
                 r
