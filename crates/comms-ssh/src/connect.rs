@@ -143,6 +143,10 @@ pub struct SshOptions {
     pub sftp_request_timeout: Duration,
     /// Reconnect-and-resume attempts for a transfer hit by a dropped connection.
     pub transfer_retries: u32,
+    /// Send trees and small files as one tar stream into the target's
+    /// `tar` (when it has one; SFTP otherwise). Big files always go over
+    /// SFTP. False: SFTP only.
+    pub tar_stream: bool,
 }
 
 impl SshOptions {
@@ -163,6 +167,7 @@ impl SshOptions {
             sftp_window: 2 << 20,
             sftp_request_timeout: Duration::from_secs(60),
             transfer_retries: 3,
+            tar_stream: true,
         }
     }
 }

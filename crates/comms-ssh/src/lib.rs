@@ -25,6 +25,7 @@ pub mod keys;
 mod plan;
 mod scp;
 mod sftp;
+mod tarstream;
 mod transport;
 
 pub use channels::{ChannelKind, ChannelLimits, ChannelRefused, RefusalReason};

@@ -127,7 +127,12 @@ pub(crate) fn plan(items: &[Upload]) -> Result<Plan, TransportError> {
     Ok(p)
 }
 
-pub(crate) fn walk(local: &Path, remote: &str, verify: bool, p: &mut Plan) -> Result<(), TransportError> {
+pub(crate) fn walk(
+    local: &Path,
+    remote: &str,
+    verify: bool,
+    p: &mut Plan,
+) -> Result<(), TransportError> {
     let mut entries: Vec<_> = std::fs::read_dir(local)
         .map_err(io_err(local))?
         .collect::<Result<_, _>>()
@@ -223,4 +228,3 @@ pub(crate) async fn verify_sha256(conn: &Arc<Conn>, plan: &Plan) -> Result<(), T
     }
     Ok(())
 }
-

@@ -719,4 +719,3 @@ pub(crate) async fn upload(
         bytes,
     })
 }
-
