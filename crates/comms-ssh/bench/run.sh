@@ -6,7 +6,13 @@
 # and packer: OPSBAKE_BENCH=1 .ci/setup.d/10-sshd.sh installs them.
 #
 #   crates/comms-ssh/bench/run.sh [--reps 3] [--rtt-ms 0,50] [--cases a,b,c] \
-#       [--no-packer] [--no-packer-sftp] [--out results.md]
+#       [--no-packer] [--no-packer-sftp] [--out results.md] [--quick] [--docs FILE]
+#
+# The issue-18 table in a few minutes, written into docs/benchmarks.md:
+#   crates/comms-ssh/bench/run.sh --quick --docs docs/benchmarks.md
+# (--quick leaves out the tools that take minutes at 50 ms: SFTP-protocol
+# scp/sftp and legacy scp -r on 2000 files, Packer's sftp mode; Packer scp on
+# 2000 files runs once at 50 ms.)
 #
 # Data (256 MiB file, 2000 small files) is generated once under
 # /var/tmp/opsbake-bench (--work DIR to change). Results: a markdown table on

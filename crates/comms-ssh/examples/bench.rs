@@ -71,7 +71,7 @@ async fn client(args: &[String]) {
     let login = t0.elapsed();
     let i = args
         .iter()
-        .position(|a| a == "upload" || a == "steps")
+        .position(|a| a == "upload" || a == "steps" || a == "scripts")
         .unwrap();
     let t1 = Instant::now();
     match args[i].as_str() {
@@ -86,6 +86,51 @@ async fn client(args: &[String]) {
                 .await
                 .unwrap();
             eprintln!("opsbake: {r:?}");
+        }
+        "scripts" => {
+            // What the provisioner does for one `shell` step of N scripts:
+            // make the staging dir, one upload of the wrapper and every
+            // script, one exec running them in turn (reporting each start
+            // and status), remove the staging dir.
+            let dir = PathBuf::from(&args[i + 1]);
+            let n: usize = args[i + 2].parse().unwrap();
+            let home = arg(args, "--home").unwrap();
+            let st = format!("{home}/opsbake-stage-{}", std::process::id());
+            let run = |cmd: String| {
+                let t = &t;
+                async move {
+                    let st = t
+                        .exec(ExecRequest::new(cmd), Arc::new(NullSink))
+                        .await
+                        .unwrap();
+                    assert!(st.success());
+                }
+            };
+            run(format!("umask 022; mkdir {st} {st}/scripts; id -u")).await;
+            let mut items = vec![Upload {
+                source: UploadSource::Bytes(
+                    b"#!/bin/sh\ncd \"$(dirname \"$0\")/scripts\" && exec \"$@\"\n".to_vec(),
+                ),
+                remote: format!("{st}/run"),
+                mode: Some(0o755),
+                verify_sha256: false,
+            }];
+            let mut runner = String::new();
+            for k in 0..n {
+                let name = format!("script{k:02}.sh");
+                items.push(Upload {
+                    source: UploadSource::Path(dir.join(&name)),
+                    remote: format!("{st}/scripts/{name}"),
+                    mode: Some(0o755),
+                    verify_sha256: false,
+                });
+                runner.push_str(&format!(
+                    "printf '\\036M start {k}\\n'\n( env OPSBAKE_STAGING={st} {st}/run {st}/scripts/{name} )\nrc=$?; printf '\\036M exit {k} %s\\n' \"$rc\"; [ $rc -eq 0 ] || exit $rc\n"
+                ));
+            }
+            t.upload(items).await.unwrap();
+            run(runner).await;
+            run(format!("rm -rf {st}; test ! -e {st}")).await;
         }
         _ => {
             let n: usize = args[i + 1].parse().unwrap();
@@ -338,9 +383,17 @@ fn harness(args: &[String]) {
         .map(|s| s.parse().unwrap())
         .collect();
     let cases = arg(args, "--cases").unwrap_or_else(|| "a,b,c".into());
-    let packer_sftp = !args.iter().any(|a| a == "--no-packer-sftp");
+    let packer_sftp =
+        !args.iter().any(|a| a == "--no-packer-sftp") && !args.iter().any(|a| a == "--quick");
     let packer = Path::new("/usr/bin/packer").exists() && !args.iter().any(|a| a == "--no-packer");
     let out_file = arg(args, "--out");
+    // --quick: the rows of issue 18's table in a few minutes: the tools that
+    // take minutes at 50 ms (SFTP-protocol scp/sftp on 2000 files, legacy
+    // scp -r, Packer's sftp mode) are left out, slow ones run once.
+    let quick = args.iter().any(|a| a == "--quick");
+    let docs = arg(args, "--docs");
+    let load_before = loadavg();
+    let started_at = utc_now();
     let only_ours = args.iter().any(|a| a == "--only-opsbake");
 
     let work =
@@ -476,29 +529,32 @@ fn harness(args: &[String]) {
                 (ops(&format!("upload {src} {d}")), vec![])
             }));
             if !only_ours {
-                rows.push(measure(&c, "b", rtt, "scp -O -r (legacy)", reps, |d| {
-                    (format!("scp -O -q -r {so} {src} {host}:{d}"), vec![])
-                }));
-                rows.push(measure(
-                    &c,
-                    "b",
-                    rtt,
-                    "scp -r (sftp protocol)",
-                    if rtt > 0 { 1 } else { reps },
-                    |d| (format!("scp -q -r {so} {src} {host}:{d}"), vec![]),
-                ));
-                rows.push(measure(
-                    &c,
-                    "b",
-                    rtt,
-                    "sftp -b put -r",
-                    if rtt > 0 { 1 } else { reps },
-                    |d| {
-                        let b = work.join("batch-b");
-                        std::fs::write(&b, format!("mkdir {d}\nput -r {src}/. {d}\n")).unwrap();
-                        (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
-                    },
-                ));
+                let slow = quick && rtt > 0;
+                if !slow {
+                    rows.push(measure(&c, "b", rtt, "scp -O -r (legacy)", reps, |d| {
+                        (format!("scp -O -q -r {so} {src} {host}:{d}"), vec![])
+                    }));
+                    rows.push(measure(
+                        &c,
+                        "b",
+                        rtt,
+                        "scp -r (sftp protocol)",
+                        if rtt > 0 { 1 } else { reps },
+                        |d| (format!("scp -q -r {so} {src} {host}:{d}"), vec![]),
+                    ));
+                    rows.push(measure(
+                        &c,
+                        "b",
+                        rtt,
+                        "sftp -b put -r",
+                        if rtt > 0 { 1 } else { reps },
+                        |d| {
+                            let b = work.join("batch-b");
+                            std::fs::write(&b, format!("mkdir {d}\nput -r {src}/. {d}\n")).unwrap();
+                            (format!("sftp -q -b {} {so} {host}", b.display()), vec![])
+                        },
+                    ));
+                }
                 rows.push(measure(&c, "b", rtt, "rsync -e ssh", reps, |d| {
                     (
                         format!(
@@ -517,7 +573,8 @@ fn harness(args: &[String]) {
                     )
                 }));
                 if packer {
-                    rows.push(measure(&c, "b", rtt, "packer file (scp)", reps, |d| {
+                    let preps = if quick && rtt > 0 { 1 } else { reps };
+                    rows.push(measure(&c, "b", rtt, "packer file (scp)", preps, |d| {
                     let tpl = packer_template(&c, port, "scp", serde_json::json!([{"type": "file", "source": format!("{src}/"), "destination": d}]));
                     (format!("ssh {so} {host} mkdir -p {d} && packer build -color=false {}", tpl.display()), vec![("CHECKPOINT_DISABLE", "1".into())])
                 }));
@@ -526,6 +583,16 @@ fn harness(args: &[String]) {
         }
         if cases.contains('c') {
             eprintln!("(c) 20 steps of `true`, RTT {rtt} ms");
+            let cdir = work.join("c").display().to_string();
+            let home = c.sshd.home().display().to_string();
+            rows.push(measure(
+                &c,
+                "c",
+                rtt,
+                "opsbake shell step (20 scripts)",
+                reps,
+                |_| (ops(&format!("--home {home} scripts {cdir} 20")), vec![]),
+            ));
             rows.push(measure(
                 &c,
                 "c",
@@ -582,7 +649,7 @@ fn harness(args: &[String]) {
         let title = match case {
             "a" => "(a) one 256 MiB file",
             "b" => "(b) 2000 files of 4 KiB in 20 folders",
-            _ => "(c) 20 steps running `true`",
+            _ => "(c) 20 scripts running `true`: one `shell` step (the provisioner's sequence: mkdir, one upload, one exec, rm), 20 execs on one connection, OpenSSH per script, Packer's shell provisioner",
         };
         let rs: Vec<&Row> = rows.iter().filter(|r| r.case == case).collect();
         if rs.is_empty() {
@@ -618,11 +685,57 @@ fn harness(args: &[String]) {
         }
         let _ = writeln!(md);
     }
+    let header = format!(
+        "### Run {started_at} (`{}`)\n\nLoad average (1, 5, 15 min) before: {load_before}; after: {}. Median of {reps} runs (fewer where the note says so), wall time from process start (login included); ratios are each tool's median over opsbake's first row.\n\n",
+        args[1..].join(" "),
+        loadavg()
+    );
+    let md = format!("{header}{md}");
     println!("{md}");
+    if let Some(d) = docs {
+        write_docs(Path::new(&d), &md);
+        eprintln!("results written into {d}");
+    }
     if let Some(f) = out_file {
         std::fs::write(&f, &md).unwrap();
         eprintln!("results written to {f}");
     }
+}
+
+const BEGIN: &str = "<!-- comms-ssh bench: generated by crates/comms-ssh/bench/run.sh -->";
+const END: &str = "<!-- end of the comms-ssh bench -->";
+
+/// Replace the generated block of docs/benchmarks.md (between the markers;
+/// appended to the comms-ssh section's end the first time).
+fn write_docs(path: &Path, md: &str) {
+    let doc = std::fs::read_to_string(path).unwrap();
+    let block = format!("{BEGIN}\n\n{md}\n{END}");
+    let new = match (doc.find(BEGIN), doc.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &doc[..a], &doc[b + END.len()..]),
+        _ => {
+            // Before the next "## " section after "## comms-ssh".
+            let at = doc
+                .find("## comms-ssh")
+                .and_then(|s| doc[s + 3..].find("\n## ").map(|n| s + 3 + n + 1))
+                .unwrap_or(doc.len());
+            format!("{}{block}\n\n{}", &doc[..at], &doc[at..])
+        }
+    };
+    std::fs::write(path, new).unwrap();
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn num_cpus() -> usize {

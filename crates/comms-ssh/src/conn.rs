@@ -2,7 +2,7 @@
 //! of the next step, and the SFTP pool.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -182,6 +182,9 @@ pub(crate) struct Conn {
     sftp_channels: usize,
     sftp_timeout: Duration,
     channel_wait: Duration,
+    /// The target's `tar`: 0 not tried yet, 1 there, 2 missing (learned
+    /// once per connection by the first tar upload).
+    tar: AtomicU8,
 }
 
 /// What `wait_permit` found.
@@ -214,6 +217,7 @@ impl Conn {
             sftp_channels: opts.sftp_channels.max(1),
             sftp_timeout: opts.sftp_request_timeout,
             channel_wait: opts.channel_wait,
+            tar: AtomicU8::new(0),
         })
     }
 
@@ -467,6 +471,31 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Whether the target has a `tar` (None: not tried on this connection).
+    pub(crate) fn has_tar(&self) -> Option<bool> {
+        match self.tar.load(Ordering::SeqCst) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Remember what the first tar upload found.
+    pub(crate) fn set_has_tar(&self, yes: bool) {
+        self.tar.store(if yes { 1 } else { 2 }, Ordering::SeqCst);
+    }
+
+    /// A channel for a command (the spare one when there is one; the next
+    /// spare is opened in the background).
+    pub(crate) async fn exec_channel(self: &Arc<Self>) -> Result<Leased, TransportError> {
+        let l = match self.take_spare() {
+            Some(l) => l,
+            None => self.open(ChannelKind::Exec).await?.0,
+        };
+        self.refill_spare();
+        Ok(l)
     }
 
     /// Run a command (on the spare channel when there is one).

@@ -143,6 +143,10 @@ pub struct SshOptions {
     pub sftp_request_timeout: Duration,
     /// Reconnect-and-resume attempts for a transfer hit by a dropped connection.
     pub transfer_retries: u32,
+    /// Send trees and small files as one tar stream into the target's
+    /// `tar` (when it has one; SFTP otherwise). Big files always go over
+    /// SFTP. False: SFTP only.
+    pub tar_stream: bool,
 }
 
 impl SshOptions {
@@ -163,6 +167,7 @@ impl SshOptions {
             sftp_window: 2 << 20,
             sftp_request_timeout: Duration::from_secs(60),
             transfer_retries: 3,
+            tar_stream: true,
         }
     }
 }
@@ -293,22 +298,67 @@ pub(crate) async fn wait_for_login(
         .handshake_timeout
         .min(opts.attempt_timeout)
         .max(Duration::from_millis(100));
+    // Attempts overlap: while the ones started earlier wait silently (a
+    // port forward holding the connection for a guest whose sshd is not up;
+    // its SYNs to the guest are lost and retried by the guest's TCP timers),
+    // a new one starts every HEDGE_INTERVAL, so that the first login follows
+    // the banner within a fraction of a second instead of a handshake
+    // timeout later. A connection that got bytes from the server is not
+    // hedged (it is talking).
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut next_launch = Instant::now();
+    let mut last_err: Option<AttemptError> = None;
+    // The "got bytes" flag of each running attempt.
+    let mut flags: Vec<Arc<AtomicBool>> = Vec::new();
     loop {
-        attempts += 1;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let per = remaining.min(opts.attempt_timeout);
-        let seen = Arc::new(Mutex::new(None));
-        let res = match tokio::time::timeout(
-            per,
-            attempt(opts, jump.as_deref(), seen.clone(), handshake),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(AttemptError::Timeout(format!(
-                "attempt did not finish within {per:?}"
-            ))),
+        let now = Instant::now();
+        let talking = flags.iter().any(|f| f.load(Ordering::SeqCst));
+        if now >= deadline && pending.is_empty() {
+            return Err(login_failed(
+                opts, &target, attempts, start, timeout, last_err,
+            ));
+        }
+        if now >= next_launch && now < deadline && !talking && pending.len() < MAX_HEDGED {
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(now);
+            let per = remaining.min(opts.attempt_timeout);
+            let seen = Arc::new(Mutex::new(None));
+            let got = Arc::new(AtomicBool::new(jump.is_some()));
+            let this_handshake = handshake;
+            let jump = jump.clone();
+            flags.push(got.clone());
+            let (seen2, got2) = (seen.clone(), got.clone());
+            pending.push(Box::pin(async move {
+                let r = match tokio::time::timeout(
+                    per,
+                    attempt(opts, jump.as_deref(), seen2, got2, this_handshake),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(AttemptError::Timeout(format!(
+                        "attempt did not finish within {per:?}"
+                    ))),
+                };
+                (r, seen, got)
+            }) as HedgedAttempt<'_>);
+            next_launch = now + HEDGE_INTERVAL;
+        }
+        let now = Instant::now();
+        let wake = if now < deadline && !talking && pending.len() < MAX_HEDGED {
+            next_launch.min(deadline)
+        } else if pending.is_empty() {
+            deadline
+        } else {
+            // Nothing to start now: wait for a running attempt to end.
+            now + Duration::from_secs(3600)
         };
+        let done = tokio::select! {
+            Some(d) = futures::StreamExt::next(&mut pending) => d,
+            _ = tokio::time::sleep_until(wake.into()) => continue,
+        };
+        let (res, seen, got) = done;
+        flags.retain(|f| !Arc::ptr_eq(f, &got));
         if let Err(AttemptError::HandshakeTimeout(_)) = &res {
             // nothing arrived: a forward holding the connection for a guest
             // that is not up yet, or a link slower than the limit; grow it
@@ -323,6 +373,7 @@ pub(crate) async fn wait_for_login(
                     host_key: seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default(),
                 };
                 tracing::info!(%target, attempts, elapsed_ms = report.elapsed.as_millis() as u64, host_key = %report.host_key, "logged in");
+                // The other attempts are dropped (their sockets close).
                 return Ok(Connected {
                     handle,
                     jump,
@@ -331,31 +382,81 @@ pub(crate) async fn wait_for_login(
             }
             Err(AttemptError::Fatal(e)) => return Err(e),
             Err(e) => {
-                tracing::debug!(%target, attempt = attempts, error = %e, "login attempt failed");
-                let now = Instant::now();
+                tracing::debug!(%target, attempts, error = %e, "login attempt failed");
+                // Refused or dropped: the server is not there yet; retry
+                // soon (a short cap: the first login should follow sshd's
+                // start closely). Rejected keys (not installed yet) back off
+                // further.
+                let cap = match e {
+                    AttemptError::AuthRejected(_) => Duration::from_secs(1),
+                    _ => RETRY_CAP,
+                };
                 let jitter = rand::thread_rng().gen_range(0.75..1.25);
-                let d = delay.mul_f64(jitter);
-                if now + d >= deadline {
-                    return Err(match e {
-                        AttemptError::AuthRejected(reason) => TransportError::Auth {
-                            target,
-                            user: opts.target.user.clone(),
-                            reason: format!(
-                                "{reason} ({attempts} attempts over {:?})",
-                                start.elapsed()
-                            ),
-                        },
-                        other => TransportError::Timeout {
-                            target,
-                            what: format!("login ({attempts} attempts; last error: {other})"),
-                            after: timeout,
-                        },
-                    });
+                let d = delay.min(cap).mul_f64(jitter);
+                let retry_at = Instant::now() + d;
+                if !matches!(e, AttemptError::HandshakeTimeout(_)) {
+                    next_launch = next_launch.max(retry_at);
+                    delay = delay.mul_f64(1.6).min(cap);
                 }
-                tokio::time::sleep(d).await;
-                delay = (delay.mul_f64(1.6)).min(Duration::from_secs(2));
+                if retry_at >= deadline && pending.is_empty() {
+                    return Err(login_failed(
+                        opts,
+                        &target,
+                        attempts,
+                        start,
+                        timeout,
+                        Some(e),
+                    ));
+                }
+                last_err = Some(e);
             }
         }
+    }
+}
+
+/// Attempts running at once, at most (only while none got any bytes).
+const MAX_HEDGED: usize = 8;
+/// A new attempt starts this often while the earlier ones wait silently.
+const HEDGE_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest wait before retrying a refused or dropped connection.
+const RETRY_CAP: Duration = Duration::from_millis(200);
+
+type HedgedAttempt<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Result<SshHandle, AttemptError>,
+                    Arc<Mutex<Option<String>>>,
+                    Arc<AtomicBool>,
+                ),
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// The error after the last attempt.
+fn login_failed(
+    opts: &SshOptions,
+    target: &str,
+    attempts: u32,
+    start: Instant,
+    timeout: Duration,
+    last: Option<AttemptError>,
+) -> TransportError {
+    match last {
+        Some(AttemptError::AuthRejected(reason)) => TransportError::Auth {
+            target: target.to_string(),
+            user: opts.target.user.clone(),
+            reason: format!("{reason} ({attempts} attempts over {:?})", start.elapsed()),
+        },
+        other => TransportError::Timeout {
+            target: target.to_string(),
+            what: match other {
+                Some(e) => format!("login ({attempts} attempts; last error: {e})"),
+                None => format!("login ({attempts} attempts)"),
+            },
+            after: timeout,
+        },
     }
 }
 
@@ -372,10 +473,11 @@ async fn attempt(
     opts: &SshOptions,
     jump: Option<&SshHandle>,
     seen: Arc<Mutex<Option<String>>>,
+    got_bytes: Arc<AtomicBool>,
     handshake: Duration,
 ) -> Result<SshHandle, AttemptError> {
-    // Through a bastion the channel's bytes are not watched: no short limit.
-    let got_bytes = Arc::new(AtomicBool::new(jump.is_some()));
+    // Through a bastion the channel's bytes are not watched (the flag starts
+    // set): no short limit.
     let phase = handshake_phase(opts, jump, seen, got_bytes.clone());
     tokio::pin!(phase);
     let connected = tokio::select! {

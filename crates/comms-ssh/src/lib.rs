@@ -18,11 +18,14 @@ pub mod channels;
 mod conn;
 pub mod connect;
 pub mod connector;
+mod download;
 mod exec;
 pub mod hostkey;
 pub mod keys;
+mod plan;
 mod scp;
 mod sftp;
+mod tarstream;
 mod transport;
 
 pub use channels::{ChannelKind, ChannelLimits, ChannelRefused, RefusalReason};

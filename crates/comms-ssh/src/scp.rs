@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::channels::ChannelKind;
 use crate::conn::{Conn, PermitStream};
 use crate::exec::{capture, disconnected};
-use crate::sftp::{verify_sha256, FileItem, Plan, Src};
+use crate::plan::{verify_sha256, FileItem, Plan, Src};
 
 async fn run_checked(conn: &Arc<Conn>, what: &str, cmd: String) -> Result<(), TransportError> {
     let target = conn.target.as_str();

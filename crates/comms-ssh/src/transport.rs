@@ -13,7 +13,9 @@ use tokio::sync::RwLock;
 use crate::channels::ChannelLimits;
 use crate::conn::Conn;
 use crate::connect::{wait_for_login, LoginReport, SshOptions};
+use crate::plan;
 use crate::sftp::{self, UploadState};
+use crate::tarstream;
 
 /// An SSH connection to a build VM.
 pub struct SshTransport {
@@ -88,6 +90,74 @@ impl SshTransport {
         Ok(())
     }
 
+    /// The small files, directories and symlinks of a plan as one tar
+    /// stream (done once: `tar_report` keeps it across a reconnect), then
+    /// the big files over SFTP. `Ok(None)`: the target has no tar.
+    async fn upload_tar(
+        &self,
+        c: &Arc<Conn>,
+        small: &plan::Plan,
+        big: &plan::Plan,
+        big_state: &Mutex<UploadState>,
+        tar_report: &mut Option<TransferReport>,
+    ) -> Result<Option<TransferReport>, TransportError> {
+        let mut rep = match tar_report {
+            Some(r) => r.clone(),
+            None => match tarstream::upload(c, small).await? {
+                tarstream::TarOutcome::Done(r) => {
+                    c.set_has_tar(true);
+                    *tar_report = Some(r.clone());
+                    r
+                }
+                tarstream::TarOutcome::NoTar => {
+                    tracing::info!(target = %self.describe, "no tar on the target: uploading over sftp");
+                    c.set_has_tar(false);
+                    return Ok(None);
+                }
+            },
+        };
+        if !big.files.is_empty() {
+            let b = self.upload_sftp(c, big, big_state).await?;
+            rep.files += b.files;
+            rep.bytes += b.bytes;
+        }
+        Ok(Some(rep))
+    }
+
+    /// A plan over the SFTP pool (or scp without an sftp subsystem), then
+    /// the sha256 check.
+    async fn upload_sftp(
+        &self,
+        c: &Arc<Conn>,
+        plan: &plan::Plan,
+        state: &Mutex<UploadState>,
+    ) -> Result<TransferReport, TransportError> {
+        match c.pool().await {
+            Ok(Some(pool)) => {
+                // Requests on a dead connection may never be answered:
+                // a drop ends the attempt at once (not at the request
+                // timeout) so that it can resume on a new connection.
+                let r = tokio::select! {
+                    r = sftp::upload(&c.handle, &self.describe, &self.opts, &pool, plan, state) => r,
+                    _ = sftp::connection_closed(&c.handle) => Err(TransportError::Disconnected {
+                        target: self.describe.clone(),
+                        reason: "connection lost during the upload".into(),
+                    }),
+                };
+                // Give the pool back before the sha256 command: with a
+                // tight budget that command may need one of its channels.
+                drop(pool);
+                c.pool_released();
+                match r {
+                    Ok(rep) => plan::verify_sha256(c, plan).await.map(|()| rep),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(None) => crate::scp::upload(c, plan).await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// Send a raw SSH keepalive and wait for the answer: true if the
     /// connection is alive.
     pub async fn ping(&self) -> bool {
@@ -123,33 +193,29 @@ impl Transport for SshTransport {
     }
 
     async fn upload(&self, items: Vec<Upload>) -> Result<TransferReport, TransportError> {
-        let plan = sftp::plan(&items)?;
+        let plan = plan::plan(&items)?;
+        let split = if self.opts.tar_stream {
+            tarstream::split(&plan)
+        } else {
+            None
+        };
         let state = Mutex::new(UploadState::default());
+        let big_state = Mutex::new(UploadState::default());
+        let mut tar_report: Option<TransferReport> = None;
         let mut attempt = 0;
         loop {
             let c = self.current().await;
-            let res = match c.pool().await {
-                Ok(Some(pool)) => {
-                    // Requests on a dead connection may never be answered:
-                    // a drop ends the attempt at once (not at the request
-                    // timeout) so that it can resume on a new connection.
-                    let r = tokio::select! {
-                        r = sftp::upload(&c.handle, &self.describe, &self.opts, &pool, &plan, &state) => r,
-                        _ = sftp::connection_closed(&c.handle) => Err(TransportError::Disconnected {
-                            target: self.describe.clone(),
-                            reason: "connection lost during the upload".into(),
-                        }),
-                    };
-                    // Give the pool back before the sha256 command: with a
-                    // tight budget that command may need one of its channels.
-                    drop(pool);
-                    c.pool_released();
-                    match r {
-                        Ok(rep) => sftp::verify_sha256(&c, &plan).await.map(|()| rep),
-                        Err(e) => Err(e),
-                    }
+            let res = match &split {
+                Some((small, big)) if c.has_tar() != Some(false) => {
+                    self.upload_tar(&c, small, big, &big_state, &mut tar_report)
+                        .await
                 }
-                Ok(None) => crate::scp::upload(&c, &plan).await,
+                _ => Ok(None),
+            };
+            let res = match res {
+                Ok(Some(rep)) => Ok(rep),
+                // No tar on the target (or not usable for this plan): SFTP.
+                Ok(None) => self.upload_sftp(&c, &plan, &state).await,
                 Err(e) => Err(e),
             };
             match res {
@@ -167,7 +233,9 @@ impl Transport for SshTransport {
         let c = self.current().await;
         let r = match c.pool().await? {
             Some(pool) => {
-                let r = sftp::download(&c.handle, &self.describe, &self.opts, &pool, &items).await;
+                let r =
+                    crate::download::download(&c.handle, &self.describe, &self.opts, &pool, &items)
+                        .await;
                 drop(pool);
                 c.pool_released();
                 r

@@ -496,3 +496,23 @@ async fn a_link_slower_than_the_handshake_timeout_still_logs_in() {
     assert_eq!(whoami(&t).await, "vcap");
     assert!(t.login_report().attempts >= 2, "{:?}", t.login_report());
 }
+
+/// The first login follows the banner, not a handshake timeout: the
+/// forward holds every connection made before the server is up (as QEMU's
+/// and VirtualBox's do while the guest boots) and the handshake timeout is
+/// longer than the whole login timeout, so only an attempt started after
+/// the server came up can log in in time.
+#[tokio::test]
+async fn the_first_login_follows_the_banner_not_the_handshake_timeout() {
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let fwd = silent_forward(sshd.addr(), Duration::from_millis(1500)).await;
+    let mut o = opts(fwd, &k, pinned(&sshd));
+    o.login_timeout = Duration::from_secs(30);
+    o.attempt_timeout = Duration::from_secs(120);
+    o.handshake_timeout = Duration::from_secs(120);
+    let t = SshTransport::connect(o).await.unwrap();
+    assert_eq!(whoami(&t).await, "vcap");
+    let r = t.login_report();
+    assert!(r.attempts >= 2, "{r:?}");
+}

@@ -158,8 +158,181 @@ async fn sftp_upload_of_a_tree_with_modes_and_symlinks_verified_by_sha256() {
     init_tracing();
     let k = key();
     let sshd = sshd_with(&k, SshdOptions::default());
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.tar_stream = false;
+    let t = SshTransport::connect(o).await.unwrap();
+    upload_tree_and_check(&sshd, &t).await;
+}
+
+/// The same tree through the tar stream (small files, directories and
+/// symlinks in one stream, the 20 MiB file over SFTP).
+#[tokio::test]
+async fn tar_stream_upload_of_a_tree_with_modes_and_symlinks_verified_by_sha256() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
     let t = connect(&sshd, &k).await;
     upload_tree_and_check(&sshd, &t).await;
+}
+
+/// 2000 small files in 20 folders (the bench's tree) with mtimes kept.
+fn make_small_tree(root: &Path) {
+    for d in 0..20 {
+        for f in 0..100 {
+            let p = root.join(format!("d{d:02}/f{f:03}.txt"));
+            write(&p, &random_bytes(4096, (d * 100 + f + 1) as u64), 0o644);
+        }
+    }
+    write(&root.join("d00/exec.sh"), b"#!/bin/sh\n", 0o750);
+    std::os::unix::fs::symlink("../d01/f000.txt", root.join("d00/link")).unwrap();
+}
+
+fn mtimes(root: &Path) -> BTreeMap<String, i64> {
+    let mut m = BTreeMap::new();
+    for d in std::fs::read_dir(root).unwrap() {
+        let d = d.unwrap().path();
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap().path();
+            let md = std::fs::symlink_metadata(&f).unwrap();
+            if md.is_file() {
+                m.insert(
+                    f.strip_prefix(root).unwrap().display().to_string(),
+                    md.mtime(),
+                );
+            }
+        }
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let t = connect(&sshd, &k).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("small");
+    make_small_tree(&src);
+    // Old mtimes, so that "kept" differs from "now".
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("d05/f050.txt"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let dest = sshd.home().join("small");
+    let r = t
+        .upload(vec![Upload {
+            source: UploadSource::Path(src.clone()),
+            remote: dest.display().to_string(),
+            mode: None,
+            verify_sha256: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r.files, 2001, "{r:?}");
+    assert_eq!(r.symlinks, 1, "{r:?}");
+    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert_eq!(mtimes(&dest), mtimes(&src));
+    owned_by_vcap(&sshd, &dest.join("d07/f001.txt"));
+    assert_eq!(
+        t.channel_limits().sftp_pool,
+        0,
+        "no SFTP channel was needed"
+    );
+    // The sha256 list does not stay behind.
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".opsbake-sha256-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A target without `tar`: the upload falls back to SFTP (and the
+/// connection remembers it).
+#[tokio::test]
+async fn without_tar_on_the_target_the_tree_goes_over_sftp() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let home = sshd.home().to_str().unwrap().to_string();
+    let bin = format!("{home}/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v sha256sum"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap();
+    std::os::unix::fs::symlink(real.trim(), format!("{bin}/sha256sum")).unwrap();
+    write(
+        Path::new(&format!("{home}/.bashrc")),
+        format!("PATH={bin}\n").as_bytes(),
+        0o644,
+    );
+    let t = connect(&sshd, &k).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("small");
+    make_small_tree(&src);
+    let dest = sshd.home().join("small");
+    let r = t
+        .upload(vec![Upload {
+            source: UploadSource::Path(src.clone()),
+            remote: dest.display().to_string(),
+            mode: None,
+            verify_sha256: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r.files, 2001, "{r:?}");
+    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert!(t.channel_limits().sftp_pool > 0, "SFTP carried it");
+}
+
+/// The connection is cut in the middle of the tar stream: without retries
+/// the error says so (a lost connection, not a failed command); with them
+/// the stream is sent again on a new connection and every file checks out.
+#[tokio::test]
+async fn a_cut_in_the_middle_of_the_tar_stream_fails_clearly_or_resumes() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = FaultProxy::start(sshd.addr()).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("small");
+    make_small_tree(&src);
+    let dest = sshd.home().join("small");
+    let item = Upload {
+        source: UploadSource::Path(src.clone()),
+        remote: dest.display().to_string(),
+        mode: None,
+        verify_sha256: true,
+    };
+    for retries in [0, 3] {
+        let mut o = opts(proxy.addr, &k, pinned(&sshd));
+        o.transfer_retries = retries;
+        let t = SshTransport::connect(o).await.unwrap();
+        *proxy.cut_after.lock().unwrap() = Some(3 << 20);
+        t.reconnect(Duration::from_secs(10)).await.unwrap();
+        let cuts = proxy.cuts.load(Ordering::SeqCst);
+        let r = t.upload(vec![item.clone()]).await;
+        assert_eq!(proxy.cuts.load(Ordering::SeqCst), cuts + 1, "cut once");
+        if retries == 0 {
+            let e = r.err().unwrap();
+            assert!(e.is_disconnect(), "{e:?}");
+            assert!(e.to_string().contains("tar"), "{e}");
+        } else {
+            let r = r.unwrap();
+            assert_eq!(r.files, 2001);
+            assert_eq!(snapshot(&dest), snapshot(&src));
+        }
+    }
 }
 
 #[tokio::test]
@@ -173,7 +346,9 @@ async fn scp_fallback_without_the_sftp_subsystem() {
             ..Default::default()
         },
     );
-    let t = connect(&sshd, &k).await;
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.tar_stream = false;
+    let t = SshTransport::connect(o).await.unwrap();
     upload_tree_and_check(&sshd, &t).await;
     assert!(
         sshd.log_text().contains("subsystem request for sftp"),
@@ -195,7 +370,9 @@ async fn scp_fallback_without_the_sftp_subsystem() {
 async fn sha256_mismatch_is_reported() {
     let k = key();
     let sshd = sshd_with(&k, SshdOptions::default());
-    let t = connect(&sshd, &k).await;
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.tar_stream = false;
+    let t = SshTransport::connect(o).await.unwrap();
     // A remote sha256sum that lies stands in for corruption in transit.
     let home = sshd.home().to_str().unwrap().to_string();
     std::fs::create_dir_all(format!("{home}/bin")).unwrap();
@@ -371,4 +548,56 @@ async fn a_stalled_server_times_out() {
         ),
         "{e:?}"
     );
+}
+
+/// The tar stream's check: a `sha256sum -c` that reports a difference (a
+/// stand-in for corruption in transit) fails the upload naming the file.
+#[tokio::test]
+async fn sha256_mismatch_in_the_tar_stream_is_reported() {
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let t = connect(&sshd, &k).await;
+    let home = sshd.home().to_str().unwrap().to_string();
+    std::fs::create_dir_all(format!("{home}/bin")).unwrap();
+    write(
+        Path::new(&format!("{home}/bin/sha256sum")),
+        b"#!/bin/sh\nwhile read h p; do echo \"$p: FAILED\"; done < \"$2\"; exit 1\n",
+        0o755,
+    );
+    write(
+        Path::new(&format!("{home}/.bashrc")),
+        b"PATH=$HOME/bin:$PATH\n",
+        0o644,
+    );
+    let e = t
+        .upload(vec![
+            Upload {
+                source: UploadSource::Bytes(b"hello".to_vec()),
+                remote: format!("{home}/f"),
+                mode: None,
+                verify_sha256: true,
+            },
+            Upload {
+                source: UploadSource::Bytes(b"world".to_vec()),
+                remote: format!("{home}/g"),
+                mode: None,
+                verify_sha256: true,
+            },
+        ])
+        .await;
+    match e {
+        Err(TransportError::Verify {
+            what,
+            expected,
+            actual,
+            path,
+            ..
+        }) => {
+            assert_eq!(what, "sha256");
+            assert_eq!(path, format!("{home}/f"));
+            assert_eq!(expected, hex::encode(Sha256::digest(b"hello")));
+            assert!(actual.contains("FAILED"), "{actual}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -204,7 +204,9 @@ impl Provision {
             pauser: self.pauser.clone(),
         };
         let remote = steps.iter().any(uses_target);
-        if !remote {
+        // Nothing to stage (`file` steps only): no staging dir to make and
+        // remove (two execs), and no empty parent left behind.
+        if !remote || (s.batch.is_empty() && s.handoff.is_none()) {
             return s.steps().await;
         }
         let ident = s.prepare().await?;
@@ -426,6 +428,7 @@ impl Session<'_> {
                     .get(index)
                     .cloned()
                     .unwrap_or_default();
+                let mut batch = Vec::new();
                 for sc in scripts {
                     let l = if scripts_label_needed(s) {
                         format!("shell {}", sc.name)
@@ -437,7 +440,16 @@ impl Session<'_> {
                     } else {
                         Arc::new(StepSink::new(Some(self.ctx.events.clone()), &l))
                     };
-                    self.shell_script(s, &l, &sc.name, &sink, timeout).await?;
+                    batch.push((l, sc.name, sink));
+                }
+                // Several scripts: one exec runs them in turn (a round trip
+                // and an sshd session per step, not per script). A step that
+                // reboots keeps one exec per script (the drop is expected).
+                if batch.len() > 1 && !s.expect_disconnect {
+                    return self.shell_batch(s, &label, batch, timeout).await;
+                }
+                for (l, name, sink) in batch {
+                    self.shell_script(s, &l, &name, &sink, timeout).await?;
                 }
                 Ok(())
             }
@@ -516,14 +528,13 @@ impl Session<'_> {
         check_status(label, st, valid, sink)
     }
 
-    async fn shell_script(
-        &mut self,
+    /// The rendered `execute_command` of one staged script.
+    fn script_command(
+        &self,
         s: &ShellProvisioner,
         label: &str,
         name: &str,
-        sink: &Arc<StepSink>,
-        timeout: Option<Duration>,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<String, ProvisionError> {
         let use_sudo = s.sudo.unwrap_or(true) && !self.root;
         let vars = shell::render_vars(Some(&self.staging), &s.environment_vars);
         let path = self.staging.cpath(&format!("scripts/{name}"));
@@ -539,16 +550,88 @@ impl Session<'_> {
             .execute_command
             .as_deref()
             .unwrap_or(shell::DEFAULT_EXECUTE_COMMAND);
-        let cmd =
-            shell::render_command(template, &parts).map_err(|message| ProvisionError::Config {
-                step: label.to_string(),
-                message,
-            })?;
-        let valid: Vec<u32> = if s.valid_exit_codes.is_empty() {
-            vec![0]
-        } else {
-            s.valid_exit_codes.clone()
+        shell::render_command(template, &parts).map_err(|message| ProvisionError::Config {
+            step: label.to_string(),
+            message,
+        })
+    }
+
+    /// Every script of a step in one exec ([`shell::batch_command`]): each
+    /// is named as it starts, its output goes to its own label, and the
+    /// first status not in `valid_exit_codes` fails the step naming it.
+    async fn shell_batch(
+        &self,
+        s: &ShellProvisioner,
+        label: &str,
+        batch: Vec<(String, String, Arc<StepSink>)>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ProvisionError> {
+        let mut scripts = Vec::with_capacity(batch.len());
+        for (l, name, sink) in batch {
+            let command = self.script_command(s, &l, &name)?;
+            scripts.push(shell::BatchScript {
+                label: l,
+                name,
+                command,
+                sink,
+            });
+        }
+        let valid = valid_codes(s);
+        let tag = format!("{:016x}", rand_tag());
+        let cmd = shell::batch_command(&tag, &scripts, &valid);
+        let bsink = Arc::new(shell::BatchSink::new(
+            &tag,
+            &scripts,
+            self.ctx.events.clone(),
+        ));
+        let mut req = ExecRequest::new(cmd);
+        req.timeout = timeout;
+        let r = self.transport.exec(req, bsink.clone()).await;
+        let state = bsink.state();
+        let at = |i: Option<usize>| {
+            let sc = scripts.get(i.unwrap_or(0)).or(scripts.first());
+            sc.map(|x| (x.label.as_str(), x.sink.clone()))
+                .unwrap_or((label, Arc::new(StepSink::new(None, label))))
         };
+        let st = match r {
+            Ok(st) => st,
+            Err(e) => {
+                let (l, sink) = at(state.current);
+                return Err(timeout_or_transport(l, e, &sink));
+            }
+        };
+        for (i, rc) in state.exits.iter().enumerate() {
+            match rc {
+                Some(rc) if valid.contains(rc) => continue,
+                Some(rc) => {
+                    let (l, sink) = at(Some(i));
+                    return check_status(l, ExitStatus::Code(*rc), &valid, &sink);
+                }
+                // The runner ends 0 only after the last script: a
+                // transport that delivers no output at all still agrees.
+                None if st.success() && state.current.is_none() => return Ok(()),
+                None => {
+                    // Started and ended without a report (killed, or an
+                    // `exit` that ended the runner): the channel's status
+                    // is its own. Never started: the runner failed first.
+                    let (l, sink) = at(state.current.or(Some(i)));
+                    return check_status(l, st, &[], &sink);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_script(
+        &mut self,
+        s: &ShellProvisioner,
+        label: &str,
+        name: &str,
+        sink: &Arc<StepSink>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ProvisionError> {
+        let cmd = self.script_command(s, label, name)?;
+        let valid = valid_codes(s);
         if s.expect_disconnect {
             self.wait_firstboot(label).await;
         }
@@ -808,6 +891,27 @@ impl Session<'_> {
         ));
         Ok(())
     }
+}
+
+fn valid_codes(s: &ShellProvisioner) -> Vec<u32> {
+    if s.valid_exit_codes.is_empty() {
+        vec![0]
+    } else {
+        s.valid_exit_codes.clone()
+    }
+}
+
+/// A tag for the batch runner's report lines.
+fn rand_tag() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 fn scripts_label_needed(s: &ShellProvisioner) -> bool {

@@ -102,16 +102,18 @@ impl Staging {
     }
 
     /// The command that removes the staging dir (with sudo when files in it
-    /// may belong to root). The shared parent stays (other builds may be
-    /// staging there); the hand-off removes it when it is empty.
+    /// may belong to root), then the shared parent when it is empty (it
+    /// stays while other builds stage there; `rmdir` never removes a
+    /// non-empty one).
     pub fn remove_command(&self, sudo: bool) -> String {
         let dir = shell_quote(&self.cdir);
+        let root = shell_quote(&self.croot);
         let rm = if sudo {
             format!("rm -rf {dir} 2>/dev/null || sudo -n rm -rf {dir}")
         } else {
             format!("rm -rf {dir}")
         };
-        format!("{rm}; test ! -e {dir}")
+        format!("{rm}; test ! -e {dir} || exit 1; rmdir {root} 2>/dev/null || true")
     }
 }
 

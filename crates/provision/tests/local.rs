@@ -215,7 +215,7 @@ async fn shell_local_runs_on_the_build_host_in_the_template_dir() {
 }
 
 #[tokio::test]
-async fn one_upload_batch_then_one_exec_per_script() {
+async fn one_upload_batch_then_one_exec_per_step() {
     let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: shell\n    scripts: [a.sh, b.sh]\n  - type: shell\n    inline: [\"echo hi\"]\n    environment_vars: {K: \"v w\"}\n  - type: shell\n    script: a.sh\n    sudo: false\n";
     let h = Harness::new(
         yaml,
@@ -249,27 +249,25 @@ async fn one_upload_batch_then_one_exec_per_script() {
         other => panic!("{other:?}"),
     }
     let execs: Vec<String> = rec.execs().into_iter().skip(1).collect();
-    assert_eq!(execs.len(), 5, "{execs:#?}");
-    assert_eq!(
-        execs[0],
-        format!("sudo -n env OPSBAKE_STAGING={st} {st}/run {st}/scripts/a.sh")
-    );
+    assert_eq!(execs.len(), 4, "{execs:#?}");
+    // The two scripts of the first step: one exec running both in turn.
+    let a = format!("sudo -n env OPSBAKE_STAGING={st} {st}/run {st}/scripts/a.sh");
+    let b = format!("sudo -n env OPSBAKE_STAGING={st} {st}/run {st}/scripts/b.sh");
+    let (pa, pb) = (execs[0].find(&a).unwrap(), execs[0].find(&b).unwrap());
+    assert!(pa < pb, "{}", execs[0]);
+    assert!(execs[0].contains(" start 0") && execs[0].contains(" start 1"));
     assert_eq!(
         execs[1],
-        format!("sudo -n env OPSBAKE_STAGING={st} {st}/run {st}/scripts/b.sh")
-    );
-    assert_eq!(
-        execs[2],
         format!("sudo -n env OPSBAKE_STAGING={st} K='v w' {st}/run {st}/scripts/inline-02.sh")
     );
     assert_eq!(
-        execs[3],
+        execs[2],
         format!("env OPSBAKE_STAGING={st} {st}/run {st}/scripts/a.sh")
     );
     assert!(
-        execs[4].starts_with(&format!("rm -rf {st} 2>/dev/null || sudo -n rm -rf {st}")),
+        execs[3].starts_with(&format!("rm -rf {st} 2>/dev/null || sudo -n rm -rf {st}")),
         "{}",
-        execs[4]
+        execs[3]
     );
     // Only one upload in the whole build.
     assert_eq!(
@@ -599,4 +597,89 @@ async fn two_different_scripts_with_one_name_are_an_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("both named `x.sh`"), "{e}");
+}
+
+/// The scripts of one step run in one exec: each is named as it starts, its
+/// output carries its own name, and the first failure stops the step
+/// naming the script (the next one never runs).
+#[tokio::test]
+async fn scripts_of_one_step_run_in_turn_named_and_stop_at_the_first_failure() {
+    let yaml = format!("{HEAD}provision:\n  - type: shell\n    scripts: [a.sh, b.sh, c.sh]\n");
+    let h = Harness::new(
+        &yaml,
+        Iaas::Localtest,
+        &[
+            (
+                "a.sh",
+                "#!/bin/sh\necho from-a\nprintf 'a-no-newline'\n",
+                0o755,
+            ),
+            ("b.sh", "#!/bin/sh\necho from-b >&2\nexit 5\n", 0o755),
+            (
+                "c.sh",
+                "#!/bin/sh\ntouch \"$OPSBAKE_STAGING/c-ran\"\n",
+                0o755,
+            ),
+        ],
+        RunOptions::default(),
+    );
+    let e = Provision::default()
+        .run(&h.ctx, local(&h))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shell b.sh"), "{e}");
+    assert!(e.contains("exit code 5"), "{e}");
+    assert!(e.contains("stderr| from-b"), "{e}");
+    assert!(
+        !e.contains("from-a"),
+        "only b.sh's output in its error: {e}"
+    );
+    assert_eq!(
+        h.output("shell a.sh"),
+        [
+            (Stream::Stdout, "from-a".to_string()),
+            (Stream::Stdout, "a-no-newline".to_string())
+        ]
+    );
+    assert_eq!(
+        h.output("shell b.sh"),
+        [(Stream::Stderr, "from-b".to_string())]
+    );
+    assert!(h.output("shell c.sh").is_empty());
+    let m = h.messages();
+    assert!(
+        m.iter().any(|t| t.contains("running a.sh (1 of 3)")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter().any(|t| t.contains("running b.sh (2 of 3)")),
+        "{m:?}"
+    );
+    assert!(!m.iter().any(|t| t.contains("running c.sh")), "{m:?}");
+    assert!(!staging_dir(&h).exists(), "staging removed");
+    assert!(
+        !h.path().join("vm/var/tmp/opsbake").exists(),
+        "no empty staging parent left behind"
+    );
+}
+
+/// A build of `file` steps only makes no staging dir: no exec at all.
+#[tokio::test]
+async fn a_file_only_build_neither_creates_nor_removes_the_staging_dir() {
+    let yaml = "name: t\nbuilds:\n  ssh:\n    ssh: {host: build-vm.invalid, password: x}\nprovision:\n  - type: file\n    content: \"hello\\n\"\n    destination: /etc/motd\n";
+    let h = Harness::new(yaml, Iaas::Ssh, &[], RunOptions::default());
+    let rec = Recorder::new(1000);
+    Provision::default().run(&h.ctx, rec.clone()).await.unwrap();
+    let calls = rec.calls();
+    assert!(rec.execs().is_empty(), "{calls:?}");
+    assert_eq!(calls.len(), 1, "one upload: {calls:?}");
+    // The same over the local transport: nothing under /var/tmp.
+    let yaml = format!(
+        "{HEAD}provision:\n  - type: file\n    content: \"hello\\n\"\n    destination: /etc/motd\n"
+    );
+    let h = Harness::new(&yaml, Iaas::Localtest, &[], RunOptions::default());
+    Provision::default().run(&h.ctx, local(&h)).await.unwrap();
+    assert!(h.path().join("vm/etc/motd").is_file());
+    assert!(!h.path().join("vm/var/tmp/opsbake").exists());
 }

@@ -1,0 +1,515 @@
+//! Trees of small files as one stream: a tar archive built on the fly and
+//! piped into the target's own `tar` over one exec channel. 2000 files are
+//! then one stream, not 2000 SFTP open/write/close round trips.
+//!
+//! The remote command checks that `tar` exists (exit 97 when not: the
+//! connection remembers it and uses SFTP from then on), makes directories
+//! of an earlier upload writable again, extracts with modes (`-p`), mtimes
+//! and symlinks, and checks the sha256 of every verified file against a
+//! list that travels as the archive's last member (`sha256sum -c`), all in
+//! one exec. Big files (at least [`SPLIT_AT`]) still go over the SFTP pool,
+//! several channels at once.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use opsbake_core::transport::{shell_quote, TransferReport, TransportError};
+use russh::ChannelMsg;
+use sha2::{Digest as _, Sha256};
+
+use crate::conn::{Conn, Leased};
+use crate::exec::disconnected;
+use crate::plan::{io_err, parent_of, FileItem, Plan, Src};
+use crate::sftp::SPLIT_AT;
+
+/// Exit code of the remote command when the target has no `tar`.
+const NO_TAR: u32 = 97;
+/// Exit code when `tar -x` failed.
+const TAR_FAILED: u32 = 98;
+/// Exit code when `sha256sum -c` found a difference.
+const VERIFY_FAILED: u32 = 99;
+/// Bytes per channel write.
+const WRITE: usize = 256 << 10;
+/// Longest command line (directory list included) sent as one exec.
+const MAX_COMMAND: usize = 64 << 10;
+
+/// What a tar upload found.
+pub(crate) enum TarOutcome {
+    /// Extracted (and verified).
+    Done(TransferReport),
+    /// The target has no `tar`: use SFTP.
+    NoTar,
+}
+
+/// The components of an absolute remote path, or None when tar cannot
+/// carry it as it is (relative, `..`, or characters `sha256sum -c` lines
+/// cannot hold).
+fn rel(remote: &str) -> Option<String> {
+    if !remote.starts_with('/') || remote.contains(['\n', '\r', '\\']) {
+        return None;
+    }
+    let comps: Vec<&str> = remote
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if comps.is_empty() || comps.contains(&"..") {
+        return None;
+    }
+    Some(comps.join("/"))
+}
+
+/// Split a plan into the part one tar stream carries (directories,
+/// symlinks, files below [`SPLIT_AT`]) and the big files left to SFTP.
+/// None when tar cannot carry it (see [`rel`]), when a big file goes into
+/// a read-only directory of the tree (its mode is applied by tar before the
+/// SFTP part runs), or when the command line would be too long.
+pub(crate) fn split(plan: &Plan) -> Option<(Plan, Plan)> {
+    let paths = plan
+        .parents
+        .iter()
+        .chain(plan.dirs.iter().map(|(d, _)| d))
+        .chain(plan.files.iter().map(|f| &f.remote))
+        .chain(plan.links.iter().map(|(l, _)| l));
+    for p in paths {
+        rel(p)?;
+    }
+    let readonly: Vec<&str> = plan
+        .dirs
+        .iter()
+        .filter(|(_, m)| m & 0o200 == 0)
+        .map(|(d, _)| d.as_str())
+        .collect();
+    let mut small = Plan {
+        parents: plan.parents.clone(),
+        dirs: plan.dirs.clone(),
+        files: Vec::new(),
+        links: plan.links.clone(),
+    };
+    let mut big = Plan::default();
+    for f in &plan.files {
+        if f.size >= SPLIT_AT {
+            let parent = parent_of(&f.remote);
+            if parent.as_deref().is_some_and(|p| readonly.contains(&p)) {
+                return None;
+            }
+            big.parents.extend(parent);
+            big.files.push(f.clone());
+        } else {
+            small.files.push(f.clone());
+        }
+    }
+    big.parents.sort();
+    big.parents.dedup();
+    if small.files.is_empty() && small.links.is_empty() && small.dirs.is_empty() {
+        return None;
+    }
+    if command(&small, "x").len() > MAX_COMMAND {
+        return None;
+    }
+    Some((small, big))
+}
+
+/// The remote command for `plan` with the sha256 list at `/tmp/.opsbake-sha256-<tag>`.
+fn command(plan: &Plan, tag: &str) -> String {
+    let list = format!("/tmp/.opsbake-sha256-{tag}");
+    let mut c = format!("command -v tar >/dev/null 2>&1 || exit {NO_TAR}\n");
+    // An earlier upload may have left read-only directories (their mode is
+    // applied last): the owner gets write access back until tar sets the
+    // mode again. Only the tree's own directories, only when they exist.
+    if !plan.dirs.is_empty() {
+        c.push_str("for d in");
+        for (d, _) in &plan.dirs {
+            c.push(' ');
+            c.push_str(&shell_quote(d));
+        }
+        c.push_str("; do if [ -d \"$d\" ] && [ ! -w \"$d\" ]; then chmod u+w \"$d\"; fi; done 2>/dev/null\n");
+    }
+    c.push_str(&format!(
+        "tar -x -o -p -f - -C / || {{ rm -f {list}; exit {TAR_FAILED}; }}\n"
+    ));
+    if plan.files.iter().any(|f| f.verify) {
+        c.push_str(&format!(
+            "out=$(sha256sum -c {list} 2>&1); r=$?; rm -f {list}\n\
+             if [ $r -ne 0 ]; then printf '%s\\n' \"$out\" | grep -v ': OK$'; exit {VERIFY_FAILED}; fi\n"
+        ));
+    }
+    c
+}
+
+/// Collects the archive into channel-sized chunks for the async side.
+struct ChanWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let b = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE)));
+        self.tx
+            .blocking_send(b)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "channel closed"))
+    }
+}
+
+impl std::io::Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What went wrong while building the archive.
+enum BuildErr {
+    /// The channel went away (the remote side ended early): not our error.
+    Gone,
+    Local(TransportError),
+}
+
+fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// Write the archive of `plan` (and the sha256 list as its last member)
+/// into `w`. Runs on a blocking thread.
+fn build(plan: &Plan, list: &str, w: ChanWriter) -> Result<(), BuildErr> {
+    let t = now();
+    let gone = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            BuildErr::Gone
+        } else {
+            BuildErr::Local(TransportError::Other {
+                target: "local".into(),
+                message: format!("building the tar stream: {e}"),
+            })
+        }
+    };
+    // Tree order (a directory, then everything in it): GNU tar applies a
+    // directory's mode once it has left it, so a read-only directory must
+    // come right before its contents.
+    enum E {
+        Dir(usize),
+        File(usize),
+        Link(usize),
+    }
+    let mut entries: Vec<(Vec<String>, E)> = Vec::new();
+    let comps = |p: &str| -> Vec<String> {
+        rel(p)
+            .unwrap_or_default()
+            .split('/')
+            .map(str::to_string)
+            .collect()
+    };
+    entries.extend(
+        plan.dirs
+            .iter()
+            .enumerate()
+            .map(|(i, (d, _))| (comps(d), E::Dir(i))),
+    );
+    entries.extend(
+        plan.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (comps(&f.remote), E::File(i))),
+    );
+    entries.extend(
+        plan.links
+            .iter()
+            .enumerate()
+            .map(|(i, (l, _))| (comps(l), E::Link(i))),
+    );
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut b = tar::Builder::new(w);
+    let mut sums = String::new();
+    for (path, e) in entries {
+        let path = path.join("/");
+        match e {
+            E::Dir(i) => {
+                let mode = plan.dirs.get(i).map(|d| d.1).unwrap_or(0o755);
+                let mut h = header(tar::EntryType::Directory, mode, t, 0);
+                b.append_data(&mut h, format!("{path}/"), std::io::empty())
+                    .map_err(gone)?;
+            }
+            E::File(i) => {
+                let Some(f) = plan.files.get(i) else { continue };
+                let data: std::borrow::Cow<'_, [u8]> = match &f.src {
+                    Src::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+                    Src::Path(p) => std::fs::read(p)
+                        .map(std::borrow::Cow::Owned)
+                        .map_err(|e| BuildErr::Local(io_err(p)(e)))?,
+                };
+                if f.verify {
+                    sums.push_str(&hex::encode(Sha256::digest(&data)));
+                    sums.push_str("  /");
+                    sums.push_str(&path);
+                    sums.push('\n');
+                }
+                let mtime = f.mtime.map(u64::from).unwrap_or(t);
+                let mut h = header(tar::EntryType::Regular, f.mode, mtime, data.len() as u64);
+                b.append_data(&mut h, &path, &data[..]).map_err(gone)?;
+            }
+            E::Link(i) => {
+                let Some((_, to)) = plan.links.get(i) else {
+                    continue;
+                };
+                let mut h = header(tar::EntryType::Symlink, 0o777, t, 0);
+                b.append_link(&mut h, &path, Path::new(to)).map_err(gone)?;
+            }
+        }
+    }
+    if !sums.is_empty() {
+        let mut h = header(tar::EntryType::Regular, 0o600, t, sums.len() as u64);
+        b.append_data(&mut h, list.trim_start_matches('/'), sums.as_bytes())
+            .map_err(gone)?;
+    }
+    let mut w = b.into_inner().map_err(gone)?;
+    w.flush().map_err(gone)
+}
+
+/// Extract `plan` on the target through its `tar` over one exec channel.
+pub(crate) async fn upload(conn: &Arc<Conn>, plan: &Plan) -> Result<TarOutcome, TransportError> {
+    let target = conn.target.as_str();
+    let tag = hex::encode(rand::random::<[u8; 8]>());
+    let cmd = command(plan, &tag);
+    let list = format!("/tmp/.opsbake-sha256-{tag}");
+    let Leased { ch, permit } = conn.exec_channel().await?;
+    let _permit = permit;
+    let (mut rd, wr) = ch.split();
+    wr.exec(true, cmd.as_bytes())
+        .await
+        .map_err(|e| disconnected(target, "exec request (tar -x)", e))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let owned = plan.clone();
+    let builder = tokio::task::spawn_blocking(move || {
+        build(
+            &owned,
+            &list,
+            ChanWriter {
+                tx,
+                buf: Vec::with_capacity(WRITE),
+            },
+        )
+    });
+    // Read while writing: the server's messages must keep flowing (window
+    // adjustments, an early exit when there is no tar).
+    let mut reader = Box::pin(async move {
+        let mut out = Output::default();
+        while let Some(m) = rd.wait().await {
+            match m {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                ChannelMsg::Failure => {
+                    out.refused = true;
+                    break;
+                }
+                ChannelMsg::Close => {
+                    out.closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out
+    });
+    let wr = &wr;
+    let mut writer = Box::pin(async move {
+        while let Some(chunk) = rx.recv().await {
+            wr.data_bytes(chunk)
+                .await
+                .map_err(|e| disconnected(target, "sending the tar stream", e))?;
+        }
+        match builder.await {
+            Ok(Ok(())) => wr
+                .eof()
+                .await
+                .map_err(|e| disconnected(target, "sending EOF after the tar stream", e)),
+            // The remote side stopped reading: its exit status tells why.
+            Ok(Err(BuildErr::Gone)) => Ok(()),
+            Ok(Err(BuildErr::Local(e))) => {
+                // Never EOF a truncated archive: close the channel instead.
+                let _ = wr.close().await;
+                Err(e)
+            }
+            Err(e) => {
+                let _ = wr.close().await;
+                Err(TransportError::Other {
+                    target: target.into(),
+                    message: format!("tar stream task: {e}"),
+                })
+            }
+        }
+    });
+    let out = tokio::select! {
+        r = &mut writer => {
+            r?;
+            reader.await
+        }
+        o = &mut reader => o,
+    };
+    drop(writer);
+    outcome(conn, plan, out).await
+}
+
+#[derive(Default)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Option<u32>,
+    refused: bool,
+    closed: bool,
+}
+
+fn first_lines(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let lines: Vec<&str> = s.lines().take(5).collect();
+    lines.join("; ")
+}
+
+/// What the remote command's end means.
+async fn outcome(conn: &Arc<Conn>, plan: &Plan, out: Output) -> Result<TarOutcome, TransportError> {
+    let target = conn.target.as_str();
+    let root = plan
+        .dirs
+        .first()
+        .map(|(d, _)| d.clone())
+        .or_else(|| plan.files.first().map(|f| f.remote.clone()))
+        .unwrap_or_default();
+    if out.refused {
+        return Err(TransportError::Other {
+            target: target.into(),
+            message: "the server refused the exec request for tar -x".into(),
+        });
+    }
+    let Some(status) = out.status else {
+        if !out.closed || conn.handle.is_closed() {
+            return Err(TransportError::Disconnected {
+                target: target.into(),
+                reason: format!("connection lost while extracting the tar stream into {root}"),
+            });
+        }
+        return Err(TransportError::Other {
+            target: target.into(),
+            message: format!("tar -x into {root}: channel closed without exit status"),
+        });
+    };
+    match status {
+        0 => Ok(TarOutcome::Done(TransferReport {
+            files: plan.files.len() as u64,
+            dirs: plan.dirs.len() as u64,
+            symlinks: plan.links.len() as u64,
+            bytes: plan.files.iter().map(|f| f.size).sum(),
+        })),
+        NO_TAR => Ok(TarOutcome::NoTar),
+        VERIFY_FAILED => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let failed = text
+                .lines()
+                .find_map(|l| l.strip_suffix(": FAILED"))
+                .map(str::to_string);
+            match failed.and_then(|p| {
+                plan.files
+                    .iter()
+                    .find(|f| f.remote == p || rel(&f.remote).is_some_and(|r| format!("/{r}") == p))
+            }) {
+                Some(f) => Err(mismatch(target, f).await),
+                None => Err(TransportError::Remote {
+                    target: target.into(),
+                    op: "sha256sum -c".into(),
+                    path: root,
+                    reason: format!("{}; {}", first_lines(&out.stdout), first_lines(&out.stderr)),
+                }),
+            }
+        }
+        TAR_FAILED => Err(TransportError::Remote {
+            target: target.into(),
+            op: "tar -x".into(),
+            path: root,
+            reason: first_lines(&out.stderr),
+        }),
+        other => Err(TransportError::Remote {
+            target: target.into(),
+            op: "tar -x".into(),
+            path: root,
+            reason: format!("exit code {other}: {}", first_lines(&out.stderr)),
+        }),
+    }
+}
+
+async fn mismatch(target: &str, f: &FileItem) -> TransportError {
+    let expected = crate::plan::local_sha256(&f.src)
+        .await
+        .unwrap_or_else(|e| format!("(unreadable: {e})"));
+    TransportError::Verify {
+        target: target.into(),
+        path: f.remote.clone(),
+        what: "sha256".into(),
+        expected,
+        actual: "a different sha256 (sha256sum -c: FAILED)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(remote: &str, size: u64) -> FileItem {
+        FileItem {
+            src: Src::Bytes(Arc::new(vec![0; 1])),
+            remote: remote.into(),
+            size,
+            mode: 0o644,
+            mtime: None,
+            verify: true,
+        }
+    }
+
+    #[test]
+    fn big_files_go_to_sftp_and_odd_paths_refuse_tar() {
+        let p = Plan {
+            parents: vec!["/opt".into()],
+            dirs: vec![("/opt/t".into(), 0o755)],
+            files: vec![file("/opt/t/a", 10), file("/opt/t/big", SPLIT_AT)],
+            links: vec![],
+        };
+        let (small, big) = split(&p).unwrap_or_default();
+        assert_eq!(small.files.len(), 1);
+        assert_eq!(big.files.len(), 1);
+        assert_eq!(big.parents, ["/opt/t"]);
+        let mut rel_path = p.clone();
+        rel_path.files.push(file("relative/x", 1));
+        assert!(split(&rel_path).is_none());
+        let mut dotdot = p.clone();
+        dotdot.files.push(file("/opt/../etc/x", 1));
+        assert!(split(&dotdot).is_none());
+        let mut ro = p.clone();
+        ro.dirs[0].1 = 0o555;
+        assert!(split(&ro).is_none(), "a big file into a read-only dir");
+        assert_eq!(rel("//a/./b/"), Some("a/b".into()));
+    }
+}
