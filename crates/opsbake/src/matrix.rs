@@ -128,17 +128,24 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-/// One matrix entry per plan; `template` and `var_files` as the user gave
-/// them (they go into each entry's command).
-pub fn matrix(template: &Path, var_files: &[std::path::PathBuf], plans: &[BuildPlan]) -> Value {
+/// One matrix entry per IaaS; `template` and `var_files` as the user gave
+/// them (they go into each entry's command). The plan is None where it
+/// cannot be made on this machine (a stemcell that only the worker
+/// downloads): its stemcell, manifest and expected duration are null.
+pub fn matrix(
+    template: &Path,
+    var_files: &[std::path::PathBuf],
+    plans: &[(Iaas, Option<BuildPlan>)],
+) -> Value {
     let mut include = Vec::new();
     let mut axis = Vec::new();
-    for p in plans {
-        let n = needs(p.iaas);
+    for (iaas, plan) in plans {
+        let iaas = *iaas;
+        let n = needs(iaas);
         let mut cmd = format!(
             "opsbake build {} --iaas {}",
             shell_word(&template.display().to_string()),
-            p.iaas
+            iaas
         );
         for f in var_files {
             cmd.push_str(&format!(
@@ -146,24 +153,29 @@ pub fn matrix(template: &Path, var_files: &[std::path::PathBuf], plans: &[BuildP
                 shell_word(&f.display().to_string())
             ));
         }
-        axis.push(p.iaas.to_string());
+        axis.push(iaas.to_string());
         include.push(json!({
-            "iaas": p.iaas.to_string(),
-            "implemented": crate::dispatch::implemented(p.iaas),
+            "iaas": iaas.to_string(),
+            "implemented": crate::dispatch::implemented(iaas),
             "credentials_env": n.credentials_env,
             "credentials": n.credentials,
             "services": n.services,
             "test_peers": n.test_peers,
             "test_var_file": n.test_var_file,
             "tools": n.tools,
-            "stemcell": p.stemcell.as_ref().and_then(|s| s.path.clone().or(s.url.clone())),
+            "stemcell": plan
+                .as_ref()
+                .and_then(|p| p.stemcell.as_ref())
+                .and_then(|s| s.path.clone().or(s.url.clone())),
             "command": cmd,
-            "manifest": p.manifest_path.display().to_string(),
-            "expected_seconds": expected_seconds(&p.manifest_path, p.iaas),
+            "manifest": plan.as_ref().map(|p| p.manifest_path.display().to_string()),
+            "expected_seconds": plan
+                .as_ref()
+                .and_then(|p| expected_seconds(&p.manifest_path, iaas)),
         }));
     }
+    // Only arrays at the top: GitHub Actions makes every key an axis.
     json!({
-        "template": template.display().to_string(),
         "iaas": axis,
         "include": include,
     })
