@@ -202,8 +202,9 @@ pub struct Manifest {
     pub builds: Vec<ManifestBuild>,
     /// The build id of the last one.
     pub last_run_uuid: String,
-    /// Every build of the last `opsbake build` run that wrote here, with
-    /// its outcome (which IaaSes succeeded, which to run again).
+    /// The latest outcome of each IaaS that built into this manifest (one
+    /// line per IaaS, replaced by its next run): which succeeded, which to
+    /// run again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_run: Vec<RunOutcome>,
 }
@@ -248,10 +249,16 @@ pub fn write(path: &Path, m: &Manifest) -> Result<(), BuildError> {
 }
 
 /// Record the outcome of every build of this run in the manifest at `path`
-/// (created if no build succeeded): `last_run` is replaced by `outcomes`.
+/// (created if no build succeeded): each IaaS's line in `last_run` is
+/// replaced, the other IaaSes' lines stay (re-running one failed IaaS).
 pub fn record_run(path: &Path, outcomes: Vec<RunOutcome>) -> Result<(), BuildError> {
     let mut m = read_manifest(path)?.unwrap_or_default();
-    m.last_run = outcomes;
+    for o in outcomes {
+        match m.last_run.iter_mut().find(|x| x.iaas == o.iaas) {
+            Some(x) => *x = o,
+            None => m.last_run.push(o),
+        }
+    }
     write_manifest(path, &m)
 }
 
@@ -398,7 +405,11 @@ mod tests {
         assert_eq!(m.builds.len(), 1);
         assert_eq!(m.builds[0].build_seconds, Some(12.5));
         assert_eq!(m.last_run.len(), 2);
-        assert_eq!(m.last_run[1].outcome, "cancelled");
+        // gcp's line replaced in place, aws's added
+        assert_eq!(m.last_run[0].iaas, "gcp");
+        assert_eq!(m.last_run[0].outcome, "cancelled");
+        assert_eq!(m.last_run[0].build_id, "ob-2-gcp");
+        assert_eq!(m.last_run[1].outcome, "succeeded");
         std::fs::write(&p, "{").unwrap();
         let e = read(&p).unwrap_err().to_string();
         assert!(e.contains("not a manifest"), "{e}");
