@@ -225,12 +225,13 @@ fn a_failing_build_leaves_the_others_running_and_fail_fast_cancels_them() {
 
     // With --fail-fast: the gcp build (slow operations) is still running
     // when vsphere fails; it is cancelled and unwound.
-    let Some(c) = Clouds::start(&["gcp", "vsphere"], PeerOptions { gce_polls: 40 }) else {
+    // (12 polls from 20 ms, backing off by 1.5: about 5 s per operation)
+    let Some(c) = Clouds::start(&["gcp", "vsphere"], PeerOptions { gce_polls: 12 }) else {
         return;
     };
     let two = ["gcp", "vsphere"];
     let mut extra = VSPHERE_FAILS.to_vec();
-    extra.extend(["--var", "gcp_poll_interval=200ms", "--fail-fast"]);
+    extra.push("--fail-fast");
     let mut b = Build::start(c.command(&two, true, &extra), c.dir.path(), "fail-fast");
     let (code, _) = b.finish(600);
     assert_eq!(code, 1, "{}", b.stderr());
@@ -261,11 +262,7 @@ fn sigint_during_a_four_cloud_build_unwinds_every_build_and_says_what_it_deleted
         return;
     };
     // human output on stderr (the deleted report), events on stdout
-    let mut b = Build::start(
-        c.command(&four, true, &["--var", "gcp_poll_interval=100ms"]),
-        c.dir.path(),
-        "sigint",
-    );
+    let mut b = Build::start(c.command(&four, true, &[]), c.dir.path(), "sigint");
     // vsphere waits for its VM's address (the test never gives it)
     b.wait_for("vsphere's ISO", 600, created("vsphere", "vsphere_file"));
     for i in ["aws", "gcp", "azure"] {
@@ -322,20 +319,16 @@ fn sigint_during_a_four_cloud_build_unwinds_every_build_and_says_what_it_deleted
 
 #[test]
 fn a_second_sigint_stops_at_once_and_cleanup_deletes_the_rest() {
-    let Some(c) = Clouds::start(&["gcp"], PeerOptions { gce_polls: 40 }) else {
+    let Some(c) = Clouds::start(&["gcp"], PeerOptions { gce_polls: 12 }) else {
         return;
     };
-    let mut b = Build::start(
-        c.command(&["gcp"], true, &["--var", "gcp_poll_interval=200ms"]),
-        c.dir.path(),
-        "twice",
-    );
+    let mut b = Build::start(c.command(&["gcp"], true, &[]), c.dir.path(), "twice");
     b.wait_for("gcp's first resource", 600, |e| {
         e["build"] == "gcp" && e["event"] == "resource_created"
     });
     let id = b.build_id("gcp");
     b.sigint();
-    // the unwinding waits on operations of 40 polls: well under way
+    // the unwinding waits on operations of 12 polls (about 5 s): under way
     b.wait_for("the unwinding", 120, |e| {
         e["event"] == "step_failed" && e["build"] == "gcp"
     });
@@ -346,8 +339,13 @@ fn a_second_sigint_stops_at_once_and_cleanup_deletes_the_rest() {
     assert_eq!(code, 130, "{stderr}");
     assert!(stderr.contains("stopped at once"), "{stderr}");
     assert!(stderr.contains("opsbake cleanup --all"), "{stderr}");
+    // the journal still lists what the unwinding had not recorded deleted
+    let live = opsbake_core::journal::Journal::open(&c.state(), &id)
+        .unwrap()
+        .state()
+        .live;
     assert!(
-        !c.leftovers("gcp", &id, None).is_empty(),
+        !live.is_empty(),
         "the unwinding had finished before the second SIGINT"
     );
     let out = c.cleanup_all();
@@ -359,4 +357,5 @@ fn a_second_sigint_stops_at_once_and_cleanup_deletes_the_rest() {
     );
     let left = c.leftovers("gcp", &id, None);
     assert!(left.is_empty(), "after cleanup: {left:?}");
+    assert_eq!(check_journal(&c.state(), &id), Outcome::Cancelled);
 }

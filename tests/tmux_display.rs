@@ -9,8 +9,8 @@
 //! and no colour codes, NO_COLOR turns the colour off on the terminal.
 //!
 //! Fast peers only (moto, the GCE test server + fake-gcs-server, the ARM
-//! test server + azurite); the GCE server's operations take 10 polls so
-//! that the builds last long enough to be seen running.
+//! test server + azurite); the GCE server's operations take 10 polls (about
+//! 2 s each) so that the builds last long enough to be seen running.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -33,7 +33,8 @@ fn quote(s: &str) -> String {
 /// A script that runs `c` as it is (environment, directory, arguments) and
 /// then prints `OPSBAKE-EXIT=<code>`.
 fn script(c: &Command, dir: &Path, name: &str, env: &[(&str, &str)]) -> PathBuf {
-    let mut s = String::from("#!/bin/sh\n");
+    // the pane is cleared and marked: captures start at the marker
+    let mut s = String::from("#!/bin/sh\nclear\necho OPSBAKE-START\n");
     for (k, v) in c.get_envs() {
         let k = k.to_string_lossy();
         match v {
@@ -104,27 +105,31 @@ impl Tmux {
         assert!(o.status.success());
     }
 
-    /// The visible pane; `escapes`: with colour escape sequences.
+    /// The pane and its history; `escapes`: with colour escape sequences.
     fn capture(&self, escapes: bool) -> String {
         let mut c = self.cmd();
-        c.args(["capture-pane", "-p", "-t", "five"]);
+        // -J: a line the pane wrapped comes back as one
+        // -S -: the history too (the run's start marker scrolls into it)
+        c.args(["capture-pane", "-p", "-J", "-S", "-", "-t", "five"]);
         if escapes {
             c.arg("-e");
         }
         String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
     }
 
-    /// Capture every 100 ms until `OPSBAKE-EXIT=` shows; every capture.
+    /// Capture every 100 ms until `OPSBAKE-EXIT=` shows; every capture
+    /// of this run (from the script's start marker on).
     fn run(&self, script: &Path, secs: u64) -> Vec<String> {
-        self.cmd()
-            .args(["send-keys", "-t", "five", "clear", "Enter"])
-            .output()
-            .unwrap();
         self.send(&format!("sh {}", script.display()));
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut shots = Vec::new();
         loop {
             let s = self.capture(true);
+            let Some(i) = s.rfind("OPSBAKE-START\n") else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let s = s[i..].to_string();
             let done = s.contains("OPSBAKE-EXIT=");
             shots.push(s);
             if done {
@@ -132,8 +137,8 @@ impl Tmux {
             }
             assert!(
                 Instant::now() < deadline,
-                "no exit after {secs} s:\n{}",
-                shots.last().unwrap()
+                "no exit after {secs} s:\n{:?}",
+                shots.last()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -205,7 +210,7 @@ fn three_builds_on_a_terminal_then_without_one() {
     let Some(c) = Clouds::start(&THREE, PeerOptions { gce_polls: 10 }) else {
         return;
     };
-    let extra = ["--var", "gcp_poll_interval=100ms"];
+    let extra: [&str; 0] = [];
     let tmux = Tmux::start(c.dir.path());
     let tty = script(
         &c.command(&THREE, false, &extra),
