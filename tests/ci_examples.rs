@@ -63,7 +63,7 @@ fn run_matrix(y: &Yaml) -> Value {
         .find_map(|l| {
             let i = l.find("opsbake inspect")?;
             let rest = &l[i..];
-            let end = rest.find(|c| c == ')' || c == '>').unwrap_or(rest.len());
+            let end = rest.find([')', '>']).unwrap_or(rest.len());
             Some(rest[..end].trim().to_string())
         })
         .expect("no `opsbake inspect` command");
