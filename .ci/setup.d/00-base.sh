@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/lib.sh
-apt_install ca-certificates procps util-linux
+apt_install ca-certificates procps util-linux tmux

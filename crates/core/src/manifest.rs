@@ -171,6 +171,28 @@ pub struct ManifestBuild {
     /// Digests of every input.
     #[serde(default)]
     pub inputs: InputDigests,
+    /// How long the build took, start to manifest (seconds): what
+    /// `opsbake inspect --matrix` gives as the expected duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_seconds: Option<f64>,
+}
+
+/// How one build of the last run ended (the manifest's `last_run`): the
+/// succeeded ones have an entry in `builds`, the others only this line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// The IaaS.
+    pub iaas: String,
+    /// The build id.
+    pub build_id: String,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub outcome: String,
+    /// The artifact id, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_id: Option<String>,
+    /// The error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The manifest file.
@@ -180,33 +202,109 @@ pub struct Manifest {
     pub builds: Vec<ManifestBuild>,
     /// The build id of the last one.
     pub last_run_uuid: String,
+    /// The latest outcome of each IaaS that built into this manifest (one
+    /// line per IaaS, replaced by its next run): which succeeded, which to
+    /// run again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_run: Vec<RunOutcome>,
 }
 
-/// Append a build to the manifest at `path` (written atomically).
-pub fn append(path: &Path, build: ManifestBuild) -> Result<(), BuildError> {
-    let mut m: Manifest = match std::fs::read(path) {
+fn read_manifest(path: &Path) -> Result<Option<Manifest>, BuildError> {
+    match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| BuildError::Other(format!("{}: not a manifest: {e}", path.display())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-        Err(e) => {
-            return Err(BuildError::Io {
-                path: path.into(),
-                source: e,
-            })
-        }
-    };
-    m.last_run_uuid = build.packer_run_uuid.clone();
-    m.builds.push(build);
+            .map(Some)
+            .map_err(|e| BuildError::Other(format!("{}: not a manifest: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BuildError::Io {
+            path: path.into(),
+            source: e,
+        }),
+    }
+}
+
+fn write_manifest(path: &Path, m: &Manifest) -> Result<(), BuildError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(BuildError::io(parent))?;
     }
-    let text = serde_json::to_string_pretty(&m)
-        .map_err(|e| BuildError::Other(format!("manifest: {e}")))?;
+    let text =
+        serde_json::to_string_pretty(m).map_err(|e| BuildError::Other(format!("manifest: {e}")))?;
     let text = crate::secret::redactor().scrub(&text);
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text + "\n").map_err(BuildError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(BuildError::io(path))?;
     Ok(())
+}
+
+/// Read a manifest file (`opsbake manifest merge`, `inspect --matrix`).
+pub fn read(path: &Path) -> Result<Manifest, BuildError> {
+    read_manifest(path)?.ok_or_else(|| BuildError::Io {
+        path: path.into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+/// Write a manifest file atomically (secrets scrubbed).
+pub fn write(path: &Path, m: &Manifest) -> Result<(), BuildError> {
+    write_manifest(path, m)
+}
+
+/// Record the outcome of every build of this run in the manifest at `path`
+/// (created if no build succeeded): each IaaS's line in `last_run` is
+/// replaced, the other IaaSes' lines stay (re-running one failed IaaS).
+pub fn record_run(path: &Path, outcomes: Vec<RunOutcome>) -> Result<(), BuildError> {
+    let mut m = read_manifest(path)?.unwrap_or_default();
+    for o in outcomes {
+        match m.last_run.iter_mut().find(|x| x.iaas == o.iaas) {
+            Some(x) => *x = o,
+            None => m.last_run.push(o),
+        }
+    }
+    write_manifest(path, &m)
+}
+
+/// Join per-worker manifests into one release manifest: every build once
+/// (by build id; a later file's entry wins), ordered by build time; the
+/// last run is every file's `last_run` (one line per IaaS, the latest
+/// build id winning); `last_run_uuid` is the newest build's.
+pub fn merge(parts: Vec<Manifest>) -> Manifest {
+    let mut builds: Vec<ManifestBuild> = Vec::new();
+    let mut last_run: Vec<RunOutcome> = Vec::new();
+    for m in parts {
+        for b in m.builds {
+            builds.retain(|x| x.packer_run_uuid != b.packer_run_uuid);
+            builds.push(b);
+        }
+        for r in m.last_run {
+            match last_run.iter_mut().find(|x| x.iaas == r.iaas) {
+                // build ids start with their UTC time: the larger is newer
+                Some(x) if x.build_id <= r.build_id => *x = r,
+                Some(_) => {}
+                None => last_run.push(r),
+            }
+        }
+    }
+    builds.sort_by(|a, b| {
+        a.build_time
+            .cmp(&b.build_time)
+            .then_with(|| a.packer_run_uuid.cmp(&b.packer_run_uuid))
+    });
+    let last_run_uuid = builds
+        .last()
+        .map(|b| b.packer_run_uuid.clone())
+        .unwrap_or_default();
+    Manifest {
+        builds,
+        last_run_uuid,
+        last_run,
+    }
+}
+
+/// Append a build to the manifest at `path` (written atomically).
+pub fn append(path: &Path, build: ManifestBuild) -> Result<(), BuildError> {
+    let mut m = read_manifest(path)?.unwrap_or_default();
+    m.last_run_uuid = build.packer_run_uuid.clone();
+    m.builds.push(build);
+    write_manifest(path, &m)
 }
 
 /// The manifest entry of a finished build.
@@ -224,5 +322,97 @@ pub fn entry(plan: &BuildPlan, artifact: &Artifact, inputs: InputDigests) -> Man
         packer_run_uuid: plan.build_id.clone(),
         custom_data,
         inputs,
+        build_seconds: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn build(id: &str, iaas: &str, t: i64) -> ManifestBuild {
+        ManifestBuild {
+            name: "appliance".into(),
+            builder_type: format!("opsbake-{iaas}"),
+            build_time: t,
+            files: Vec::new(),
+            artifact_id: format!("art-{id}"),
+            packer_run_uuid: id.into(),
+            custom_data: BTreeMap::new(),
+            inputs: InputDigests::default(),
+            build_seconds: Some(12.5),
+        }
+    }
+
+    fn outcome(iaas: &str, id: &str, o: &str) -> RunOutcome {
+        RunOutcome {
+            iaas: iaas.into(),
+            build_id: id.into(),
+            outcome: o.into(),
+            artifact_id: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn merge_joins_orders_by_time_and_dedupes_by_build_id() {
+        let a = Manifest {
+            builds: vec![build("ob-2-aws", "aws", 20), build("ob-1-gcp", "gcp", 10)],
+            last_run_uuid: "ob-1-gcp".into(),
+            last_run: vec![outcome("aws", "ob-2-aws", "succeeded")],
+        };
+        let mut again = build("ob-1-gcp", "gcp", 10);
+        again.artifact_id = "second".into();
+        let b = Manifest {
+            builds: vec![build("ob-3-vbox", "vbox", 30), again],
+            last_run_uuid: "ob-3-vbox".into(),
+            last_run: vec![
+                outcome("aws", "ob-1-aws", "failed"),
+                outcome("vbox", "ob-3-vbox", "succeeded"),
+            ],
+        };
+        let m = merge(vec![a, b]);
+        let ids: Vec<&str> = m
+            .builds
+            .iter()
+            .map(|b| b.packer_run_uuid.as_str())
+            .collect();
+        assert_eq!(ids, ["ob-1-gcp", "ob-2-aws", "ob-3-vbox"]);
+        assert_eq!(m.builds[0].artifact_id, "second");
+        assert_eq!(m.last_run_uuid, "ob-3-vbox");
+        // the older aws failure does not replace the newer success
+        assert_eq!(m.last_run.len(), 2);
+        assert_eq!(m.last_run[0].outcome, "succeeded");
+        assert_eq!(merge(Vec::new()), Manifest::default());
+    }
+
+    #[test]
+    fn record_run_keeps_builds_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("out/manifest.json");
+        record_run(&p, vec![outcome("gcp", "ob-1-gcp", "failed")]).unwrap();
+        append(&p, build("ob-2-aws", "aws", 20)).unwrap();
+        record_run(
+            &p,
+            vec![
+                outcome("aws", "ob-2-aws", "succeeded"),
+                outcome("gcp", "ob-2-gcp", "cancelled"),
+            ],
+        )
+        .unwrap();
+        let m = read(&p).unwrap();
+        assert_eq!(m.builds.len(), 1);
+        assert_eq!(m.builds[0].build_seconds, Some(12.5));
+        assert_eq!(m.last_run.len(), 2);
+        // gcp's line replaced in place, aws's added
+        assert_eq!(m.last_run[0].iaas, "gcp");
+        assert_eq!(m.last_run[0].outcome, "cancelled");
+        assert_eq!(m.last_run[0].build_id, "ob-2-gcp");
+        assert_eq!(m.last_run[1].outcome, "succeeded");
+        std::fs::write(&p, "{").unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains("not a manifest"), "{e}");
+        assert!(read(&d.path().join("none.json")).is_err());
     }
 }

@@ -257,7 +257,7 @@ impl Runner {
             options: self.options.clone(),
         };
         let result = self
-            .steps(&ctx, job.builder.as_ref(), &job.inputs, gate)
+            .steps(&ctx, job.builder.as_ref(), &job.inputs, gate, started)
             .await;
         let (outcome, artifact, error) = match result {
             Ok(a) => (Outcome::Succeeded, Some(a), None),
@@ -324,6 +324,7 @@ impl Runner {
         builder: &dyn Builder,
         inputs: &InputDigests,
         gate: &ValidationGate,
+        started: Instant,
     ) -> Result<Artifact, BuildError> {
         let plan = &ctx.plan;
         // Every build validates before any of them creates anything.
@@ -423,7 +424,8 @@ impl Runner {
         };
         let sums = crate::manifest::write_checksums(&artifact.files, &types)?;
         artifact.files.extend(sums);
-        let entry = crate::manifest::entry(plan, &artifact, inputs.clone());
+        let mut entry = crate::manifest::entry(plan, &artifact, inputs.clone());
+        entry.build_seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
         {
             let _g = self.manifest_lock.lock().await;
             crate::manifest::append(&plan.manifest_path, entry)?;

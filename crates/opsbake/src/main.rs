@@ -8,7 +8,10 @@ mod cmd {
 }
 mod dispatch;
 mod localtest;
+mod manifest_cmd;
+mod matrix;
 mod output;
+mod summary;
 mod validate;
 
 use std::io::IsTerminal;
@@ -74,6 +77,8 @@ enum Cmd {
     Stemcell(cmd::stemcell::StemcellArgs),
     /// Convert a Packer template (JSON or HCL2) into an opsbake template, with a report.
     ImportPacker(cmd::import_packer::ImportPackerArgs),
+    /// Work with build manifests (join the per-worker ones of a CI matrix).
+    Manifest(manifest_cmd::ManifestArgs),
     /// Print the JSON Schema of the template format.
     Schema,
     /// Print the version.
@@ -104,6 +109,11 @@ struct InspectArgs {
     /// Only these IaaSes (comma separated).
     #[arg(long, value_delimiter = ',')]
     iaas: Vec<String>,
+    /// Print the build matrix as JSON (one entry per IaaS: credentials env
+    /// vars, peers, command, expected duration) for a CI `strategy.matrix`
+    /// or a Concourse `across` step.
+    #[arg(long)]
+    matrix: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -319,6 +329,17 @@ fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
         return Err(bad(validate::report(&checked, cli.json).unwrap_or_default()));
     }
     let vars = checked.vars;
+    // The matrix is planned where the stemcells and the credentials are not
+    // (a CI planning job): the files and the builders' checks are each
+    // worker's build's business.
+    if a.matrix {
+        let plans: Vec<_> = iaases
+            .iter()
+            .map(|i| (*i, plan_build(&loaded, &vars, *i, "inspect").ok()))
+            .collect();
+        print_json(&matrix::matrix(&a.t.template, &a.t.var_files, &plans));
+        return Ok(EXIT_OK);
+    }
     let mut builds = Vec::new();
     for i in iaases {
         let p = plan_build(&loaded, &vars, i, "inspect")?;
@@ -429,9 +450,9 @@ impl Asker for TtyAsker {
     }
 }
 
-/// Ctrl-C / SIGTERM: the first cancels every build (they unwind), the second
-/// says what is still being cleaned, the third exits at once (the journals
-/// stay for `opsbake cleanup`).
+/// Ctrl-C / SIGTERM: the first cancels every build (they unwind: the
+/// summary says what each deleted); the second says what is still being
+/// cleaned and exits at once (the journals stay for `opsbake cleanup`).
 fn spawn_signal_handler(cancel: CancellationToken, tracker: Arc<CleanupTracker>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -448,27 +469,22 @@ fn spawn_signal_handler(cancel: CancellationToken, tracker: Arc<CleanupTracker>)
                 _ = term.recv() => {},
             }
             count += 1;
-            match count {
-                1 => {
-                    eprintln!("\ninterrupted: cancelling every build and deleting what it created (Ctrl-C again to see what is left)");
-                    cancel.cancel();
-                }
-                2 => {
-                    let pending = tracker.pending();
-                    if pending.is_empty() {
-                        eprintln!("still unwinding: waiting for running steps to stop (Ctrl-C once more to exit now)");
-                    } else {
-                        eprintln!("still cleaning up (Ctrl-C once more to exit now and leave it to `opsbake cleanup`):");
-                        for (b, r) in pending {
-                            eprintln!("  [{b}] {r}");
-                        }
-                    }
-                }
-                _ => {
-                    eprintln!("exiting now; run `opsbake cleanup --all` to delete what is left");
-                    std::process::exit(EXIT_INTERRUPTED);
+            if count == 1 {
+                eprintln!("\ninterrupted: cancelling every build and deleting what it created (Ctrl-C again to stop at once)");
+                cancel.cancel();
+                continue;
+            }
+            let pending = tracker.pending();
+            if !pending.is_empty() {
+                eprintln!("\nstopped while cleaning up; not deleted yet:");
+                for (b, r) in pending {
+                    eprintln!("  [{b}] {r}");
                 }
             }
+            eprintln!(
+                "stopped at once: run `opsbake cleanup --all` to delete what the builds left"
+            );
+            std::process::exit(EXIT_INTERRUPTED);
         }
     });
 }
@@ -510,7 +526,12 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
             inputs,
         });
     }
-    let mut runner = Runner::new(sd, sink(cli));
+    let manifests: Vec<(String, PathBuf)> = jobs
+        .iter()
+        .map(|j| (j.plan.iaas.to_string(), j.plan.manifest_path.clone()))
+        .collect();
+    let tally = Arc::new(summary::Tally::new(sink(cli)));
+    let mut runner = Runner::new(sd, tally.clone());
     runner.options = RunOptions {
         debug: a.debug,
         offline: a.offline,
@@ -550,15 +571,20 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
         }
         let c = match r.outcome {
             Outcome::Succeeded => EXIT_OK,
-            Outcome::Failed => EXIT_BUILD_FAILED,
-            Outcome::Cancelled => EXIT_INTERRUPTED,
+            // cancelled by --fail-fast (an interrupt sets 130 below)
+            Outcome::Failed | Outcome::Cancelled => EXIT_BUILD_FAILED,
         };
         code = code.max(c);
         if !r.leftovers.is_empty() && !r.kept_on_error && code < EXIT_CLEANUP_INCOMPLETE {
             code = EXIT_CLEANUP_INCOMPLETE;
         }
     }
+    summary::record_run(&manifests, &results);
+    if !cli.json {
+        eprintln!("\n{}", summary::render(&results, &tally));
+    }
     if cancel.is_cancelled() {
+        eprintln!("{}", summary::deleted_report(&results, &tally));
         code = EXIT_INTERRUPTED;
     }
     Ok(code)
@@ -809,6 +835,12 @@ fn main() {
             }),
             Cmd::ImportPacker(a) => cmd::import_packer::run(a, cli.json)
                 .map_err(|(code, message)| Fail { code, message }),
+            Cmd::Manifest(a) => manifest_cmd::run(a).map_err(bad).map(|m| {
+                if let Some(m) = m {
+                    eprintln!("{m}");
+                }
+                EXIT_OK
+            }),
             Cmd::Schema => {
                 let s = template::json_schema();
                 outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());

@@ -1,5 +1,8 @@
 //! Event sinks: human lines (prefixed per build, colored on a TTY,
-//! optional timestamps, indicatif bars on a TTY) or one JSON object per line.
+//! optional timestamps) or one JSON object per line. On a terminal each
+//! build has one live line at the bottom (indicatif): its IaaS, current
+//! step and elapsed time, and bytes and rate while a step reports progress
+//! (uploads, imports); the builds' output lines scroll above them.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -39,7 +42,8 @@ pub struct HumanSink {
     timestamps: bool,
     color: bool,
     progress: Option<MultiProgress>,
-    bars: Mutex<HashMap<(String, String), ProgressBar>>,
+    /// The live line of each build (terminal only), by its IaaS prefix.
+    bars: Mutex<HashMap<String, ProgressBar>>,
     /// The last failed step and its error, per build: the build's end does
     /// not print the same error again.
     failed: Mutex<HashMap<String, (String, String)>>,
@@ -52,6 +56,29 @@ pub fn color_allowed(is_terminal: bool) -> bool {
 }
 
 const PALETTE: [u8; 6] = [33, 35, 36, 32, 34, 208];
+
+/// A fixed colour per IaaS (256-colour palette), so that a build keeps its
+/// colour from run to run; other prefixes hash into [`PALETTE`].
+fn iaas_color(build: &str) -> u8 {
+    match build {
+        "aws" => 208,
+        "gcp" => 33,
+        "azure" => 36,
+        "vsphere" => 34,
+        "vbox" => 35,
+        other => PALETTE[other.bytes().map(usize::from).sum::<usize>() % PALETTE.len()],
+    }
+}
+
+const STATUS_STYLE: &str = "{spinner} {prefix} {msg} [{elapsed}]";
+const BYTES_STYLE: &str =
+    "{spinner} {prefix} {msg} {bar:24} {bytes}/{total_bytes} {bytes_per_sec} [{elapsed}]";
+const BYTES_NO_TOTAL_STYLE: &str = "{spinner} {prefix} {msg} {bytes} {bytes_per_sec} [{elapsed}]";
+const COUNT_STYLE: &str = "{spinner} {prefix} {msg} {bar:24} {pos}/{len} [{elapsed}]";
+
+fn style(t: &str) -> Option<ProgressStyle> {
+    ProgressStyle::with_template(t).ok()
+}
 
 impl HumanSink {
     pub fn new(timestamps: bool, progress: bool) -> HumanSink {
@@ -74,10 +101,9 @@ impl HumanSink {
         if let Some(b) = &ev.build {
             let tag = format!("[{b}]");
             if self.color {
-                let idx = b.bytes().map(usize::from).sum::<usize>() % PALETTE.len();
                 p.push_str(
                     &Style::new()
-                        .color256(PALETTE[idx])
+                        .color256(iaas_color(b))
                         .bold()
                         .apply_to(tag)
                         .to_string(),
@@ -125,9 +151,78 @@ impl HumanSink {
     }
 }
 
+impl HumanSink {
+    /// Update the build's live line (terminal only).
+    fn live(&self, ev: &Event, p: &str) {
+        let (Some(mp), Some(build)) = (&self.progress, &ev.build) else {
+            return;
+        };
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars.entry(build.clone()).or_insert_with(|| {
+            let b = mp.add(ProgressBar::new_spinner());
+            if let Some(st) = style(STATUS_STYLE) {
+                b.set_style(st);
+            }
+            b.set_prefix(p.trim_end().to_string());
+            b.set_message("starting");
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
+            b
+        });
+        match &ev.kind {
+            EventKind::StepStarted { step } => {
+                if let Some(st) = style(STATUS_STYLE) {
+                    bar.set_style(st);
+                }
+                bar.set_message(step.clone());
+            }
+            EventKind::StepFinished { step, .. } => {
+                if let Some(st) = style(STATUS_STYLE) {
+                    bar.set_style(st);
+                }
+                bar.set_message(format!("{step} done"));
+            }
+            EventKind::Progress {
+                step,
+                done,
+                total,
+                unit,
+            } => {
+                let t = match (unit.as_str(), *total) {
+                    ("bytes", 0) => BYTES_NO_TOTAL_STYLE,
+                    ("bytes", _) => BYTES_STYLE,
+                    _ => COUNT_STYLE,
+                };
+                if let Some(st) = style(t) {
+                    bar.set_style(st);
+                }
+                bar.set_message(step.clone());
+                bar.set_length(*total);
+                bar.set_position(*done);
+            }
+            EventKind::BuildFinished {
+                outcome, seconds, ..
+            } => {
+                if let Some(st) = style("  {prefix} {msg}") {
+                    bar.set_style(st);
+                }
+                let msg = format!("{outcome} in {seconds:.1}s");
+                bar.finish_with_message(if outcome == "succeeded" {
+                    msg
+                } else {
+                    self.red(msg)
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
 impl EventSink for HumanSink {
     fn emit(&self, ev: Event) {
         let p = self.prefix(&ev);
+        self.live(&ev, &p);
         let line = match &ev.kind {
             EventKind::BuildStarted {
                 template,
@@ -138,12 +233,6 @@ impl EventSink for HumanSink {
             ),
             EventKind::StepStarted { step } => format!("{p}==> {step}"),
             EventKind::StepFinished { step, seconds } => {
-                if let Ok(mut bars) = self.bars.lock() {
-                    let key = (ev.build.clone().unwrap_or_default(), step.clone());
-                    if let Some(b) = bars.remove(&key) {
-                        b.finish_and_clear();
-                    }
-                }
                 self.dim(format!("{p}    {step} done in {seconds:.1}s"))
             }
             EventKind::StepFailed { step, error } => {
@@ -175,35 +264,8 @@ impl EventSink for HumanSink {
                 kind, id, error, ..
             } => self.red(format!("{p}could not delete {kind} {id}: {error}")),
             EventKind::ResourceKept { kind, id, .. } => format!("{p}    kept {kind} {id}"),
-            EventKind::Progress {
-                step,
-                done,
-                total,
-                unit,
-            } => {
-                if let Some(mp) = &self.progress {
-                    if let Ok(mut bars) = self.bars.lock() {
-                        let key = (ev.build.clone().unwrap_or_default(), step.clone());
-                        let bar = bars.entry(key).or_insert_with(|| {
-                            let b = mp.add(ProgressBar::new(*total));
-                            let tmpl = if unit == "bytes" {
-                                "{prefix} {msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}"
-                            } else {
-                                "{prefix} {msg} {wide_bar} {pos}/{len}"
-                            };
-                            if let Ok(st) = ProgressStyle::with_template(tmpl) {
-                                b.set_style(st);
-                            }
-                            b.set_prefix(p.trim_end().to_string());
-                            b.set_message(step.clone());
-                            b
-                        });
-                        bar.set_length(*total);
-                        bar.set_position(*done);
-                    }
-                }
-                return;
-            }
+            // On the live line only (a terminal); too many for plain lines.
+            EventKind::Progress { .. } => return,
             EventKind::BuildFinished {
                 outcome,
                 seconds,
