@@ -728,3 +728,153 @@ async fn retry_after_is_honoured_on_operation_polls_and_429s() {
         "{e}"
     );
 }
+
+/// Packer's VHD output: the captured OS disk's VHD is copied out into a
+/// page blob through a read SAS of the disk (beginGetAccess, several polls),
+/// only its non-zero pages sent, the SAS revoked after (endGetAccess), the
+/// blob kept and named in the artifact. The disk of a heavy build holds the
+/// stemcell's VHD, so the blob read back must equal it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhd_output_copies_the_os_disk_out_and_reads_back_equal() {
+    if skip() {
+        return;
+    }
+    let sc = stemcell(HEAVY);
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let az = Azurite::start().unwrap();
+    public_container(&az, "vhds").await;
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      vhd_output: appliance-1.0.vhd",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-vhd-1").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    // The blob holds exactly the disk's VHD (= the stemcell's).
+    let (len, sha) = vhd_sha256(&sc);
+    let got = az
+        .get_public("vhds", "appliance-1.0.vhd")
+        .expect("the VHD output blob");
+    assert_eq!(got.len() as u64, len);
+    use sha2::Digest as _;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&got)), sha);
+    assert_eq!(&got[got.len() - 512..][..8], b"conectix");
+    // Only the output blob is left in the container (the import blob went).
+    assert_eq!(
+        az.list_public("vhds"),
+        vec!["appliance-1.0.vhd".to_string()]
+    );
+    // The disk was read through its SAS once, the SAS revoked, the disk gone.
+    assert_eq!(arm.disk_bytes_served(), len);
+    assert!(arm.disk_sas_active().is_empty());
+    assert!(
+        arm.of_kind("Microsoft.Compute/disks").is_empty(),
+        "{:#?}",
+        kinds(&arm)
+    );
+    let log = arm.log();
+    let begin = log
+        .iter()
+        .position(|l| l.starts_with("POST") && l.contains("/beginGetAccess"))
+        .expect("beginGetAccess");
+    let end = log
+        .iter()
+        .position(|l| l.starts_with("POST") && l.contains("/endGetAccess"))
+        .expect("endGetAccess");
+    let dealloc = log
+        .iter()
+        .position(|l| l.contains("/deallocate"))
+        .expect("deallocate");
+    assert!(dealloc < begin && begin < end, "{log:#?}");
+    // The artifact names the blob, never its SAS.
+    let art = r.artifact.unwrap();
+    let url = art.custom_data.get("vhd_url").expect("vhd_url");
+    assert!(url.ends_with("/vhds/appliance-1.0.vhd"), "{url}");
+    assert!(!url.contains("sig="), "{url}");
+    assert!(art.id.contains(url.as_str()), "{}", art.id);
+    assert_eq!(art.custom_data["vhd_bytes"], len.to_string());
+    // Zero pages were not sent.
+    let sent: u64 = art.custom_data["vhd_bytes_sent"].parse().unwrap();
+    assert!(sent < len, "{sent} of {len}");
+    assert!(
+        events.iter().all(|e| !e.contains("sig=")),
+        "{}",
+        events.join("\n")
+    );
+}
+
+/// A copy that cannot read the disk fails the build with an error naming
+/// the disk's SAS URL without its signature; the SAS is revoked (the disk
+/// of a build in a given group is deleted one by one, and a disk with an
+/// active SAS cannot be), and nothing of the build is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_vhd_copy_revokes_the_sas_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    arm.seed_resource_group("builds", "westeurope");
+    let az = Azurite::start().unwrap();
+    public_container(&az, "vhds").await;
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      build_resource_group: builds\n      vhd_output: appliance.vhd",
+    );
+    // Every pass of the copy (3) fails to read the disk.
+    arm.fail_disk_reads(3);
+    let (r, events) = run(dir.path(), &t, "ob-az-vhd-2").await;
+    let e = r.error.expect("the build fails");
+    assert!(e.contains("GET (disk SAS)") && e.contains("500"), "{e}");
+    assert!(!e.contains("sig="), "{e}");
+    assert!(arm.disk_sas_active().is_empty());
+    let left = kinds(&arm);
+    assert_eq!(
+        left.len(),
+        2,
+        "only the two groups: {left:#?}\n{}",
+        events.join("\n")
+    );
+    assert!(
+        az.list_public("vhds").is_empty(),
+        "{:?}",
+        az.list_public("vhds")
+    );
+
+    // Then a light build's VHD output (its disk holds the server's own small
+    // fixed VHD): read back whole, footer checked.
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      build_resource_group: builds\n      vhd_output: appliance.vhd",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-vhd-3").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    let got = az
+        .get_public("vhds", "appliance.vhd")
+        .expect("the VHD blob");
+    assert_eq!(got.len(), (4 << 20) + 512);
+    assert!(
+        got.starts_with(b"opsbake-arm-test-disk "),
+        "{:?}",
+        &got[..40]
+    );
+    assert_eq!(&got[got.len() - 512..][..8], b"conectix");
+    assert!(arm.disk_sas_active().is_empty());
+}
