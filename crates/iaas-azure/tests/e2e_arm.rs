@@ -545,9 +545,9 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
     assert_eq!(ids.len(), 2, "{ids:#?}");
     assert!(ids.iter().any(|i| i.ends_with("/g-mine")));
     assert!(ids.iter().any(|i| i.ends_with("/n-mine")));
-    // Resources before groups.
-    assert!(found[0].kind != "resource_group");
-    for r in &found {
+    // In creation order (groups first); the unwind deletes in reverse.
+    assert_eq!(found[0].kind, "resource_group");
+    for r in found.iter().rev() {
         d.delete(r).await.unwrap();
     }
     let left: Vec<String> = arm.resources().iter().map(|r| r.id.clone()).collect();
