@@ -262,6 +262,14 @@ async fn row(heavy: bool, signal: Signal, pred: fn(&Value) -> bool, label: &str)
         .resources()
         .iter()
         .any(|r| r.id.ends_with("resourceGroups/opsbake-images")));
+    if label.contains("provisioning") {
+        // The kill came after the login: the build was provisioning.
+        assert!(
+            p.sshd.log_text().contains("Accepted publickey for vcap"),
+            "{label}: {}",
+            p.sshd.log_text()
+        );
+    }
     // No build VM still runs (the sshd plays running VMs only).
     assert!(p.arm.custom_data().is_empty(), "{label}");
 }
