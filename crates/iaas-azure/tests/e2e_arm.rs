@@ -878,3 +878,85 @@ async fn a_failed_vhd_copy_revokes_the_sas_and_leaves_nothing() {
     assert_eq!(&got[got.len() - 512..][..8], b"conectix");
     assert!(arm.disk_sas_active().is_empty());
 }
+
+/// Replication is followed per region over the server's multi-poll states:
+/// each region's reported progress climbs (several distinct values, never
+/// down), the lagging region is seen behind the first, and the build waits
+/// until every region is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_progress_is_reported_per_region_until_complete() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions {
+        replication_polls: Some(8),
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "      gallery: {name: g1, image: appliance, version: 3.0.0, regions: [{name: westeurope}, {name: eastus, replicas: 2}]}",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-repl-2").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    let mut seen: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for e in &events {
+        let Some(line) = e.split("replication of 3.0.0: ").nth(1) else {
+            continue;
+        };
+        let line = line.split('"').next().unwrap_or("");
+        for part in line.split(", ") {
+            let f: Vec<&str> = part.split_whitespace().collect();
+            if f.len() == 3 {
+                let pct: u64 = f[2].trim_end_matches('%').parse().unwrap();
+                seen.entry(f[0].to_string())
+                    .or_default()
+                    .push((f[1].to_string(), pct));
+            }
+        }
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["eastus".to_string(), "westeurope".to_string()],
+        "{}",
+        events.join("\n")
+    );
+    for (region, states) in &seen {
+        let pcts: Vec<u64> = states.iter().map(|s| s.1).collect();
+        assert!(pcts.windows(2).all(|w| w[0] <= w[1]), "{region}: {pcts:?}");
+        let mut distinct = pcts.clone();
+        distinct.dedup();
+        assert!(distinct.len() >= 3, "{region}: {pcts:?}");
+        assert!(
+            states.iter().any(|s| s.0 == "Replicating"),
+            "{region}: {states:?}"
+        );
+    }
+    // The second region lags behind the first at some poll.
+    let (w, e) = (&seen["westeurope"], &seen["eastus"]);
+    assert!(
+        w.iter().zip(e.iter()).any(|(a, b)| a.1 > b.1),
+        "{w:?} {e:?}"
+    );
+    // Complete when the build ended: the version is there, every region done.
+    let v = arm.of_kind("Microsoft.Compute/galleries/images/versions");
+    assert_eq!(v.len(), 1);
+    let summary = v[0].body["properties"]["replicationStatus"]["summary"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        summary.iter().all(|s| s["state"] == "Completed"),
+        "{summary:?}"
+    );
+    let art = r.artifact.unwrap();
+    assert_eq!(art.custom_data["gallery_regions"], "westeurope,eastus");
+}
