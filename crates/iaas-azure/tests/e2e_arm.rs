@@ -133,6 +133,15 @@ outputs:
 }
 
 async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>) {
+    run_with(dir, template, id, false).await
+}
+
+async fn run_with(
+    dir: &Path,
+    template: &Path,
+    id: &str,
+    reimport: bool,
+) -> (BuildResult, Vec<String>) {
     let loaded = opsbake_core::template::load(template).unwrap();
     let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
     let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Azure, id).unwrap();
@@ -147,6 +156,7 @@ async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>
     let mut runner = Runner::new(dir.join("state"), log.clone());
     runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
     runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    runner.options.reimport = reimport;
     let r = runner
         .run_all(
             vec![BuildJob {
@@ -343,6 +353,18 @@ async fn heavy_stemcell_build_imports_the_vhd_and_logs_in_through_custom_data() 
     let (r, events) = run(dir.path(), &t, "ob-az-heavy-2").await;
     assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
     assert_eq!(arm.blobs_read().len(), 1);
+
+    // --reimport: the blob is uploaded and the base image made again.
+    let (r, events) = run_with(dir.path(), &t, "ob-az-heavy-3", true).await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    assert_eq!(arm.blobs_read().len(), 2);
+    let base: Vec<_> = arm
+        .of_kind("Microsoft.Compute/images")
+        .into_iter()
+        .filter(|i| i.body["tags"]["opsbake-stemcell-sha1"].is_string())
+        .collect();
+    assert_eq!(base.len(), 1, "one base image, replaced");
+    assert_eq!(base[0].body["tags"]["opsbake-build-id"], "ob-az-heavy-3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,7 +925,7 @@ async fn replication_progress_is_reported_per_region_until_complete() {
         arm.endpoint(),
         "http://127.0.0.1:9/devstoreaccount1",
         sshd.port(),
-        "      gallery: {name: g1, image: appliance, version: 3.0.0, regions: [{name: westeurope}, {name: eastus, replicas: 2}]}",
+        "      gallery: {name: g1, image: appliance, version: 3.0.0, shallow_replication: true, storage_account_type: Standard_ZRS, regions: [{name: westeurope}, {name: eastus, replicas: 2}]}",
     );
     let (r, events) = run(dir.path(), &t, "ob-az-repl-2").await;
     assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
@@ -956,6 +978,19 @@ async fn replication_progress_is_reported_per_region_until_complete() {
     assert!(
         summary.iter().all(|s| s["state"] == "Completed"),
         "{summary:?}"
+    );
+    // The publishing profile carried the replicas, the storage type and
+    // shallow replication.
+    let pp = &v[0].body["properties"]["publishingProfile"];
+    assert_eq!(pp["replicationMode"], "Shallow", "{pp}");
+    let targets = pp["targetRegions"].as_array().unwrap();
+    assert_eq!(targets[1]["name"], "eastus");
+    assert_eq!(targets[1]["regionalReplicaCount"], 2);
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["storageAccountType"] == "Standard_ZRS"),
+        "{pp}"
     );
     let art = r.artifact.unwrap();
     assert_eq!(art.custom_data["gallery_regions"], "westeurope,eastus");
