@@ -56,13 +56,14 @@ with open(p, "wb") as f:
     f.seek(size); f.write(foot)
 PY
 fi
+rm -f "$work/proxy.count" "$work/proxy.count.tmp"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 node "$OPSBAKE_AZURITE" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --silent >"$work/azurite.log" 2>&1 &
 azpid=$!
 # A counting proxy (request bytes on the wire).
 python3 - "$pport" "$port" "$work/proxy.count" <<'PY' &
-import socket, sys, threading
+import os, socket, sys, threading
 lp, tp, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 total = [0]; lock = threading.Lock()
 def pipe(a, b, count):
@@ -73,7 +74,9 @@ def pipe(a, b, count):
             if count:
                 with lock:
                     total[0] += len(d)
-                    open(out, "w").write(str(total[0]))
+                    # Atomic: a reader never sees a half-written count.
+                    open(out + ".tmp", "w").write(str(total[0]))
+                    os.replace(out + ".tmp", out)
             b.sendall(d)
     except OSError: pass
     finally:
