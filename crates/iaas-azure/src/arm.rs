@@ -403,6 +403,67 @@ impl Arm {
         }
     }
 
+    /// POST an action with a body whose long-running operation has a
+    /// result (`beginGetAccess`: `{"accessSAS": ...}`), wait for it, and
+    /// return the result: the `Location` URL's final answer, else the
+    /// `Azure-AsyncOperation` status's `properties.output`, else the body of
+    /// a synchronous answer.
+    pub async fn action_result(
+        &self,
+        id: &str,
+        action: &str,
+        body: &Value,
+        scope: &str,
+    ) -> Result<Value, AzureError> {
+        let op = format!("POST {action}");
+        let a = self
+            .call(
+                reqwest::Method::POST,
+                &format!("{id}/{action}"),
+                Some(api_for(id)),
+                Some(body),
+                &op,
+            )
+            .await?;
+        match a.status {
+            200 if a.async_op.is_none() && a.location.is_none() => Ok(a.body),
+            200 | 202 => {
+                self.wait_operation(&a, id, scope, &format!("{action} {id}"))
+                    .await?;
+                if let Some(loc) = &a.location {
+                    let r = self
+                        .call(
+                            reqwest::Method::GET,
+                            loc,
+                            None,
+                            None,
+                            "GET operation result",
+                        )
+                        .await?;
+                    if r.status == 200 && !r.body.is_null() {
+                        return Ok(r.body);
+                    }
+                }
+                if let Some(u) = &a.async_op {
+                    let r = self
+                        .call(reqwest::Method::GET, u, None, None, "GET operation")
+                        .await?;
+                    if let Some(out) = r.body.pointer("/properties/output") {
+                        return Ok(out.clone());
+                    }
+                }
+                Err(AzureError::Api {
+                    op,
+                    resource: id.to_string(),
+                    status: a.status,
+                    code: "NoOperationResult".into(),
+                    message: "the operation succeeded without a result".into(),
+                })
+            }
+            _ => Err(Self::api_error(&op, id, &a)),
+        }
+    }
+
     /// DELETE a resource (or group) and wait; `false` when it was not there.
     pub async fn delete(&self, id: &str, scope: &str) -> Result<bool, AzureError> {
         let op = format!("DELETE {}", kind_of(id));

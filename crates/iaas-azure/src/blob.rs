@@ -14,7 +14,7 @@
 //! (http) they carry an account SAS in the URL ([`crate::sas`]); against
 //! Azure, a token credential (https) or the same SAS from an account key.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use azure_core::credentials::TokenCredential;
@@ -261,14 +261,112 @@ pub enum VhdSource {
     File(PathBuf),
     /// The `.vhd` inside the `image` member (a `.tgz`) of a stemcell `.tgz`.
     Stemcell(PathBuf),
+    /// A read SAS URL of a VHD (a managed disk's `beginGetAccess`): read
+    /// with one GET, in order, never stored on disk.
+    Sas(SasUrl),
+}
+
+/// A URL whose query is a secret (a SAS): shown without its query.
+#[derive(Clone)]
+pub struct SasUrl(pub url::Url);
+
+impl std::fmt::Debug for SasUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
 }
 
 impl VhdSource {
-    fn path(&self) -> &Path {
+    fn path(&self) -> PathBuf {
         match self {
-            VhdSource::File(p) | VhdSource::Stemcell(p) => p,
+            VhdSource::File(p) | VhdSource::Stemcell(p) => p.clone(),
+            VhdSource::Sas(u) => PathBuf::from(redact(&u.0)),
         }
     }
+}
+
+/// A blocking reader over an HTTP answer's body (on a blocking thread of
+/// the runtime `rt`).
+struct HttpRead {
+    rt: tokio::runtime::Handle,
+    resp: reqwest::Response,
+    buf: bytes_buf::Buf,
+}
+
+mod bytes_buf {
+    /// The unread rest of the last chunk.
+    #[derive(Default)]
+    pub struct Buf {
+        pub data: Vec<u8>,
+        pub at: usize,
+    }
+}
+
+impl std::io::Read for HttpRead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.at >= self.buf.data.len() {
+            match self.rt.block_on(self.resp.chunk()) {
+                Ok(Some(c)) => {
+                    self.buf.data = c.to_vec();
+                    self.buf.at = 0;
+                }
+                Ok(None) => return Ok(0),
+                Err(_) => {
+                    return Err(std::io::Error::other("the VHD's answer was cut"));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.data.len() - self.buf.at);
+        out[..n].copy_from_slice(&self.buf.data[self.buf.at..self.buf.at + n]);
+        self.buf.at += n;
+        Ok(n)
+    }
+}
+
+/// GET a SAS URL (https, or http on loopback only: test peers): its body
+/// and length. No bearer token: the SAS is the access.
+async fn open_sas(u: &SasUrl) -> Result<(reqwest::Response, u64), AzureError> {
+    let name = redact(&u.0);
+    let loopback = match u.0.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if u.0.scheme() != "https" && !loopback {
+        return Err(AzureError::Invalid(format!(
+            "{name}: a SAS URL is only read over https"
+        )));
+    }
+    let r = reqwest::Client::new()
+        .get(u.0.clone())
+        .header("x-ms-version", "2021-12-02")
+        .send()
+        .await
+        .map_err(|e| AzureError::Transport {
+            op: "GET (disk SAS)".into(),
+            resource: name.clone(),
+            message: if e.is_connect() {
+                "could not connect".into()
+            } else {
+                "request failed".into()
+            },
+        })?;
+    let status = r.status().as_u16();
+    if status != 200 {
+        let body = r.text().await.unwrap_or_default();
+        return Err(AzureError::Api {
+            op: "GET (disk SAS)".into(),
+            resource: name,
+            status,
+            code: crate::error::strip_urls(&body.chars().take(200).collect::<String>()),
+            message: "reading the disk's VHD failed".into(),
+        });
+    }
+    let len = r
+        .content_length()
+        .ok_or_else(|| AzureError::Invalid(format!("{name}: the answer has no Content-Length")))?;
+    Ok((r, len))
 }
 
 /// The non-zero runs of whole pages in `buf` (at `base`), each at most
@@ -322,8 +420,9 @@ type JobResult = Result<(u64, Option<Vec<u8>>), AzureError>;
 fn spawn_reader(src: VhdSource, chunk: usize, depth: usize) -> Reader {
     let (size_tx, size_rx) = tokio::sync::oneshot::channel();
     let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+    let rt = tokio::runtime::Handle::current();
     let h = tokio::task::spawn_blocking(move || {
-        let path = src.path().to_path_buf();
+        let path = src.path();
         let io = |source: std::io::Error| AzureError::Io {
             path: path.clone(),
             source,
@@ -347,6 +446,15 @@ fn spawn_reader(src: VhdSource, chunk: usize, depth: usize) -> Reader {
         };
         let res = (|| -> Result<(), AzureError> {
             match &src {
+                VhdSource::Sas(u) => {
+                    let (resp, len) = rt.block_on(open_sas(u))?;
+                    let mut r = HttpRead {
+                        rt: rt.clone(),
+                        resp,
+                        buf: bytes_buf::Buf::default(),
+                    };
+                    run(&mut r, len)
+                }
                 VhdSource::File(p) => {
                     let f = std::fs::File::open(p).map_err(io)?;
                     let len = f.metadata().map_err(io)?.len();
@@ -430,7 +538,7 @@ async fn upload_pass(
     if size == 0 || !size.is_multiple_of(PAGE as u64) {
         reader.abort();
         return Err(AzureError::Stemcell {
-            path: src.path().to_path_buf(),
+            path: src.path(),
             message: format!("VHD size {size} is not a positive multiple of 512 (a fixed VHD is)"),
         });
     }
@@ -524,12 +632,12 @@ async fn upload_pass(
         return Err(e);
     }
     let footer = footer.ok_or_else(|| AzureError::Stemcell {
-        path: src.path().to_path_buf(),
+        path: src.path(),
         message: "the VHD's last 512 bytes (its footer) are zero: not a fixed VHD".into(),
     })?;
     if &footer[..8] != b"conectix" {
         return Err(AzureError::Stemcell {
-            path: src.path().to_path_buf(),
+            path: src.path(),
             message: "no VHD footer (cookie `conectix`) in the last 512 bytes".into(),
         });
     }

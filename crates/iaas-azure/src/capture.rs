@@ -11,6 +11,7 @@ use opsbake_core::wait::WaitError as _;
 use serde_json::{json, Value};
 
 use crate::arm::api;
+use crate::blob::{upload_vhd, BlobTarget, SasUrl, UploadOptions, VhdSource};
 use crate::checks::set;
 use crate::cleanup::kind;
 use crate::error::AzureError;
@@ -31,6 +32,7 @@ impl AzureBuilder {
         let mut ids = Vec::new();
         let mut custom = BTreeMap::new();
         let mut image_id = None;
+        let mut keeps: Vec<(u64, &str, String)> = Vec::new();
         if let Some(name) = set(&self.opts.image_name) {
             let id = arm.res_id(&self.resource_group, "Microsoft.Compute/images", &name);
             let extra = self.opts.tags.clone();
@@ -59,10 +61,20 @@ impl AzureBuilder {
                     },
                 )
                 .await?;
-            ctx.keep(seq, kind::IMAGE, &id)?;
+            // Kept once every output is made (a failed VHD copy or gallery
+            // version unwinds it).
+            keeps.push((seq, kind::IMAGE, id.clone()));
             custom.insert("managed_image_id".to_string(), id.clone());
             ids.push(id.clone());
             image_id = Some(id);
+        }
+        if let Some(blob) = set(&self.opts.vhd_output) {
+            let (seq, url, size, sent) = self.export_vhd(ctx, &vm, &blob).await?;
+            custom.insert("vhd_url".to_string(), url.clone());
+            custom.insert("vhd_bytes".to_string(), size.to_string());
+            custom.insert("vhd_bytes_sent".to_string(), sent.to_string());
+            keeps.push((seq, kind::BLOB, url.clone()));
+            ids.push(url);
         }
         if let Some(g) = &self.opts.gallery {
             let vid = self
@@ -79,6 +91,9 @@ impl AzureBuilder {
             );
             ids.push(vid);
         }
+        for (seq, k, id) in keeps {
+            ctx.keep(seq, k, &id)?;
+        }
         if let Some((seq, base)) = self.base_seq.lock().await.clone() {
             // The imported base image is kept for the next build of this stemcell.
             ctx.keep(seq, kind::IMAGE, &base)?;
@@ -89,6 +104,130 @@ impl AzureBuilder {
             files: Vec::new(),
             custom_data: custom,
         })
+    }
+
+    /// The OS disk's VHD copied out into the page blob `blob` of the
+    /// storage container (Packer's VHD output): a read SAS of the
+    /// deallocated VM's disk (`beginGetAccess`), its non-zero pages streamed
+    /// into the blob (the same page upload as a heavy stemcell's import,
+    /// footer last, resumable), then the SAS revoked (`endGetAccess`), also
+    /// when the copy failed. The blob is journaled before its create, so a
+    /// failed build deletes it; a successful one keeps it.
+    async fn export_vhd(
+        &self,
+        ctx: &BuildContext,
+        vm: &str,
+        blob: &str,
+    ) -> Result<(u64, String, u64, u64), BuildError> {
+        let arm = self.arm_for(ctx);
+        let scope = self.scope();
+        let Some(st) = &self.storage else {
+            return Err(AzureError::Invalid(
+                "vhd_output needs storage_account (or storage_endpoint)".into(),
+            )
+            .into());
+        };
+        let disk = arm
+            .get(vm, None)
+            .await?
+            .and_then(|v| {
+                v.pointer("/properties/storageProfile/osDisk/managedDisk/id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| AzureError::Invalid(format!("VM {vm} has no managed OS disk")))?;
+        let container =
+            set(&self.opts.storage_container).unwrap_or_else(|| crate::DEFAULT_CONTAINER.into());
+        let mut url = st.endpoint.clone();
+        {
+            let mut segs = url.path_segments_mut().map_err(|_| {
+                AzureError::Invalid(format!(
+                    "storage endpoint {} cannot hold a path",
+                    st.endpoint
+                ))
+            })?;
+            segs.pop_if_empty().push(&container);
+            for p in blob.split('/') {
+                segs.push(p);
+            }
+        }
+        let target = BlobTarget {
+            url: url.clone(),
+            sas: st.sas.clone(),
+            credential: if st.sas.is_some() {
+                None
+            } else {
+                st.credential.clone()
+            },
+        };
+        target.ensure_container().await?;
+        let granted = arm
+            .action_result(
+                &disk,
+                "beginGetAccess",
+                &json!({"access": "Read", "durationInSeconds": 3600}),
+                &scope,
+            )
+            .await?;
+        let sas = granted
+            .get("accessSAS")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                AzureError::Invalid(format!(
+                    "beginGetAccess of {disk}: no accessSAS in its result"
+                ))
+            })
+            .and_then(|s| {
+                url::Url::parse(s).map_err(|_| {
+                    AzureError::Invalid(format!("beginGetAccess of {disk}: accessSAS is not a URL"))
+                })
+            });
+        let copied = match sas {
+            Ok(sas) => {
+                let opts = UploadOptions {
+                    concurrency: self
+                        .opts
+                        .upload_concurrency
+                        .map(|c| c.max(1) as usize)
+                        .unwrap_or(crate::blob::DEFAULT_CONCURRENCY),
+                    metadata: vec![
+                        ("opsbake_build_id".into(), ctx.build_id().to_string()),
+                        ("opsbake_source_disk".into(), disk.clone()),
+                    ],
+                    ..UploadOptions::default()
+                };
+                let src = VhdSource::Sas(SasUrl(sas));
+                let blob_url = url.to_string();
+                ctx.create_resource(
+                    kind::BLOB,
+                    blob,
+                    json!({ "id": blob_url, "location": self.location, "vhd_output": true }),
+                    |_token| {
+                        let target = target.clone();
+                        let blob_url = blob_url.clone();
+                        async move {
+                            let r = upload_vhd(&target, &src, &opts).await?;
+                            Ok::<_, AzureError>(Made::new(blob_url, r))
+                        }
+                    },
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        // Revoke the SAS whatever happened: a disk with an active SAS cannot
+        // be deleted.
+        let revoked = arm.action(&disk, "endGetAccess", &scope).await;
+        let (seq, report) = copied?;
+        revoked?;
+        tracing::info!(blob = %target.name(), size = report.size, sent = report.bytes_sent, "azure: OS disk VHD copied out");
+        ctx.events.info(format!(
+            "azure: VHD output {} ({} bytes, {} sent)",
+            target.name(),
+            report.size,
+            report.bytes_sent
+        ));
+        Ok((seq, target.name(), report.size, report.bytes_sent))
     }
 
     fn regions(&self, g: &opsbake_core::options::AzureGallery) -> Vec<(String, u32)> {

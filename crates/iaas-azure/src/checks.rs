@@ -107,6 +107,25 @@ pub fn guid(s: &str) -> Result<(), String> {
     }
 }
 
+/// A VHD output blob name: 1-1024 characters ending in `.vhd` (what Azure
+/// takes as a disk), no `/` (at the container's top), `\\`, `?` or `#`.
+pub fn vhd_blob_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 1024
+        && !s.contains(['\\', '?', '#', '/'])
+        && !s.ends_with('.')
+        && !s.ends_with('/')
+        && !s.starts_with('/')
+        && s.to_ascii_lowercase().ends_with(".vhd");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a VHD blob name (1-1024 characters ending in .vhd, no `/`, `\\`, `?`, `#`)"
+        ))
+    }
+}
+
 /// Every offline finding of these options.
 pub fn findings(o: &AzureOptions, ssh_cidrs_empty: bool) -> Vec<Finding> {
     let k = |f: &str| format!("builds.azure.options.{f}");
@@ -146,11 +165,22 @@ pub fn findings(o: &AzureOptions, ssh_cidrs_empty: bool) -> Vec<Finding> {
             out.push(Finding::new(k("image_name"), m));
         }
     }
-    if set(&o.image_name).is_none() && o.gallery.is_none() {
+    if set(&o.image_name).is_none() && o.gallery.is_none() && set(&o.vhd_output).is_none() {
         out.push(Finding::new(
             k("image_name"),
-            "nothing to capture: set image_name (a managed image) and/or gallery",
+            "nothing to capture: set image_name (a managed image), gallery and/or vhd_output",
         ));
+    }
+    if let Some(v) = set(&o.vhd_output) {
+        if let Err(m) = vhd_blob_name(&v) {
+            out.push(Finding::new(k("vhd_output"), m));
+        }
+        if set(&o.storage_account).is_none() && set(&o.storage_endpoint).is_none() {
+            out.push(Finding::new(
+                k("vhd_output"),
+                "a VHD output needs storage_account (or storage_endpoint) to hold its page blob",
+            ));
+        }
     }
     if let Some(a) = set(&o.storage_account) {
         if let Err(m) = storage_account(&a) {
@@ -204,6 +234,34 @@ mod tests {
         assert!(storage_account("Opsbake").is_err());
         assert!(guid("00000000-0000-4000-8000-000000000001").is_ok());
         assert!(guid("sub-1").is_err());
+        assert!(vhd_blob_name("appliance-1.0.vhd").is_ok());
+        assert!(vhd_blob_name("appliance.VHD").is_ok());
+        assert!(vhd_blob_name("dir/appliance.vhd").is_err());
+        assert!(vhd_blob_name("appliance.raw").is_err());
+        assert!(vhd_blob_name("a?b.vhd").is_err());
+        assert!(vhd_blob_name("/a.vhd").is_err());
+    }
+
+    #[test]
+    fn a_vhd_output_needs_storage_and_a_vhd_name() {
+        let o = AzureOptions {
+            subscription_id: Some("00000000-0000-4000-8000-000000000001".into()),
+            resource_group: Some("rg".into()),
+            location: Some("westeurope".into()),
+            vhd_output: Some("out.img".into()),
+            ..AzureOptions::default()
+        };
+        let f = findings(&o, false);
+        let keys: Vec<&str> = f
+            .iter()
+            .filter(|x| x.key == "builds.azure.options.vhd_output")
+            .map(|x| x.message.as_str())
+            .collect();
+        assert_eq!(keys.len(), 2, "{f:?}");
+        assert!(keys.iter().any(|m| m.contains(".vhd")));
+        assert!(keys.iter().any(|m| m.contains("storage_account")));
+        // A VHD output alone is something to capture.
+        assert!(!f.iter().any(|x| x.message.contains("nothing to capture")));
     }
 
     #[test]

@@ -205,12 +205,15 @@ impl AzureDeleter {
             };
             out.push((k.to_string(), id.to_string()));
         }
-        // Delete order: VMs first, then disks and NICs, then the rest.
+        // In creation order (groups, then networks, NSGs, IPs and images,
+        // then disks and NICs, then VMs): `opsbake cleanup` journals what
+        // the sweep found in this order and unwinds in reverse, so VMs go
+        // first and the groups last.
         let rank = |k: &str| match k {
-            kind::VM => 0,
-            kind::OS_DISK | kind::NIC => 1,
-            kind::RESOURCE_GROUP => 3,
-            _ => 2,
+            kind::RESOURCE_GROUP => 0,
+            kind::OS_DISK | kind::NIC => 2,
+            kind::VM => 3,
+            _ => 1,
         };
         out.sort_by_key(|(k, _)| rank(k));
         Ok(out)

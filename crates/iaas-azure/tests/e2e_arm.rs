@@ -133,6 +133,15 @@ outputs:
 }
 
 async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>) {
+    run_with(dir, template, id, false).await
+}
+
+async fn run_with(
+    dir: &Path,
+    template: &Path,
+    id: &str,
+    reimport: bool,
+) -> (BuildResult, Vec<String>) {
     let loaded = opsbake_core::template::load(template).unwrap();
     let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
     let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Azure, id).unwrap();
@@ -147,6 +156,7 @@ async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>
     let mut runner = Runner::new(dir.join("state"), log.clone());
     runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
     runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    runner.options.reimport = reimport;
     let r = runner
         .run_all(
             vec![BuildJob {
@@ -343,6 +353,18 @@ async fn heavy_stemcell_build_imports_the_vhd_and_logs_in_through_custom_data() 
     let (r, events) = run(dir.path(), &t, "ob-az-heavy-2").await;
     assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
     assert_eq!(arm.blobs_read().len(), 1);
+
+    // --reimport: the blob is uploaded and the base image made again.
+    let (r, events) = run_with(dir.path(), &t, "ob-az-heavy-3", true).await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    assert_eq!(arm.blobs_read().len(), 2);
+    let base: Vec<_> = arm
+        .of_kind("Microsoft.Compute/images")
+        .into_iter()
+        .filter(|i| i.body["tags"]["opsbake-stemcell-sha1"].is_string())
+        .collect();
+    assert_eq!(base.len(), 1, "one base image, replaced");
+    assert_eq!(base[0].body["tags"]["opsbake-build-id"], "ob-az-heavy-3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,9 +567,9 @@ async fn sweep_finds_only_what_carries_the_build_tag() {
     assert_eq!(ids.len(), 2, "{ids:#?}");
     assert!(ids.iter().any(|i| i.ends_with("/g-mine")));
     assert!(ids.iter().any(|i| i.ends_with("/n-mine")));
-    // Resources before groups.
-    assert!(found[0].kind != "resource_group");
-    for r in &found {
+    // In creation order (groups first); the unwind deletes in reverse.
+    assert_eq!(found[0].kind, "resource_group");
+    for r in found.iter().rev() {
         d.delete(r).await.unwrap();
     }
     let left: Vec<String> = arm.resources().iter().map(|r| r.id.clone()).collect();
@@ -727,4 +749,249 @@ async fn retry_after_is_honoured_on_operation_polls_and_429s() {
         e.contains("ResourceGroupNotFound") && e.contains("nope"),
         "{e}"
     );
+}
+
+/// Packer's VHD output: the captured OS disk's VHD is copied out into a
+/// page blob through a read SAS of the disk (beginGetAccess, several polls),
+/// only its non-zero pages sent, the SAS revoked after (endGetAccess), the
+/// blob kept and named in the artifact. The disk of a heavy build holds the
+/// stemcell's VHD, so the blob read back must equal it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhd_output_copies_the_os_disk_out_and_reads_back_equal() {
+    if skip() {
+        return;
+    }
+    let sc = stemcell(HEAVY);
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let az = Azurite::start().unwrap();
+    public_container(&az, "vhds").await;
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      vhd_output: appliance-1.0.vhd",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-vhd-1").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    // The blob holds exactly the disk's VHD (= the stemcell's).
+    let (len, sha) = vhd_sha256(&sc);
+    let got = az
+        .get_public("vhds", "appliance-1.0.vhd")
+        .expect("the VHD output blob");
+    assert_eq!(got.len() as u64, len);
+    use sha2::Digest as _;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&got)), sha);
+    assert_eq!(&got[got.len() - 512..][..8], b"conectix");
+    // Only the output blob is left in the container (the import blob went).
+    assert_eq!(
+        az.list_public("vhds"),
+        vec!["appliance-1.0.vhd".to_string()]
+    );
+    // The disk was read through its SAS once, the SAS revoked, the disk gone.
+    assert_eq!(arm.disk_bytes_served(), len);
+    assert!(arm.disk_sas_active().is_empty());
+    assert!(
+        arm.of_kind("Microsoft.Compute/disks").is_empty(),
+        "{:#?}",
+        kinds(&arm)
+    );
+    let log = arm.log();
+    let begin = log
+        .iter()
+        .position(|l| l.starts_with("POST") && l.contains("/beginGetAccess"))
+        .expect("beginGetAccess");
+    let end = log
+        .iter()
+        .position(|l| l.starts_with("POST") && l.contains("/endGetAccess"))
+        .expect("endGetAccess");
+    let dealloc = log
+        .iter()
+        .position(|l| l.contains("/deallocate"))
+        .expect("deallocate");
+    assert!(dealloc < begin && begin < end, "{log:#?}");
+    // The artifact names the blob, never its SAS.
+    let art = r.artifact.unwrap();
+    let url = art.custom_data.get("vhd_url").expect("vhd_url");
+    assert!(url.ends_with("/vhds/appliance-1.0.vhd"), "{url}");
+    assert!(!url.contains("sig="), "{url}");
+    assert!(art.id.contains(url.as_str()), "{}", art.id);
+    assert_eq!(art.custom_data["vhd_bytes"], len.to_string());
+    // Zero pages were not sent.
+    let sent: u64 = art.custom_data["vhd_bytes_sent"].parse().unwrap();
+    assert!(sent < len, "{sent} of {len}");
+    assert!(
+        events.iter().all(|e| !e.contains("sig=")),
+        "{}",
+        events.join("\n")
+    );
+}
+
+/// A copy that cannot read the disk fails the build with an error naming
+/// the disk's SAS URL without its signature; the SAS is revoked (the disk
+/// of a build in a given group is deleted one by one, and a disk with an
+/// active SAS cannot be), and nothing of the build is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_vhd_copy_revokes_the_sas_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions::default()).unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    arm.seed_resource_group("builds", "westeurope");
+    let az = Azurite::start().unwrap();
+    public_container(&az, "vhds").await;
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      build_resource_group: builds\n      vhd_output: appliance.vhd",
+    );
+    // Every pass of the copy (3) fails to read the disk.
+    arm.fail_disk_reads(3);
+    let (r, events) = run(dir.path(), &t, "ob-az-vhd-2").await;
+    let e = r.error.expect("the build fails");
+    assert!(e.contains("GET (disk SAS)") && e.contains("500"), "{e}");
+    assert!(!e.contains("sig="), "{e}");
+    assert!(arm.disk_sas_active().is_empty());
+    let left = kinds(&arm);
+    assert_eq!(
+        left.len(),
+        2,
+        "only the two groups: {left:#?}\n{}",
+        events.join("\n")
+    );
+    assert!(
+        az.list_public("vhds").is_empty(),
+        "{:?}",
+        az.list_public("vhds")
+    );
+
+    // Then a light build's VHD output (its disk holds the server's own small
+    // fixed VHD): read back whole, footer checked.
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        &az.account_url(),
+        sshd.port(),
+        "      build_resource_group: builds\n      vhd_output: appliance.vhd",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-vhd-3").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    let got = az
+        .get_public("vhds", "appliance.vhd")
+        .expect("the VHD blob");
+    assert_eq!(got.len(), (4 << 20) + 512);
+    assert!(
+        got.starts_with(b"opsbake-arm-test-disk "),
+        "{:?}",
+        &got[..40]
+    );
+    assert_eq!(&got[got.len() - 512..][..8], b"conectix");
+    assert!(arm.disk_sas_active().is_empty());
+}
+
+/// Replication is followed per region over the server's multi-poll states:
+/// each region's reported progress climbs (several distinct values, never
+/// down), the lagging region is seen behind the first, and the build waits
+/// until every region is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_progress_is_reported_per_region_until_complete() {
+    if skip() {
+        return;
+    }
+    let arm = ArmServer::start(ArmOptions {
+        replication_polls: Some(8),
+        ..ArmOptions::default()
+    })
+    .unwrap();
+    arm.seed_resource_group("images", "westeurope");
+    let sshd = opsbake_test_support::arm::vm_sshd(&arm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = light_stemcell(dir.path());
+    let t = template(
+        dir.path(),
+        &sc,
+        arm.endpoint(),
+        "http://127.0.0.1:9/devstoreaccount1",
+        sshd.port(),
+        "      gallery: {name: g1, image: appliance, version: 3.0.0, shallow_replication: true, storage_account_type: Standard_ZRS, regions: [{name: westeurope}, {name: eastus, replicas: 2}]}",
+    );
+    let (r, events) = run(dir.path(), &t, "ob-az-repl-2").await;
+    assert!(r.error.is_none(), "{:?}\n{}", r.error, events.join("\n"));
+    let mut seen: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for e in &events {
+        let Some(line) = e.split("replication of 3.0.0: ").nth(1) else {
+            continue;
+        };
+        let line = line.split('"').next().unwrap_or("");
+        for part in line.split(", ") {
+            let f: Vec<&str> = part.split_whitespace().collect();
+            if f.len() == 3 {
+                let pct: u64 = f[2].trim_end_matches('%').parse().unwrap();
+                seen.entry(f[0].to_string())
+                    .or_default()
+                    .push((f[1].to_string(), pct));
+            }
+        }
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["eastus".to_string(), "westeurope".to_string()],
+        "{}",
+        events.join("\n")
+    );
+    for (region, states) in &seen {
+        let pcts: Vec<u64> = states.iter().map(|s| s.1).collect();
+        assert!(pcts.windows(2).all(|w| w[0] <= w[1]), "{region}: {pcts:?}");
+        let mut distinct = pcts.clone();
+        distinct.dedup();
+        assert!(distinct.len() >= 3, "{region}: {pcts:?}");
+        assert!(
+            states.iter().any(|s| s.0 == "Replicating"),
+            "{region}: {states:?}"
+        );
+    }
+    // The second region lags behind the first at some poll.
+    let (w, e) = (&seen["westeurope"], &seen["eastus"]);
+    assert!(
+        w.iter().zip(e.iter()).any(|(a, b)| a.1 > b.1),
+        "{w:?} {e:?}"
+    );
+    // Complete when the build ended: the version is there, every region done.
+    let v = arm.of_kind("Microsoft.Compute/galleries/images/versions");
+    assert_eq!(v.len(), 1);
+    let summary = v[0].body["properties"]["replicationStatus"]["summary"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        summary.iter().all(|s| s["state"] == "Completed"),
+        "{summary:?}"
+    );
+    // The publishing profile carried the replicas, the storage type and
+    // shallow replication.
+    let pp = &v[0].body["properties"]["publishingProfile"];
+    assert_eq!(pp["replicationMode"], "Shallow", "{pp}");
+    let targets = pp["targetRegions"].as_array().unwrap();
+    assert_eq!(targets[1]["name"], "eastus");
+    assert_eq!(targets[1]["regionalReplicaCount"], 2);
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["storageAccountType"] == "Standard_ZRS"),
+        "{pp}"
+    );
+    let art = r.artifact.unwrap();
+    assert_eq!(art.custom_data["gallery_regions"], "westeurope,eastus");
 }

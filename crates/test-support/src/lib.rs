@@ -11,6 +11,7 @@ pub mod fault_proxy;
 pub mod gce;
 pub mod gcs;
 pub mod guest;
+pub mod kill;
 pub mod moto;
 pub mod nfc_export;
 pub mod process;

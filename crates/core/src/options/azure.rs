@@ -47,6 +47,12 @@ pub struct AzureOptions {
     /// only the gallery version).
     #[serde(default)]
     pub image_name: Option<String>,
+    /// Also copy the captured OS disk's VHD into this page blob of
+    /// `storage_container` in `storage_account` (Packer's VHD output), e.g.
+    /// `appliance-1.0.vhd`; it is kept after the build and named in the
+    /// manifest (`vhd_url`). Empty: no VHD output.
+    #[serde(default)]
+    pub vhd_output: Option<String>,
     /// Publish a Compute Gallery image version.
     #[serde(default)]
     pub gallery: Option<AzureGallery>,

@@ -100,6 +100,9 @@ struct Op {
     done: Option<Done>,
     finished: bool,
     tick: Option<Tick>,
+    /// The result an operation hands out when it succeeded (`Location`
+    /// answers it with 200; `Azure-AsyncOperation` in `properties.output`).
+    output: Option<Value>,
 }
 
 #[derive(Default)]
@@ -114,6 +117,40 @@ struct State {
     custom: BTreeMap<String, String>,
     blobs_read: Vec<BlobRead>,
     serial_log: Option<String>,
+    /// Disk read SASes granted by `beginGetAccess` (signature → disk id).
+    disk_sas: BTreeMap<String, String>,
+    /// Bytes served through disk SAS URLs.
+    disk_bytes_served: u64,
+    /// Disk SAS reads still to fail (500).
+    fail_disk_reads: u32,
+    /// The images' copies of the VHD blobs they were made from (by image
+    /// id, lowercase), in `store`.
+    image_copies: BTreeMap<String, std::path::PathBuf>,
+    /// Where the server keeps them (removed with the server).
+    store: Store,
+}
+
+/// The server's temporary directory.
+struct Store(Option<tempfile::TempDir>);
+
+impl Default for Store {
+    fn default() -> Self {
+        Store(
+            tempfile::Builder::new()
+                .prefix("opsbake-arm-")
+                .tempdir()
+                .ok(),
+        )
+    }
+}
+
+impl Store {
+    fn path(&self) -> std::path::PathBuf {
+        self.0
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_else(std::env::temp_dir)
+    }
 }
 
 /// A VHD blob the server read to make an image.
@@ -266,6 +303,22 @@ impl ArmServer {
         lock(&self.state).log.clone()
     }
 
+    /// Disk read SASes active now (granted by `beginGetAccess`, not yet
+    /// revoked by `endGetAccess`), by disk id.
+    pub fn disk_sas_active(&self) -> Vec<String> {
+        lock(&self.state).disk_sas.values().cloned().collect()
+    }
+
+    /// The next `n` reads of a disk SAS answer 500 `InternalError`.
+    pub fn fail_disk_reads(&self, n: u32) {
+        lock(&self.state).fail_disk_reads = n;
+    }
+
+    /// Bytes served through disk SAS URLs.
+    pub fn disk_bytes_served(&self) -> u64 {
+        lock(&self.state).disk_bytes_served
+    }
+
     /// The VHD blobs the server read (whole, hashed) to make images.
     pub fn blobs_read(&self) -> Vec<BlobRead> {
         lock(&self.state).blobs_read.clone()
@@ -381,6 +434,10 @@ async fn handle(
             }
             None => err(404, "BlobNotFound", "The specified blob does not exist."),
         };
+    }
+    if path.starts_with("/_test/disks/") {
+        // A disk's read SAS (beginGetAccess): the signature is the access.
+        return ops::serve_disk(&st, &query).await;
     }
     if auth != format!("Bearer {TOKEN}") {
         return err(
@@ -514,7 +571,7 @@ async fn handle(
                 (Method::GET, None) => ctx.get(&id, &query),
                 (Method::PUT, None) => ctx.put(&id, &kind, &name, segs[3], body),
                 (Method::DELETE, None) => ctx.delete(&id),
-                (Method::POST, Some(a)) => ctx.action(&id, a),
+                (Method::POST, Some(a)) => ctx.action(&id, a, &body),
                 (Method::GET, Some("instanceView")) => ctx.instance_view(&id),
                 _ => err(405, "MethodNotAllowed", &format!("{method} {path}")),
             };

@@ -65,6 +65,7 @@ impl Ctx {
                 done: Some(done),
                 finished: false,
                 tick,
+                output: None,
             },
         );
         let ns = id
@@ -133,12 +134,17 @@ impl Ctx {
                 &[("retry-after", ra)],
             ),
             (false, _, true) => reply(202, Value::Null, &[("retry-after", ra)]),
-            (true, None, false) => reply(
-                200,
-                json!({"name": op, "status": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:01Z"}),
-                &[],
-            ),
-            (true, None, true) => reply(204, Value::Null, &[]),
+            (true, None, false) => {
+                let mut b = json!({"name": op, "status": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:01Z"});
+                if let Some(out) = &o.output {
+                    b["properties"] = json!({ "output": out });
+                }
+                reply(200, b, &[])
+            }
+            (true, None, true) => match &o.output {
+                Some(out) => reply(200, out.clone(), &[]),
+                None => reply(204, Value::Null, &[]),
+            },
             (true, Some((c, m)), false) => reply(
                 200,
                 json!({"name": op, "status": "Failed", "error": {"code": c, "message": m}}),
@@ -357,6 +363,11 @@ impl Ctx {
             .map(|child| (409, "CannotDeleteResource", format!("Can not delete resource before nested resources are deleted: {child}."))),
             _ => None,
         };
+        let refuse = refuse.or_else(|| {
+            (kind == "microsoft.compute/disks"
+                && s.disk_sas.values().any(|d| d.eq_ignore_ascii_case(id)))
+            .then(|| (409, "OperationNotAllowed", format!("Disk {id} has an active SAS (beginGetAccess); revoke it (endGetAccess) before deleting the disk.")))
+        });
         if let Some((st, code, msg)) = refuse {
             return err(st, code, &msg);
         }
@@ -419,7 +430,7 @@ impl Ctx {
         reply(202, Value::Null, &h)
     }
 
-    pub(super) fn action(&self, id: &str, action: &str) -> Resp {
+    pub(super) fn action(&self, id: &str, action: &str, body: &Value) -> Resp {
         let key = id.to_lowercase();
         let mut s = lock(&self.st);
         let Some(r) = s.res.get(&key).cloned() else {
@@ -429,6 +440,9 @@ impl Ctx {
                 &format!("The Resource '{id}' was not found."),
             );
         };
+        if r.kind == "Microsoft.Compute/disks" {
+            return self.disk_action(&mut s, &r, action, body);
+        }
         if r.kind != "Microsoft.Compute/virtualMachines" {
             return err(400, "InvalidResourceType", action);
         }
@@ -499,6 +513,179 @@ impl Ctx {
             other => err(400, "InvalidRequestUri", &format!("unknown action {other}")),
         }
     }
+}
+
+impl Ctx {
+    /// `beginGetAccess` (a read SAS of the disk's VHD, once the VM using it
+    /// is stopped or deallocated) and `endGetAccess` (revokes it), both
+    /// long-running; the SAS comes in the operation's result.
+    fn disk_action(&self, s: &mut State, r: &ArmResource, action: &str, body: &Value) -> Resp {
+        let id = r.id.clone();
+        let key = id.to_lowercase();
+        let loc = location_of(&r.body);
+        match action.to_lowercase().as_str() {
+            "begingetaccess" => {
+                if body.get("access").and_then(Value::as_str) != Some("Read") {
+                    return err(
+                        400,
+                        "InvalidParameter",
+                        "The value of parameter access is invalid (Read).",
+                    );
+                }
+                if body
+                    .get("durationInSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    == 0
+                {
+                    return err(
+                        400,
+                        "InvalidParameter",
+                        "Required parameter 'durationInSeconds' is missing or zero.",
+                    );
+                }
+                let running = s.res.values().find(|x| {
+                    x.kind == "Microsoft.Compute/virtualMachines"
+                        && x.body
+                            .pointer("/properties/storageProfile/osDisk/managedDisk/id")
+                            .and_then(Value::as_str)
+                            .is_some_and(|d| d.eq_ignore_ascii_case(&id))
+                        && !matches!(
+                            x.body
+                                .pointer("/properties/instanceView/statuses/1/code")
+                                .and_then(Value::as_str),
+                            Some("PowerState/deallocated")
+                        )
+                });
+                if let Some(vm) = running {
+                    return err(409, "OperationNotAllowed", &format!("Disk {id} is attached to VM {} which is not deallocated; deallocate it before granting access.", vm.id));
+                }
+                let sig = format!(
+                    "{:016x}{:08x}",
+                    (s.next_op + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    s.disk_sas.len()
+                );
+                let name = r
+                    .body
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("disk")
+                    .to_string();
+                let sas = format!(
+                    "{}/_test/disks/{name}.vhd?sv=2018-03-28&sr=b&sp=r&sig={sig}",
+                    self.base
+                );
+                let (k2, id2) = (key.clone(), id.clone());
+                let h = self.start_op(
+                    s,
+                    &id,
+                    &loc,
+                    Box::new(move |s: &mut State| {
+                        s.disk_sas.insert(sig, id2);
+                        if let Some(x) = s.res.get_mut(&k2) {
+                            set_pointer(&mut x.body, "/properties/diskState", json!("ActiveSAS"));
+                        }
+                    }),
+                    None,
+                );
+                if let Some(op) = s.ops.get_mut(&format!("op-{:06}", s.next_op)) {
+                    op.output = Some(json!({ "accessSAS": sas }));
+                }
+                reply(202, Value::Null, &h)
+            }
+            "endgetaccess" => {
+                let (k2, id2) = (key.clone(), id.clone());
+                let h = self.start_op(
+                    s,
+                    &id,
+                    &loc,
+                    Box::new(move |s: &mut State| {
+                        s.disk_sas.retain(|_, d| !d.eq_ignore_ascii_case(&id2));
+                        if let Some(x) = s.res.get_mut(&k2) {
+                            set_pointer(&mut x.body, "/properties/diskState", json!("Reserved"));
+                        }
+                    }),
+                    None,
+                );
+                reply(202, Value::Null, &h)
+            }
+            other => err(
+                400,
+                "InvalidRequestUri",
+                &format!("unknown disk action {other}"),
+            ),
+        }
+    }
+}
+
+/// GET of a disk's read SAS: the disk's VHD. A disk made from an image made
+/// from a VHD blob holds the image's copy of that blob; others hold a small
+/// fixed VHD of their own (a marker naming the disk, zeros, the footer).
+pub(super) async fn serve_disk(st: &Arc<Mutex<State>>, query: &str) -> Resp {
+    let Some(sig) = query_param(query, "sig") else {
+        return err(403, "AuthenticationFailed", "no signature");
+    };
+    let (disk, blob) = {
+        let mut s = lock(st);
+        if s.fail_disk_reads > 0 {
+            s.fail_disk_reads -= 1;
+            return err(
+                500,
+                "InternalError",
+                "The server encountered an internal error reading the disk.",
+            );
+        }
+        let Some(disk_id) = s.disk_sas.get(&sig).cloned() else {
+            return err(403, "AuthenticationFailed", "Server failed to authenticate the request: the signature is not (or no longer) valid.");
+        };
+        let Some(d) = s.res.get(&disk_id.to_lowercase()).cloned() else {
+            return err(404, "BlobNotFound", "The specified blob does not exist.");
+        };
+        let copy = d
+            .body
+            .pointer("/properties/creationData/imageReference/id")
+            .and_then(Value::as_str)
+            .and_then(|i| s.image_copies.get(&i.to_lowercase()))
+            .cloned();
+        (d, copy)
+    };
+    let bytes = match blob {
+        Some(p) => {
+            match tokio::task::spawn_blocking(move || std::fs::read(&p).map_err(|e| e.to_string()))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(m)) => {
+                    return err(
+                        500,
+                        "InternalError",
+                        &format!("reading the disk's source blob: {m}"),
+                    )
+                }
+                Err(e) => return err(500, "InternalError", &e.to_string()),
+            }
+        }
+        None => super::vhd::synthetic_vhd(
+            disk.body
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("disk"),
+        ),
+    };
+    lock(st).disk_bytes_served += bytes.len() as u64;
+    let n = bytes.len();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let h = r.headers_mut();
+    if let Ok(v) = "application/octet-stream".parse() {
+        h.insert("content-type", v);
+    }
+    if let Ok(v) = n.to_string().parse() {
+        h.insert("content-length", v);
+    }
+    if let Ok(v) = "PageBlob".parse() {
+        h.insert("x-ms-blob-type", v);
+    }
+    r
 }
 
 pub(super) fn obj_of(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {

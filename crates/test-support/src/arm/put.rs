@@ -264,6 +264,7 @@ impl Ctx {
                 let d = json!({"id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks",
                     "location": loc, "tags": tags,
                     "properties": {"provisioningState": "Succeeded", "diskState": "Attached",
+                        "creationData": {"createOption": "FromImage", "imageReference": img.clone()},
                         "diskSizeGB": props.pointer("/storageProfile/osDisk/diskSizeGB").cloned().unwrap_or(json!(30))}});
                 s.res.insert(
                     disk_id.to_lowercase(),
@@ -296,9 +297,16 @@ impl Ctx {
                         return err(409, "OperationNotAllowed", &format!("The source virtual machine '{vm}' must be generalized to create an image."));
                     }
                 } else if let Some(uri) = os.get("blobUri").and_then(Value::as_str) {
+                    let copy = s
+                        .store
+                        .path()
+                        .join(format!("image-{}.vhd", s.image_copies.len()));
                     drop(s);
-                    let checked = super::vhd::check_vhd_blob(uri);
+                    let checked = super::vhd::check_vhd_blob(uri, &copy);
                     s = lock(&self.st);
+                    if checked.is_ok() {
+                        s.image_copies.insert(key.clone(), copy);
+                    }
                     match checked {
                         Ok((size, sha256)) => {
                             s.blobs_read.push(BlobRead {

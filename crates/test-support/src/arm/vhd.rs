@@ -9,7 +9,10 @@ use std::time::Duration;
 /// a loopback blob endpoint and check the fixed VHD footer: cookie
 /// `conectix`, disk type 2 (fixed), current size = blob length - 512; then
 /// read it whole and hash it (what Azure copies into the image).
-pub(super) fn check_vhd_blob(uri: &str) -> Result<(u64, String), String> {
+pub(super) fn check_vhd_blob(
+    uri: &str,
+    copy_to: &std::path::Path,
+) -> Result<(u64, String), String> {
     let rest = uri
         .strip_prefix("http://")
         .ok_or("only http:// blob URIs (azurite) are read by the test server")?;
@@ -61,10 +64,54 @@ pub(super) fn check_vhd_blob(uri: &str) -> Result<(u64, String), String> {
     if current != len - 512 {
         return Err(format!("footer size {current} != blob length {len} - 512"));
     }
-    Ok((len, hash_blob(addr, &path)?))
+    Ok((len, hash_blob(addr, &path, copy_to)?))
 }
 
-fn hash_blob(addr: SocketAddr, path: &str) -> Result<String, String> {
+/// A small fixed VHD: 4 MiB of disk (the first MiB a marker naming the
+/// disk, the rest zeros) and its 512-byte footer.
+pub fn synthetic_vhd(name: &str) -> Vec<u8> {
+    let size: u64 = 4 << 20;
+    let mut v = vec![0u8; size as usize];
+    let marker = format!("opsbake-arm-test-disk {name}\n");
+    for (i, b) in v[..1 << 20].iter_mut().enumerate() {
+        *b = marker.as_bytes()[i % marker.len()];
+    }
+    v.extend_from_slice(&vhd_footer(size));
+    v
+}
+
+/// The footer of a fixed VHD of `size` bytes (VHD specification, "Hard
+/// Disk Footer Format").
+pub fn vhd_footer(size: u64) -> [u8; 512] {
+    let mut f = [0u8; 512];
+    f[..8].copy_from_slice(b"conectix");
+    f[8..12].copy_from_slice(&2u32.to_be_bytes());
+    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+    f[28..32].copy_from_slice(b"obak");
+    f[32..36].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    f[36..40].copy_from_slice(b"Wi2k");
+    f[40..48].copy_from_slice(&size.to_be_bytes());
+    f[48..56].copy_from_slice(&size.to_be_bytes());
+    // CHS geometry of `size` (spec's algorithm, capped).
+    let sectors = (size / 512).min(65535 * 16 * 255);
+    let (spt, heads) = if sectors >= 65535 * 16 * 63 {
+        (255u64, 16u64)
+    } else {
+        (17, 4.max((sectors / 17).div_ceil(1024)).min(16))
+    };
+    let cyl = sectors / spt / heads;
+    f[56..58].copy_from_slice(&(cyl as u16).to_be_bytes());
+    f[58] = heads as u8;
+    f[59] = spt as u8;
+    f[60..64].copy_from_slice(&2u32.to_be_bytes());
+    f[68..84].copy_from_slice(b"opsbake-armtest1");
+    let sum: u32 = f.iter().map(|b| u32::from(*b)).sum();
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    f
+}
+
+fn hash_blob(addr: SocketAddr, path: &str, copy_to: &std::path::Path) -> Result<String, String> {
     use sha2::Digest as _;
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
@@ -84,13 +131,19 @@ fn hash_blob(addr: SocketAddr, path: &str) -> Result<String, String> {
     }
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    // The image's own copy (Azure copies the blob into the image).
+    let mut copy = std::io::BufWriter::new(
+        std::fs::File::create(copy_to).map_err(|e| format!("{}: {e}", copy_to.display()))?,
+    );
     loop {
         let n = r.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
+        copy.write_all(&buf[..n]).map_err(|e| e.to_string())?;
     }
+    copy.flush().map_err(|e| e.to_string())?;
     Ok(hex::encode(h.finalize()))
 }
 
