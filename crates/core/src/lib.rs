@@ -5,6 +5,7 @@
 
 pub mod builder;
 pub mod events;
+pub mod exec;
 pub mod hostkeys;
 pub mod iaas;
 pub mod journal;

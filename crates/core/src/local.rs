@@ -1,18 +1,15 @@
 //! A [`Transport`] that runs commands on the build host (shell-local, the
-//! localtest builder, tests).
+//! localtest builder, tests), through [`crate::exec::Cmd`].
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-
-use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::transport::{
     Download, ExecRequest, ExitStatus, OutputSink, Stream, TransferReport, Transport,
     TransportError, Upload, UploadSource,
 };
+use async_trait::async_trait;
 
 /// Runs commands with `sh -c` in a working directory.
 pub struct LocalTransport {
@@ -84,65 +81,37 @@ impl Transport for LocalTransport {
         req: ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<ExitStatus, TransportError> {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
+        let mut cmd = crate::exec::Cmd::new("sh")
+            .arg("-c")
             .arg(&req.command)
-            .current_dir(&self.dir)
-            .envs(&req.env)
-            .stdin(if req.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| self.err(format!("spawn sh: {e}")))?;
-        if let (Some(input), Some(mut stdin)) = (&req.stdin, child.stdin.take()) {
-            let bytes = input.expose().clone();
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&bytes).await;
-            });
-        }
-        let out = child.stdout.take();
-        let err = child.stderr.take();
-        let s1 = sink.clone();
-        let t1 = tokio::spawn(async move {
-            if let Some(o) = out {
-                let mut lines = BufReader::new(o).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    s1.line(Stream::Stdout, &l);
-                }
-            }
-        });
-        let s2 = sink.clone();
-        let t2 = tokio::spawn(async move {
-            if let Some(o) = err {
-                let mut lines = BufReader::new(o).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    s2.line(Stream::Stderr, &l);
-                }
-            }
-        });
-        let status = match req.timeout {
-            Some(t) => match tokio::time::timeout(t, child.wait()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let _ = child.kill().await;
-                    return Err(TransportError::Timeout {
-                        target: self.describe(),
-                        what: "command".into(),
-                        after: t,
-                    });
-                }
-            },
-            None => child.wait().await,
-        }
-        .map_err(|e| self.err(format!("wait: {e}")))?;
-        let _ = t1.await;
-        let _ = t2.await;
+            .current_dir(&self.dir);
+        cmd.env = req
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        cmd.stdin = req.stdin.as_ref().map(|s| s.expose().clone());
+        cmd.timeout = req.timeout;
+        let status = cmd
+            .stream(Arc::new(move |is_err, l: &str| {
+                sink.line(
+                    if is_err {
+                        Stream::Stderr
+                    } else {
+                        Stream::Stdout
+                    },
+                    l,
+                )
+            }))
+            .await
+            .map_err(|e| match e {
+                crate::exec::ExecError::TimedOut { after, .. } => TransportError::Timeout {
+                    target: self.describe(),
+                    what: "command".into(),
+                    after,
+                },
+                e => self.err(e.to_string()),
+            })?;
         use std::os::unix::process::ExitStatusExt;
         Ok(match (status.code(), status.signal()) {
             (Some(c), _) => ExitStatus::Code(c as u32),

@@ -112,7 +112,8 @@ impl Engine for Qemu {
             .arg(vmdk)
             .arg(raw)
             .run()
-            .await?;
+            .await
+            .map_err(VboxError::from)?;
         let _ = tokio::fs::remove_file(vmdk).await;
         let vmdk_cap = tokio::fs::metadata(raw)
             .await
@@ -150,7 +151,8 @@ impl Engine for Qemu {
             .arg(&base.id)
             .arg(&overlay)
             .run()
-            .await?;
+            .await
+            .map_err(VboxError::from)?;
         let accel = qemu::choose_accel(b.options.accel.as_deref()).await?;
         let forced = b.options.accel.as_deref().is_some_and(|a| a != "auto")
             || std::env::var("OPSBAKE_QEMU_ACCEL").is_ok_and(|v| !v.is_empty());
@@ -229,7 +231,8 @@ impl Engine for Qemu {
             .arg(&overlay)
             .arg(raw)
             .run()
-            .await?;
+            .await
+            .map_err(VboxError::from)?;
         Ok(())
     }
 }
@@ -360,7 +363,8 @@ async fn restart_tcg(
         .arg(&base)
         .arg(overlay)
         .run()
-        .await?;
+        .await
+        .map_err(VboxError::from)?;
     let vm = start_qemu(b, ctx, work, overlay, iso, qemu::Accel::Tcg).await?;
     Ok((vm, qemu::Accel::Tcg))
 }

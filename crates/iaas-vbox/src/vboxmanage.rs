@@ -248,6 +248,7 @@ impl VBoxManage {
             .args(c.args.iter().cloned())
             .run()
             .await
+            .map_err(VboxError::from)
     }
 
     /// ACPI shutdown, wait up to `timeout` for `poweroff`, then power off.

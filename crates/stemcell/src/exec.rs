@@ -1,104 +1,17 @@
-//! How the stemcell crate runs `qemu-img` (disk conversions): output is
-//! captured and put into the error, so a failed conversion says what
-//! qemu-img said. (iaas-vbox runs qemu-img too, through its own `exec`
-//! helper, for overlays and the captured disk.)
+//! How the stemcell crate runs `qemu-img` (disk conversions, checks,
+//! compares): through core's one exec helper ([`opsbake_core::exec::Cmd`],
+//! blocking here: the conversions run on blocking threads), so a failed
+//! conversion says what qemu-img said. iaas-vbox runs qemu-img through the
+//! same helper, for its overlays and the captured disk.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// A failed external command.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    /// The program is not installed.
-    #[error("{program} is not installed or not on PATH (Debian: apt-get install qemu-utils)")]
-    NotFound {
-        /// The program.
-        program: String,
-    },
-    /// It could not be started.
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// It exited with an error.
-    #[error("`{command}` failed ({status}): {stderr}{stdout}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// Exit status.
-        status: String,
-        /// Its standard output (trimmed).
-        stdout: String,
-        /// Its standard error (trimmed).
-        stderr: String,
-    },
-    /// Its output was not what we expected.
-    #[error("`{command}` printed something unexpected: {detail}")]
-    Output {
-        /// The command line.
-        command: String,
-        /// What was wrong.
-        detail: String,
-    },
-}
+pub use opsbake_core::exec::ExecError;
+use opsbake_core::exec::{Cmd, Output};
 
-/// The captured result of a command that ran.
-#[derive(Debug, Clone)]
-pub struct Captured {
-    /// Exit code (None: killed by a signal).
-    pub code: Option<i32>,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-    /// The command line, for messages.
-    pub command: String,
-}
-
-impl Captured {
-    fn failed(self) -> ExecError {
-        ExecError::Failed {
-            status: self
-                .code
-                .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}")),
-            stdout: self.stdout.trim().to_string(),
-            stderr: self.stderr.trim().to_string(),
-            command: self.command,
-        }
-    }
-}
-
-/// Run `program args...`, capturing both outputs, whatever the exit status.
-pub fn run_captured(program: &OsStr, args: &[OsString]) -> Result<Captured, ExecError> {
-    let command = std::iter::once(program)
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    tracing::debug!(%command, "exec");
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ExecError::NotFound {
-                program: program.to_string_lossy().into_owned(),
-            }
-        } else {
-            ExecError::Spawn {
-                program: program.to_string_lossy().into_owned(),
-                source: e,
-            }
-        }
-    })?;
-    Ok(Captured {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        command,
-    })
-}
+/// The captured result of a command that ran (core's [`Output`]).
+pub type Captured = Output;
 
 /// `qemu-img`, from `$OPSBAKE_QEMU_IMG` or PATH.
 #[derive(Debug, Clone)]
@@ -147,12 +60,10 @@ impl QemuImg {
             .into_iter()
             .map(|a| a.as_ref().to_os_string())
             .collect();
-        let c = run_captured(self.program.as_os_str(), &args)?;
-        if c.code == Some(0) {
-            Ok(c)
-        } else {
-            Err(c.failed())
-        }
+        Cmd::new(self.program.as_os_str())
+            .args(args)
+            .output_blocking()?
+            .checked()
     }
 
     /// `qemu-img convert -f FROM -O TO [-o OPTS] SRC DST`.
@@ -219,7 +130,9 @@ impl QemuImg {
             a.into(),
             b.into(),
         ];
-        let c = run_captured(self.program.as_os_str(), &args)?;
+        let c = Cmd::new(self.program.as_os_str())
+            .args(args)
+            .output_blocking()?;
         match c.code {
             Some(0) => Ok(true),
             Some(1) => Ok(false),

@@ -2,10 +2,10 @@
 //! images the provision and VirtualBox builders make.
 //!
 //! - Acceleration: `OPSBAKE_QEMU_ACCEL=tcg|kvm` forces it; otherwise KVM is
-//!   probed once per process by booting a 512-byte boot sector that writes to
-//!   QEMU's `isa-debug-exit` port (a few hundred ms when KVM works). KVM guests
-//!   hang on some machines, so the probe has a short deadline and anything but
-//!   the expected exit code means TCG.
+//!   probed once per process with the builder's probe guest (a firmware image
+//!   that prints a line, counts in real mode and prints another: a few ms
+//!   where KVM works, about a second where KVM emulates real mode and real
+//!   guests crawl), so anything but a fast count means TCG.
 //! - The disk (raw, VMDK, qcow2 or VHD) is never written: QEMU runs on a
 //!   copy-on-write qcow2 overlay in the VM's own temporary directory.
 //! - The settings ISO (BOSH agent settings, STEMCELLS.md section 3) goes in as
@@ -175,64 +175,25 @@ pub fn accel() -> Result<Accel, QemuError> {
     Ok(*PROBED.get_or_init(|| a))
 }
 
-/// The probe guest and its exit code: the builder's (one definition).
-use opsbake_iaas_vbox::qemu::{probe_boot_sector, PROBE_EXIT_CODE};
-
-/// Whether a KVM guest runs here: boots a one-instruction guest under
-/// `-accel kvm` and waits `timeout` for it to exit through `isa-debug-exit`.
-/// `false` when `/dev/kvm` cannot be opened, QEMU fails, or the guest hangs
-/// (then QEMU is killed by its PID).
+/// Whether a KVM guest runs here at native speed: the builder's probe
+/// ([`opsbake_iaas_vbox::qemu::probe_kvm_blocking`], one definition), whose
+/// guest must print a line, count in real mode and print another within
+/// [`opsbake_iaas_vbox::qemu::PROBE_LOOP_BUDGET`]. `false` when `/dev/kvm`
+/// cannot be opened, QEMU fails, or the guest hangs or crawls (then QEMU is
+/// killed by its PID).
 pub fn probe_kvm(timeout: Duration) -> Result<bool, QemuError> {
-    if fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        tracing::debug!("/dev/kvm cannot be opened: TCG");
-        return Ok(false);
-    }
-    let qemu = require(QEMU, "qemu-system-x86")?;
-    let dir = tempfile::tempdir().map_err(io_err(Path::new("tempdir")))?;
-    let img = dir.path().join("probe.img");
-    fs::write(&img, probe_boot_sector()).map_err(io_err(&img))?;
-    let mut child = Command::new(qemu)
-        .args([
-            "-accel",
-            "kvm",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "16",
-        ])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=ide", img.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(io_err(Path::new(QEMU)))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let ok = status.code() == Some(PROBE_EXIT_CODE);
-                tracing::debug!(?status, ok, "KVM probe finished");
-                return Ok(ok);
-            }
-            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                tracing::info!(
-                    pid = child.id(),
-                    "KVM probe guest did not finish in {timeout:?}: TCG"
-                );
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(false);
-            }
+    match opsbake_iaas_vbox::qemu::probe_kvm_blocking(timeout) {
+        Ok(p) => Ok(p.works),
+        Err(opsbake_iaas_vbox::VboxError::Missing { program, package }) => {
+            Err(QemuError::Missing {
+                binary: program,
+                package,
+            })
         }
+        Err(e) => Err(QemuError::Command {
+            command: "the KVM probe".into(),
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -812,10 +773,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn probe_sector_is_bootable() {
-        let s = probe_boot_sector();
-        assert_eq!(s.len(), 512);
-        assert_eq!(&s[510..], &[0x55, 0xaa]);
+    fn probe_guest_is_the_builders() {
+        use opsbake_iaas_vbox::qemu::{probe_firmware, PROBE_EXIT_CODE};
+        let s = probe_firmware();
+        assert_eq!(s.len(), 0x10000);
+        assert_eq!(&s[0xfff0..0xfff5], &[0xea, 0x00, 0x00, 0x00, 0xf0]);
         assert_eq!(PROBE_EXIT_CODE, (0x21 << 1) | 1);
     }
 
