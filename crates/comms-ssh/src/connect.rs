@@ -57,6 +57,8 @@ impl std::fmt::Display for Target {
 pub struct PasswordGuard {
     rejected: AtomicBool,
     attempts: std::sync::atomic::AtomicU32,
+    /// When the key of an [`Auth::KeyThenPassword`] was first refused.
+    key_refused_since: Mutex<Option<Instant>>,
 }
 
 impl PasswordGuard {
@@ -74,6 +76,15 @@ impl PasswordGuard {
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::SeqCst)
     }
+
+    /// How long the key has been refused (this refusal counts: the first
+    /// one starts the clock).
+    fn key_refused_for(&self) -> Duration {
+        let Ok(mut since) = self.key_refused_since.lock() else {
+            return Duration::ZERO;
+        };
+        since.get_or_insert_with(Instant::now).elapsed()
+    }
 }
 
 /// How to authenticate. Exactly one identity is offered per connection.
@@ -88,6 +99,20 @@ pub enum Auth {
         password: Secret<String>,
         /// The build's guard.
         guard: Arc<PasswordGuard>,
+    },
+    /// The key, retried like [`Auth::Key`]; once it has been refused for
+    /// `after` and the server offers password authentication, the password
+    /// is sent on that connection (at most once per build, like
+    /// [`Auth::Password`]).
+    KeyThenPassword {
+        /// The key.
+        key: KeyPair,
+        /// The password.
+        password: Secret<String>,
+        /// The build's guard.
+        guard: Arc<PasswordGuard>,
+        /// How long the key must have been refused first.
+        after: Duration,
     },
     /// Keyboard-interactive (PAM): the password answers the hidden prompt.
     KeyboardInteractive {
@@ -634,30 +659,50 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
     };
     let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
     match &opts.auth {
-        Auth::Key(key) => {
-            let hash = if key.is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(russh_err)?
-                    .flatten()
-            } else {
-                None
+        Auth::Key(key) => match try_key(handle, &user, key).await? {
+            None => Ok(()),
+            Some(_) => Err(AttemptError::AuthRejected(format!(
+                "public key {} not accepted for {user}",
+                key.fingerprint()
+            ))),
+        },
+        Auth::KeyThenPassword {
+            key,
+            password,
+            guard,
+            after,
+        } => {
+            let Some(methods) = try_key(handle, &user, key).await? else {
+                return Ok(());
             };
-            let res = handle
-                .authenticate_publickey(
-                    user.clone(),
-                    PrivateKeyWithHashAlg::new(key.private(), hash),
-                )
+            let refused_for = guard.key_refused_for();
+            if refused_for < *after || !methods.contains(&MethodKind::Password) {
+                return Err(AttemptError::AuthRejected(format!(
+                    "public key {} not accepted for {user} (refused for {:.1}s; the password follows after {:?} if the server offers it)",
+                    key.fingerprint(),
+                    refused_for.as_secs_f64(),
+                    after
+                )));
+            }
+            if guard.is_spent() {
+                return Err(fatal(
+                    "the key was refused and the password was rejected once already in this build; not sending it again".into(),
+                ));
+            }
+            tracing::warn!(target = %target, %user, refused_ms = refused_for.as_millis() as u64, "the build's key is still refused (the stemcell did not take it from its settings): trying the password once");
+            guard.attempts.fetch_add(1, Ordering::SeqCst);
+            let ok = handle
+                .authenticate_password(user.clone(), password.expose().clone())
                 .await
-                .map_err(russh_err)?;
-            if res.success() {
+                .map_err(russh_err)?
+                .success();
+            if ok {
                 Ok(())
             } else {
-                Err(AttemptError::AuthRejected(format!(
-                    "public key {} not accepted for {user}",
-                    key.fingerprint()
-                )))
+                guard.rejected.store(true, Ordering::SeqCst);
+                Err(fatal(
+                    "the key was refused and then the password was rejected; it will not be sent again in this build".into(),
+                ))
             }
         }
         Auth::Password { password, guard } | Auth::KeyboardInteractive { password, guard } => {
@@ -742,4 +787,36 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
             }
         }
     }
+}
+
+/// Offer `key`: `None` when it logged in, else the methods the server still
+/// offers.
+async fn try_key(
+    handle: &mut SshHandle,
+    user: &str,
+    key: &KeyPair,
+) -> Result<Option<Vec<MethodKind>>, AttemptError> {
+    let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
+    let hash = if key.is_rsa() {
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(russh_err)?
+            .flatten()
+    } else {
+        None
+    };
+    let res = handle
+        .authenticate_publickey(
+            user.to_string(),
+            PrivateKeyWithHashAlg::new(key.private(), hash),
+        )
+        .await
+        .map_err(russh_err)?;
+    Ok(match res {
+        russh::client::AuthResult::Success => None,
+        russh::client::AuthResult::Failure {
+            remaining_methods, ..
+        } => Some(remaining_methods.iter().copied().collect()),
+    })
 }

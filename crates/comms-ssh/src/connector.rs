@@ -62,6 +62,17 @@ pub fn options(t: &SshTarget) -> Result<SshOptions, TransportError> {
             password: p.clone(),
             guard: PasswordGuard::new(),
         },
+        SshAuth::KeyThenPassword {
+            key,
+            password,
+            after,
+        } => Auth::KeyThenPassword {
+            key: KeyPair::from_openssh(&key.private_openssh)
+                .map_err(|e| err(&name, e.to_string()))?,
+            password: password.clone(),
+            guard: PasswordGuard::new(),
+            after: *after,
+        },
     };
     let mut o = SshOptions::new(
         Target {

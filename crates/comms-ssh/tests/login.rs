@@ -516,3 +516,91 @@ async fn the_first_login_follows_the_banner_not_the_handshake_timeout() {
     let r = t.login_report();
     assert!(r.attempts >= 2, "{r:?}");
 }
+
+/// vSphere's rule: the build's key first; once it has been refused for
+/// `after` (the stemcell did not take it from its settings) the password,
+/// once, on a server that offers it. Never the password while the key works.
+#[tokio::test]
+async fn a_refused_key_falls_back_to_the_password_once() {
+    let k = key();
+    let other = key();
+    let sshd = sshd_with(
+        &other,
+        SshdOptions {
+            password_auth: true,
+            ..Default::default()
+        },
+    );
+    let fallback = |password: &str, guard: &std::sync::Arc<PasswordGuard>| Auth::KeyThenPassword {
+        key: k.clone(),
+        password: Secret::new(password.to_string()),
+        guard: guard.clone(),
+        after: Duration::from_millis(800),
+    };
+
+    // The key is accepted: the password is never sent.
+    sshd.set_authorized_keys(&[k.public_openssh().to_string()])
+        .unwrap();
+    let guard = PasswordGuard::new();
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.auth = fallback(DEFAULT_PASSWORD, &guard);
+    let t = SshTransport::connect(o).await.unwrap();
+    assert_eq!(whoami(&t).await, "vcap");
+    t.close().await.unwrap();
+    assert_eq!(guard.attempts(), 0);
+    assert_eq!(sshd.log_count("Accepted password for vcap"), 0);
+
+    // The key is refused: retried for `after`, then the password, once.
+    sshd.set_authorized_keys(&[other.public_openssh().to_string()])
+        .unwrap();
+    let guard = PasswordGuard::new();
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.auth = fallback(DEFAULT_PASSWORD, &guard);
+    let t = SshTransport::connect(o).await.unwrap();
+    let r = t.login_report();
+    assert_eq!(whoami(&t).await, "vcap");
+    t.close().await.unwrap();
+    assert_eq!(guard.attempts(), 1);
+    assert!(r.elapsed >= Duration::from_millis(800), "{r:?}");
+    assert!(r.attempts >= 2, "the key was retried first: {r:?}");
+    let log = sshd.log_text();
+    assert_eq!(sshd.log_count("Accepted password for vcap"), 1, "{log}");
+    assert!(sshd.log_count("Failed publickey for vcap") >= 2, "{log}");
+    assert!(!log.contains("Too many authentication failures"), "{log}");
+
+    // A wrong password: sent once, then never again in this build.
+    let guard = PasswordGuard::new();
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.auth = fallback("wrong-password", &guard);
+    let e = SshTransport::connect(o.clone()).await.err().unwrap();
+    assert!(matches!(e, TransportError::Auth { .. }), "{e:?}");
+    assert!(!e.to_string().contains("wrong-password"), "{e}");
+    assert!(guard.is_spent());
+    let e2 = SshTransport::connect(o).await.err().unwrap();
+    assert!(e2.to_string().contains("not sending it again"), "{e2}");
+    assert_eq!(guard.attempts(), 1);
+    assert_eq!(sshd.log_count("Failed password for vcap"), 1);
+}
+
+/// Without password authentication on the server the fallback never sends
+/// the password: the key's refusal is reported at the login timeout.
+#[tokio::test]
+async fn the_fallback_sends_no_password_where_password_auth_is_off() {
+    let k = key();
+    let other = key();
+    let sshd = sshd_with(&other, SshdOptions::default());
+    let guard = PasswordGuard::new();
+    let mut o = opts(sshd.addr(), &k, pinned(&sshd));
+    o.login_timeout = Duration::from_secs(3);
+    o.auth = Auth::KeyThenPassword {
+        key: k.clone(),
+        password: Secret::new(DEFAULT_PASSWORD.to_string()),
+        guard: guard.clone(),
+        after: Duration::from_millis(200),
+    };
+    let e = SshTransport::connect(o).await.err().unwrap();
+    assert!(matches!(e, TransportError::Auth { .. }), "{e:?}");
+    assert!(e.to_string().contains(k.fingerprint()), "{e}");
+    assert_eq!(guard.attempts(), 0);
+    assert_eq!(sshd.log_count("password"), 0, "{}", sshd.log_text());
+}

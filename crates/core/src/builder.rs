@@ -152,7 +152,55 @@ pub enum SshAuth {
     KeyFile(PathBuf),
     /// A password (tried at most once per build).
     Password(Secret<String>),
+    /// The build's ephemeral key, and the password once the key has been
+    /// refused for `after` (an IaaS with no key metadata, where the key
+    /// reaches the VM only through the agent's settings, which a stemcell may
+    /// ignore; vcap always has a password there). The password is still sent
+    /// at most once per build.
+    KeyThenPassword {
+        /// The build's ephemeral key.
+        key: Arc<KeyPair>,
+        /// `ssh.password`.
+        password: Secret<String>,
+        /// How long the key must have been refused before the password is sent.
+        after: Duration,
+    },
 }
+
+/// How long the ephemeral key must be refused before [`SshAuth::for_build`]'s
+/// fallback sends the password (the agent writes the key before sshd starts
+/// on a stemcell, so a refusal this long means it never will).
+pub const PASSWORD_FALLBACK_AFTER: Duration = Duration::from_secs(15);
+
+impl SshAuth {
+    /// The one rule for how a build logs in: `ssh.private_key_file` if set,
+    /// else the build's ephemeral key (falling back to `ssh.password` after
+    /// [`PASSWORD_FALLBACK_AFTER`] of refusals when `password_fallback` and a
+    /// password is set), else the password. `None`: no way to log in.
+    pub fn for_build(
+        plan: &BuildPlan,
+        access: &Access,
+        password_fallback: bool,
+    ) -> Option<SshAuth> {
+        if let Some(p) = &plan.ssh.private_key_file {
+            return Some(SshAuth::KeyFile(p.clone()));
+        }
+        match (&access.key, &plan.ssh.password) {
+            (Some(k), Some(p)) if password_fallback => Some(SshAuth::KeyThenPassword {
+                key: k.clone(),
+                password: p.clone(),
+                after: PASSWORD_FALLBACK_AFTER,
+            }),
+            (Some(k), _) => Some(SshAuth::Key(k.clone())),
+            (None, Some(p)) => Some(SshAuth::Password(p.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The error text when [`SshAuth::for_build`] finds no way to log in.
+pub const NO_LOGIN: &str =
+    "no way to log in: no ephemeral key, ssh.private_key_file or ssh.password";
 
 /// Where and how to reach a build VM over SSH.
 #[derive(Debug, Clone)]

@@ -40,18 +40,8 @@ impl AwsBuilder {
             }
         };
         let console = self.console_host_keys(id).await;
-        let auth = if let Some(p) = &plan.ssh.private_key_file {
-            SshAuth::KeyFile(p.clone())
-        } else if let Some(k) = &access.key {
-            SshAuth::Key(k.clone())
-        } else if let Some(p) = &plan.ssh.password {
-            SshAuth::Password(p.clone())
-        } else {
-            return Err(AwsError::Invalid(
-                "no way to log in: no ephemeral key, ssh.private_key_file or ssh.password".into(),
-            )
-            .into());
-        };
+        let auth = SshAuth::for_build(plan, access, false)
+            .ok_or_else(|| AwsError::Invalid(opsbake_core::builder::NO_LOGIN.into()))?;
         let mut target = SshTarget::from_plan(plan, auth, host, plan.ssh.port.unwrap_or(22));
         target.host_key = host_key_policy(&plan.ssh.host_key, console);
         Ok(target)

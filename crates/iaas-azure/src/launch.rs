@@ -276,18 +276,8 @@ impl AzureBuilder {
                 })?
             }
         };
-        let auth = if let Some(p) = &plan.ssh.private_key_file {
-            SshAuth::KeyFile(p.clone())
-        } else if let Some(k) = &access.key {
-            SshAuth::Key(k.clone())
-        } else if let Some(p) = &plan.ssh.password {
-            SshAuth::Password(p.clone())
-        } else {
-            return Err(AzureError::Invalid(
-                "no way to log in: no ephemeral key, ssh.private_key_file or ssh.password".into(),
-            )
-            .into());
-        };
+        let auth = SshAuth::for_build(plan, access, false)
+            .ok_or_else(|| AzureError::Invalid(opsbake_core::builder::NO_LOGIN.into()))?;
         let host_key = match &plan.ssh.host_key {
             HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
             HostKeySpec::Insecure => HostKeyPolicy::Insecure,

@@ -195,18 +195,8 @@ impl GcpBuilder {
                 serial.len()
             ));
         }
-        let auth = if let Some(p) = &plan.ssh.private_key_file {
-            SshAuth::KeyFile(p.clone())
-        } else if let Some(k) = &access.key {
-            SshAuth::Key(k.clone())
-        } else if let Some(p) = &plan.ssh.password {
-            SshAuth::Password(p.clone())
-        } else {
-            return Err(GcpError::Invalid(
-                "no way to log in: no ephemeral key, ssh.private_key_file or ssh.password".into(),
-            )
-            .into());
-        };
+        let auth = SshAuth::for_build(plan, access, false)
+            .ok_or_else(|| GcpError::Invalid(opsbake_core::builder::NO_LOGIN.into()))?;
         let bastion = plan.ssh.bastion.as_ref().map(|b| {
             Box::new(SshTarget {
                 host: b.host.clone(),

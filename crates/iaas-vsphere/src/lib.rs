@@ -468,18 +468,10 @@ impl Builder for VsphereBuilder {
                 ip
             }
         };
-        let auth = if let Some(p) = &plan.ssh.private_key_file {
-            SshAuth::KeyFile(p.clone())
-        } else if let Some(k) = &access.key {
-            SshAuth::Key(k.clone())
-        } else if let Some(p) = &plan.ssh.password {
-            SshAuth::Password(p.clone())
-        } else {
-            return Err(VsphereError::Config(
-                "no way to log in: no ephemeral key, ssh.private_key_file or ssh.password".into(),
-            )
-            .into());
-        };
+        // vSphere has no key metadata: the key reaches the VM only through the
+        // settings ISO, so the password follows a refused key.
+        let auth = SshAuth::for_build(plan, access, true)
+            .ok_or_else(|| VsphereError::Config(opsbake_core::builder::NO_LOGIN.into()))?;
         Ok(ConnectTarget::Ssh(SshTarget {
             host,
             port: plan.ssh.port.unwrap_or(22),
