@@ -321,6 +321,19 @@ fn cmd_validate(cli: &Cli, t: &TemplateArgs) -> Result<i32, Fail> {
 fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
     let loaded = load_checked(cli, &a.t.template)?;
     let iaases = parse_iaas_list(&a.iaas, &loaded)?;
+    // The matrix is planned where the stemcells and the credentials are not
+    // (a CI planning job): the files and the builders' checks are each
+    // worker's build's business, so only the template's shape and its
+    // variables are checked here.
+    if a.matrix {
+        let vars = resolve(&loaded, &var_sources(&a.t)?)?;
+        let plans: Vec<_> = iaases
+            .iter()
+            .map(|i| (*i, plan_build(&loaded, &vars, *i, "inspect").ok()))
+            .collect();
+        print_json(&matrix::matrix(&a.t.template, &a.t.var_files, &plans));
+        return Ok(EXIT_OK);
+    }
     // The template's errors stop it; the builders' offline findings are
     // shown with each build (and make the exit code 2).
     let checked = validate::check(&loaded, &var_sources(&a.t)?, &iaases, &state_dir(cli));
@@ -329,17 +342,6 @@ fn cmd_inspect(cli: &Cli, a: &InspectArgs) -> Result<i32, Fail> {
         return Err(bad(validate::report(&checked, cli.json).unwrap_or_default()));
     }
     let vars = checked.vars;
-    // The matrix is planned where the stemcells and the credentials are not
-    // (a CI planning job): the files and the builders' checks are each
-    // worker's build's business.
-    if a.matrix {
-        let plans: Vec<_> = iaases
-            .iter()
-            .map(|i| (*i, plan_build(&loaded, &vars, *i, "inspect").ok()))
-            .collect();
-        print_json(&matrix::matrix(&a.t.template, &a.t.var_files, &plans));
-        return Ok(EXIT_OK);
-    }
     let mut builds = Vec::new();
     for i in iaases {
         let p = plan_build(&loaded, &vars, i, "inspect")?;
