@@ -219,6 +219,34 @@ pub fn keys_for(text: &str, name: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The `type key` pairs an image prints between `-----BEGIN SSH HOST KEY
+/// KEYS-----` and `-----END SSH HOST KEY KEYS-----` on its serial console
+/// (cloud-init and the stemcells; a line may carry a prefix such as a kernel
+/// timestamp or `ec2:`). The one parser of the EC2 console output, the GCE
+/// serial port and Azure's boot diagnostics log.
+pub fn from_console(text: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.contains("-----BEGIN SSH HOST KEY KEYS-----") {
+            inside = true;
+        } else if line.contains("-----END SSH HOST KEY KEYS-----") {
+            inside = false;
+        } else if inside {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = w
+                .iter()
+                .position(|x| x.starts_with("ssh-") || x.starts_with("ecdsa-"))
+            {
+                if let (Some(t), Some(k)) = (w.get(i), w.get(i + 1)) {
+                    out.push(format!("{t} {k}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

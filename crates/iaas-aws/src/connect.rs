@@ -76,23 +76,5 @@ pub fn host_keys_from_console(b64: &str) -> Vec<String> {
     let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
         return Vec::new();
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let mut inside = false;
-    let mut keys = Vec::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.contains("-----BEGIN SSH HOST KEY KEYS-----") {
-            inside = true;
-        } else if l.contains("-----END SSH HOST KEY KEYS-----") {
-            inside = false;
-        } else if inside {
-            let mut parts = l.split_whitespace();
-            if let (Some(t), Some(k)) = (parts.next(), parts.next()) {
-                if t.starts_with("ssh-") || t.starts_with("ecdsa-") {
-                    keys.push(format!("{t} {k}"));
-                }
-            }
-        }
-    }
-    keys
+    opsbake_core::hostkeys::from_console(&String::from_utf8_lossy(&bytes))
 }

@@ -368,26 +368,7 @@ pub async fn boot_diagnostics_host_keys(arm: &Arm, vm_id: &str) -> Vec<String> {
 /// The `type key` pairs cloud-init prints between `-----BEGIN SSH HOST KEY
 /// KEYS-----` and `-----END SSH HOST KEY KEYS-----` on the serial console.
 pub fn host_keys_from_serial_log(text: &str) -> Vec<String> {
-    let mut inside = false;
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.contains("BEGIN SSH HOST KEY KEYS") {
-            inside = true;
-        } else if line.contains("END SSH HOST KEY KEYS") {
-            inside = false;
-        } else if inside {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if let Some(i) = w
-                .iter()
-                .position(|x| x.starts_with("ssh-") || x.starts_with("ecdsa-"))
-            {
-                if let Some(k) = w.get(i + 1) {
-                    out.push(format!("{} {k}", w[i]));
-                }
-            }
-        }
-    }
-    out
+    opsbake_core::hostkeys::from_console(text)
 }
 
 #[cfg(test)]

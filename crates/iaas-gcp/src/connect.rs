@@ -26,24 +26,7 @@ pub fn is_loopback_endpoint(url: &str) -> bool {
 /// The host keys an image prints between `-----BEGIN SSH HOST KEY KEYS-----`
 /// and `-----END SSH HOST KEY KEYS-----` on its serial console.
 pub fn host_keys_from_serial(text: &str) -> Vec<String> {
-    let mut inside = false;
-    let mut keys = Vec::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.contains("-----BEGIN SSH HOST KEY KEYS-----") {
-            inside = true;
-        } else if l.contains("-----END SSH HOST KEY KEYS-----") {
-            inside = false;
-        } else if inside {
-            let mut parts = l.split_whitespace();
-            if let (Some(t), Some(k)) = (parts.next(), parts.next()) {
-                if t.starts_with("ssh-") || t.starts_with("ecdsa-") {
-                    keys.push(format!("{t} {k}"));
-                }
-            }
-        }
-    }
-    keys
+    opsbake_core::hostkeys::from_console(text)
 }
 
 impl GcpBuilder {
