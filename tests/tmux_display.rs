@@ -33,8 +33,9 @@ fn quote(s: &str) -> String {
 /// A script that runs `c` as it is (environment, directory, arguments) and
 /// then prints `OPSBAKE-EXIT=<code>`.
 fn script(c: &Command, dir: &Path, name: &str, env: &[(&str, &str)]) -> PathBuf {
-    // the pane is cleared and marked: captures start at the marker
-    let mut s = String::from("#!/bin/sh\nclear\necho OPSBAKE-START\n");
+    // the pane is cleared and marked: captures start at the marker, which
+    // names the script (the pane's history still holds earlier runs' marks)
+    let mut s = format!("#!/bin/sh\nclear\necho OPSBAKE-START-{name}\n");
     for (k, v) in c.get_envs() {
         let k = k.to_string_lossy();
         match v {
@@ -121,11 +122,16 @@ impl Tmux {
     /// of this run (from the script's start marker on).
     fn run(&self, script: &Path, secs: u64) -> Vec<String> {
         self.send(&format!("sh {}", script.display()));
+        let name = script.file_name().unwrap_or_default().to_string_lossy();
+        // Until the script's own marker shows, the pane still holds the
+        // previous run, exit line and all: that is not this run.
+        let marker = format!("OPSBAKE-START-{name}\n");
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut shots = Vec::new();
         loop {
             let s = self.capture(true);
-            let Some(i) = s.rfind("OPSBAKE-START\n") else {
+            let Some(i) = s.rfind(&marker) else {
+                assert!(Instant::now() < deadline, "{marker:?} never showed:\n{s}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };

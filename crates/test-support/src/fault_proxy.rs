@@ -583,8 +583,23 @@ async fn serve(
                 a
             }
         };
+        // Recorded before the answer goes out: a client that has its
+        // answer finds its call counted (recording after the write raced
+        // a test that counts calls as soon as its request returned).
+        record(status);
         let sent = write_answer(&mut w, status, &headers, &body).await;
-        record(if sent.is_ok() { status } else { 0 });
+        if sent.is_err() {
+            if let Ok(mut s) = st.lock() {
+                if let Some(c) = s
+                    .calls
+                    .iter_mut()
+                    .rev()
+                    .find(|c| c.at == at && c.action == action)
+                {
+                    c.status = 0;
+                }
+            }
+        }
         sent?;
     }
 }
