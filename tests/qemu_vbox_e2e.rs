@@ -657,10 +657,8 @@ struct Guest(QemuVm);
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        if matches!(self.0.child.try_wait(), Ok(None)) {
-            // SIGKILL by the child's PID (tokio knows it is not reaped yet)
-            let _ = self.0.child.start_kill();
-        }
+        // SIGKILL by the child's PID unless it has exited, and reap it
+        self.0.kill();
     }
 }
 
@@ -691,6 +689,7 @@ async fn start_guest(dir: &Path, disk: &Path, iso: &Path, accel: Accel) -> Guest
     let cfg = QemuConfig {
         name: "deploy".into(),
         disk: disk.to_path_buf(),
+        disk_bus: qemu::DiskBus::Virtio,
         cdrom: Some(iso.to_path_buf()),
         memory_mib: 1024,
         cpus: 1,
@@ -738,7 +737,7 @@ async fn deploy(dir: &Path, vmdk: &Path, build_key: &Path) {
             } else {
                 eprintln!("deploy: the guest did not boot under KVM: TCG");
                 // SIGKILL and reap: its overlay is free again
-                vm.0.child.kill().await.unwrap();
+                vm.0.kill();
                 run(Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
                     .arg(vmdk)
@@ -767,7 +766,7 @@ async fn deploy(dir: &Path, vmdk: &Path, build_key: &Path) {
             break;
         }
         assert!(
-            Instant::now() < deadline && matches!(vm.0.child.try_wait(), Ok(None)),
+            Instant::now() < deadline && vm.0.running(),
             "no login as ubuntu with the OVF key: {last}\nserial:\n{}",
             serial_tail()
         );

@@ -158,7 +158,7 @@ impl Engine for Qemu {
             || std::env::var("OPSBAKE_QEMU_ACCEL").is_ok_and(|v| !v.is_empty());
         let (vm, accel) = if accel == qemu::Accel::Kvm && !forced {
             match start_qemu(b, ctx, work, &overlay, iso, accel).await {
-                Ok(mut vm) => {
+                Ok(vm) => {
                     if vm.kernel_booted(qemu::KVM_BOOT_CHECK).await? {
                         (vm, accel)
                     } else {
@@ -190,7 +190,7 @@ impl Engine for Qemu {
         timeout: Duration,
     ) -> Result<Artifact, BuildError> {
         let mut st = b.state.lock().await;
-        let Some(mut vm) = st.vm.take() else {
+        let Some(vm) = st.vm.take() else {
             return Err(BuildError::Other("capture: no VM is running".into()));
         };
         let how = vm.shutdown(timeout).await?;
@@ -260,6 +260,7 @@ async fn start_qemu(
         let cfg = qemu::QemuConfig {
             name: format!("opsbake-{}", b.plan.build_id),
             disk: overlay.to_path_buf(),
+            disk_bus: qemu::DiskBus::Virtio,
             cdrom: Some(iso.to_path_buf()),
             memory_mib: b.plan.memory_mib.clamp(512, 4096),
             cpus,
@@ -271,16 +272,16 @@ async fn start_qemu(
             serial_log: work.join("serial.log"),
             rtc_base: Some(source_date_epoch()?),
         };
-        let (seq, mut vm) = ctx
+        let (seq, vm) = ctx
             .create_resource(
                 LOCAL_PROCESS,
                 &format!("qemu opsbake-{}", b.plan.build_id),
                 serde_json::json!({ "accel": accel.as_str(), "ssh_port": port }),
                 |_| async {
-                    let mut vm = qemu::spawn(cfg, &work.join("qemu.log"))?;
+                    let vm = qemu::spawn(cfg, &work.join("qemu.log"))?;
                     let pid = i32::try_from(vm.pid).unwrap_or(i32::MAX);
                     let Some(ident) = ProcessIdentity::of(pid) else {
-                        let _ = vm.child.kill().await;
+                        vm.kill();
                         return Err(BuildError::Other(format!(
                             "process {pid} vanished right after start"
                         )));
@@ -303,8 +304,7 @@ async fn start_qemu(
                 return Ok(vm);
             }
             Err(err) => {
-                let _ = vm.child.kill().await;
-                let _ = vm.child.wait().await;
+                vm.kill();
                 ctx.deleted(seq, LOCAL_PROCESS, &vm.pid.to_string())?;
                 let log = std::fs::read_to_string(&vm.log).unwrap_or_default();
                 // a port taken between our probe and QEMU's bind: try another
@@ -324,14 +324,13 @@ async fn start_qemu(
 async fn stop_failed_kvm(
     b: &VboxBuilder,
     ctx: &BuildContext,
-    mut vm: qemu::QemuVm,
+    vm: qemu::QemuVm,
 ) -> Result<(), BuildError> {
     ctx.events.warn(format!(
         "the guest did not boot under KVM in {:?}: TCG from now on",
         qemu::KVM_BOOT_CHECK
     ));
-    let _ = vm.child.kill().await;
-    let _ = vm.child.wait().await;
+    vm.kill();
     if let Some(seq) = b.state.lock().await.proc_seq.take() {
         ctx.deleted(seq, LOCAL_PROCESS, &vm.pid.to_string())?;
     }

@@ -1,327 +1,41 @@
-//! The QEMU engine: `qemu-system-x86_64` on a copy-on-write qcow2 overlay of
-//! the stemcell disk, user-mode networking with one SSH port forward on
+//! The one QEMU launcher (the product's offline engine, and the test
+//! guests of `opsbake-test-support`): `qemu-system-x86_64` on a copy-on-write
+//! qcow2 overlay, user-mode networking with one SSH port forward on
 //! 127.0.0.1 (`restrict=on` under `--offline`), the agent settings ISO as
 //! CD-ROM, a QMP socket for a clean power-off, the serial console in a log
 //! file, and the guest clock started at `SOURCE_DATE_EPOCH`.
 //!
-//! KVM is used only when a short probe shows it works: a firmware image of
-//! our own that must print two lines with a real-mode count between them
-//! within a fraction of a second ([`probe_firmware`]); where KVM emulates
-//! real mode (nested virtualisation) guests crawl through BIOS and GRUB, so
-//! anything but a fast count means TCG.
+//! [`QemuConfig::args`] is the one command-line builder, [`spawn`] the one
+//! start, [`QemuVm`] waits and stops QEMU by its PID, [`qmp_line`] is the
+//! one QMP client. Each wait has a blocking form (`*_blocking`, for the
+//! synchronous test launcher) and an async one that runs it on a blocking
+//! thread. The accelerator choice and the KVM probe are in [`accel`].
 
 use std::ffi::OsString;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::UnixStream;
-
 use crate::error::{io_err, tail, VboxError};
+
+mod accel;
+pub use accel::*;
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// How long the KVM probe guest may take to print its first line (QEMU
-/// start-up; its count then has [`PROBE_LOOP_BUDGET`]).
-pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// Binary translation.
-    Tcg,
-}
-
-impl Accel {
-    /// The `-accel` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The `accel` option: `auto` probes KVM; `OPSBAKE_QEMU_ACCEL` overrides `auto`.
-pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
-    let env = std::env::var("OPSBAKE_QEMU_ACCEL").ok();
-    let want = match option {
-        Some(o) if o != "auto" => o.to_string(),
-        _ => env
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "auto".into()),
-    };
-    match want.as_str() {
-        "tcg" => Ok(Accel::Tcg),
-        "kvm" => Ok(Accel::Kvm),
-        "auto" => Ok(if KVM_BROKEN.load(std::sync::atomic::Ordering::SeqCst) {
-            Accel::Tcg
-        } else if *KVM_WORKS
-            .get_or_try_init(|| probe_kvm(KVM_PROBE_TIMEOUT))
-            .await?
-        {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        }),
-        other => Err(VboxError::Config(format!(
-            "builds.vbox.options.accel `{other}`: expected auto, kvm or tcg"
-        ))),
-    }
-}
-
-/// Set when a real guest failed under a probed KVM: TCG from then on.
-pub static KVM_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The file (in opsbake's state dir) that remembers, for one boot of this
-/// host, that a real guest hung under KVM although the probe passed: later
-/// builds go straight to TCG instead of losing [`KVM_BOOT_CHECK`] each.
-pub const KVM_VERDICT_FILE: &str = "qemu-kvm-broken";
-
-fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// Where the verdict is kept: the state dir, and the user's cache dir
-/// (`$XDG_CACHE_HOME/opsbake` or `~/.cache/opsbake`) so that builds with
-/// other state dirs on the same host know it too.
-fn verdict_paths(state_root: &Path) -> Vec<PathBuf> {
-    let mut v = vec![state_root.join(KVM_VERDICT_FILE)];
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    if let Some(c) = cache {
-        v.push(c.join("opsbake").join(KVM_VERDICT_FILE));
-    }
-    v
-}
-
-/// Record that KVM guests hang on this host (until reboot), and switch
-/// this process to TCG. Best effort: a failed write only costs the next
-/// build the boot check again.
-pub fn remember_kvm_broken(state_root: &Path) {
-    KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Some(id) = boot_id() {
-        for p in verdict_paths(state_root) {
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            if let Err(e) = std::fs::write(&p, format!("{id}\n")) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot record the KVM verdict");
-            }
-        }
-    }
-}
-
-/// Whether the state dir or the user's cache dir records that KVM guests
-/// hang on this host since its last boot; if so this process uses TCG for
-/// `auto`.
-pub fn kvm_known_broken(state_root: &Path) -> bool {
-    let known = match boot_id() {
-        Some(id) => verdict_paths(state_root)
-            .iter()
-            .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == id)),
-        None => false,
-    };
-    if known {
-        KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    known
-}
-
-/// How long a guest under a probed KVM may take to show the kernel's
-/// `Freeing unused kernel` line on its serial console before it is restarted
-/// under TCG (KVM guests hang or abort on some hosts even when the probe runs).
-pub const KVM_BOOT_CHECK: Duration = Duration::from_secs(30);
-
-/// The KVM probe's result, once per process.
-static KVM_WORKS: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
-
-/// The KVM probe's guest: a 64 KiB firmware image for `-bios` (no SeaBIOS:
-/// the guest runs from the reset vector in a few ms). In real mode it
-/// prints [`PROBE_START`] on the serial port, counts [`PROBE_LOOP`] times
-/// down, prints [`PROBE_OK`] and exits through `isa-debug-exit`.
-///
-/// The count is the test: where KVM cannot run real-mode code natively
-/// (nested virtualisation without "unrestricted guest"), KVM emulates it one
-/// instruction at a time, about 0.5 µs each: the count takes about a second
-/// there instead of a few milliseconds, and so do the BIOS and GRUB of a real
-/// guest, which then looks hung for minutes. A boot sector that only writes
-/// one port passes on such hosts (the probe before this one did).
-///
-/// ```text
-/// 0000  8c c8              mov ax, cs
-/// 0002  8e d8              mov ds, ax
-/// 0004  ba f8 03           mov dx, 0x3f8        ; COM1
-/// 0007  be 2f 00           mov si, start_line
-/// 000a  e8 19 00           call puts
-/// 000d  66 b9 nn nn nn nn  mov ecx, PROBE_LOOP
-/// 0013  66 49              dec ecx
-/// 0015  75 fc              jnz 0013
-/// 0017  be ll 00           mov si, ok_line
-/// 001a  e8 09 00           call puts
-/// 001d  ba f4 00           mov dx, 0xf4         ; isa-debug-exit
-/// 0020  b0 21              mov al, 0x21
-/// 0022  ee                 out dx, al
-/// 0023  f4                 hlt
-/// 0024  eb fd              jmp 0023
-/// 0026  ac                 puts: lodsb
-/// 0027  84 c0              test al, al
-/// 0029  74 03              jz 002e
-/// 002b  ee                 out dx, al
-/// 002c  eb f8              jmp 0026
-/// 002e  c3                 ret
-/// 002f  start_line, 0, ok_line, 0
-/// fff0  ea 00 00 00 f0     jmp f000:0000        ; the reset vector
-/// ```
-pub fn probe_firmware() -> Vec<u8> {
-    let start_at = 0x2f_u8;
-    let ok_at = start_at + u8::try_from(PROBE_START.len() + 2).unwrap_or(0);
-    let n = PROBE_LOOP.to_le_bytes();
-    let mut code = vec![
-        0x8c, 0xc8, 0x8e, 0xd8, 0xba, 0xf8, 0x03, 0xbe, start_at, 0x00, 0xe8, 0x19, 0x00, 0x66,
-        0xb9, n[0], n[1], n[2], n[3], 0x66, 0x49, 0x75, 0xfc, 0xbe, ok_at, 0x00, 0xe8, 0x09, 0x00,
-        0xba, 0xf4, 0x00, 0xb0, 0x21, 0xee, 0xf4, 0xeb, 0xfd, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee,
-        0xeb, 0xf8, 0xc3,
-    ];
-    for line in [PROBE_START, PROBE_OK] {
-        code.extend_from_slice(line.as_bytes());
-        code.extend_from_slice(b"\n\0");
-    }
-    let mut rom = vec![0u8; 0x10000];
-    rom[..code.len()].copy_from_slice(&code);
-    rom[0xfff0..0xfff5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0xf0]);
-    rom
-}
-
-/// The probe guest's first line.
-pub const PROBE_START: &str = "opsbake-kvm-probe start";
-/// The probe guest's last line, after its count.
-pub const PROBE_OK: &str = "opsbake-kvm-probe ok";
-/// The probe guest's count: a few ms where KVM runs real mode natively,
-/// about a second where KVM emulates it.
-pub const PROBE_LOOP: u32 = 2_000_000;
-/// How long the count may take, from the start line to the ok line.
-pub const PROBE_LOOP_BUDGET: Duration = Duration::from_millis(250);
-
-/// QEMU's exit code when the probe guest writes 0x21 to `isa-debug-exit`.
-pub const PROBE_EXIT_CODE: i32 = (0x21 << 1) | 1;
-
-/// What the KVM probe saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvmProbe {
-    /// Whether KVM guests run here at native speed.
-    pub works: bool,
-    /// Why (for logs and the build's events).
-    pub reason: String,
-    /// How long the probe took.
-    pub took: Duration,
-}
-
-/// Whether KVM guests run here (blocking; see [`probe_firmware`]): under
-/// `-accel kvm` the probe guest must print its start line within `timeout`
-/// and its ok line within [`PROBE_LOOP_BUDGET`] after it; anything else
-/// (no `/dev/kvm`, QEMU failing, a hang, a slow count) means TCG. QEMU is
-/// killed by its PID and reaped before this returns.
-pub fn probe_kvm_blocking(timeout: Duration) -> Result<KvmProbe, VboxError> {
-    use std::io::BufRead as _;
-    let began = Instant::now();
-    let verdict = |works: bool, reason: String| KvmProbe {
-        works,
-        reason,
-        took: began.elapsed(),
-    };
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return Ok(verdict(false, format!("/dev/kvm: {e}")));
-    }
-    let qemu = crate::exec::require(QEMU)?;
-    let dir = tempfile::tempdir().map_err(io_err("tempdir"))?;
-    let rom = dir.path().join("probe.rom");
-    std::fs::write(&rom, probe_firmware()).map_err(io_err(&rom))?;
-    let mut child = std::process::Command::new(qemu)
-        .args(["-accel", "kvm", "-nodefaults", "-no-user-config"])
-        .args(["-display", "none", "-machine", "pc", "-m", "16"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .args(["-serial", "stdio", "-bios"])
-        .arg(&rom)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(io_err(QEMU))?;
-    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
-    if let Some(out) = child.stdout.take() {
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((line, Instant::now())).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let wait_line = |want: &str, until: Instant| -> Option<Instant> {
-        loop {
-            let left = until.checked_duration_since(Instant::now())?;
-            match rx.recv_timeout(left) {
-                Ok((l, at)) if l.trim_end() == want => return Some(at),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    };
-    let result = match wait_line(PROBE_START, began + timeout) {
-        None => verdict(
-            false,
-            format!("the probe guest printed nothing in {timeout:?}"),
-        ),
-        Some(started) => match wait_line(PROBE_OK, started + PROBE_LOOP_BUDGET) {
-            Some(done) => verdict(
-                true,
-                format!(
-                    "the probe guest counted in {:?}",
-                    done.duration_since(started)
-                ),
-            ),
-            None => verdict(
-                false,
-                format!(
-                    "the probe guest's real-mode count took over {PROBE_LOOP_BUDGET:?} \
-                     (KVM emulates real mode here: guests boot slower than under TCG)"
-                ),
-            ),
-        },
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    tracing::info!(works = result.works, took = ?result.took, reason = %result.reason, "KVM probe");
-    Ok(result)
-}
-
-/// Whether KVM guests run here: [`probe_kvm_blocking`] on a blocking thread.
-pub async fn probe_kvm(timeout: Duration) -> Result<bool, VboxError> {
-    tokio::task::spawn_blocking(move || probe_kvm_blocking(timeout))
-        .await
-        .map_err(|e| VboxError::Config(format!("the KVM probe's thread failed: {e}")))?
-        .map(|p| p.works)
+/// The bus the guest sees its disk on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    /// virtio-blk (`/dev/vda`): fastest under TCG.
+    #[default]
+    Virtio,
+    /// IDE (`/dev/sda`), as VirtualBox and the vSphere OVF present it.
+    Ide,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for QEMU).
@@ -337,6 +51,8 @@ pub struct QemuConfig {
     pub name: String,
     /// The qcow2 overlay the guest writes.
     pub disk: PathBuf,
+    /// The bus of that disk.
+    pub disk_bus: DiskBus,
     /// The settings ISO.
     pub cdrom: Option<PathBuf>,
     /// Memory in MiB.
@@ -403,7 +119,10 @@ impl QemuConfig {
         push(&self.cpus.to_string());
         let mut drive = OsString::from("file=");
         drive.push(self.disk.as_os_str());
-        drive.push(",format=qcow2,if=virtio,cache=writeback,discard=unmap");
+        drive.push(match self.disk_bus {
+            DiskBus::Virtio => ",format=qcow2,if=virtio,cache=writeback,discard=unmap",
+            DiskBus::Ide => ",format=qcow2,if=ide,index=0,cache=writeback,discard=unmap",
+        });
         a.push("-drive".into());
         a.push(drive);
         if let Some(iso) = &self.cdrom {
@@ -445,10 +164,12 @@ impl QemuConfig {
 }
 
 /// A started QEMU process.
-#[derive(Debug)]
+
+/// A started QEMU process. Clones share the one child (the async waits
+/// run the blocking ones on a blocking thread with a clone).
+#[derive(Debug, Clone)]
 pub struct QemuVm {
-    /// The child.
-    pub child: tokio::process::Child,
+    child: Arc<Mutex<Child>>,
     /// Its PID.
     pub pid: u32,
     /// Its config.
@@ -458,33 +179,84 @@ pub struct QemuVm {
 }
 
 /// Start QEMU with `config`; `log` receives QEMU's own output. The child is
-/// in its own process group (a terminal's Ctrl-C goes to opsbake, which
-/// shuts the VM down through the journal).
-pub fn spawn(config: QemuConfig, log: &Path) -> Result<QemuVm, VboxError> {
+/// in its own process group when `own_group` (the product: a terminal's
+/// Ctrl-C goes to opsbake, which shuts the VM down through the journal).
+pub fn spawn_with(config: QemuConfig, log: &Path, own_group: bool) -> Result<QemuVm, VboxError> {
     let qemu = crate::exec::require(QEMU)?;
     let out = std::fs::File::create(log).map_err(io_err(log))?;
     let err = out.try_clone().map_err(io_err(log))?;
-    let child = tokio::process::Command::new(qemu)
-        .args(config.args())
+    let mut cmd = std::process::Command::new(qemu);
+    cmd.args(config.args())
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(io_err(QEMU))?;
-    let pid = child
-        .id()
-        .ok_or_else(|| VboxError::Config("QEMU exited at once".into()))?;
+        .stderr(err);
+    if own_group {
+        cmd.process_group(0);
+    }
+    let child = cmd.spawn().map_err(io_err(QEMU))?;
+    let pid = child.id();
+    tracing::info!(pid, accel = %config.accel, ssh_port = config.ssh_port, disk = %config.disk.display(), "QEMU started");
     Ok(QemuVm {
-        child,
+        child: Arc::new(Mutex::new(child)),
         pid,
         config,
         log: log.to_path_buf(),
     })
 }
 
+/// [`spawn_with`] in its own process group (the product's engine).
+pub fn spawn(config: QemuConfig, log: &Path) -> Result<QemuVm, VboxError> {
+    spawn_with(config, log, true)
+}
+
+/// Run `f` on a blocking thread (the async forms of the waits).
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, VboxError> + Send + 'static,
+) -> Result<T, VboxError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VboxError::Config(format!("{what}: its thread failed: {e}")))?
+}
+
 impl QemuVm {
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Some(status)` once QEMU has exited (reaped; asked again, the same).
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, VboxError> {
+        self.child().try_wait().map_err(io_err(QEMU))
+    }
+
+    /// Whether QEMU is still running.
+    pub fn running(&self) -> bool {
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL QEMU by its PID (unless it has exited) and reap it.
+    pub fn kill(&self) {
+        let mut c = self.child();
+        if matches!(c.try_wait(), Ok(None)) {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+    }
+
+    /// Wait up to `within` for QEMU to exit; whether it did.
+    pub fn wait_exit_blocking(&self, within: Duration) -> Result<bool, VboxError> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The error for an early exit.
     pub fn exited_error(&self, status: String) -> VboxError {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -500,13 +272,13 @@ impl QemuVm {
 
     /// Wait until QMP answers `query-status` (QEMU has set up its devices
     /// and port forwards), or QEMU exits (an error with its output).
-    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<(), VboxError> {
+    pub fn wait_ready_blocking(&self, deadline: Duration) -> Result<(), VboxError> {
         let start = Instant::now();
         loop {
-            if let Some(st) = self.child.try_wait().map_err(io_err(QEMU))? {
+            if let Some(st) = self.try_wait()? {
                 return Err(self.exited_error(st.to_string()));
             }
-            if self.config.qmp.exists() && qmp(&self.config.qmp, "query-status").await.is_ok() {
+            if self.config.qmp.exists() && qmp(&self.config.qmp, "query-status").is_ok() {
                 return Ok(());
             }
             if start.elapsed() > deadline {
@@ -516,25 +288,37 @@ impl QemuVm {
                     message: format!("no answer after {deadline:?}"),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// [`QemuVm::wait_ready_blocking`] on a blocking thread.
+    pub async fn wait_ready(&self, deadline: Duration) -> Result<(), VboxError> {
+        let vm = self.clone();
+        blocking("wait for QMP", move || vm.wait_ready_blocking(deadline)).await
     }
 
     /// Whether the guest's kernel came up within `within`: the serial
     /// console shows `Freeing unused kernel` (the line before init starts).
     /// False when QEMU exits or the time runs out (a KVM guest that hangs).
-    pub async fn kernel_booted(&mut self, within: Duration) -> Result<bool, VboxError> {
+    pub fn kernel_booted_blocking(&self, within: Duration) -> Result<bool, VboxError> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if self.serial_contains("Freeing unused kernel") {
+            if self.serial_contains(KERNEL_UP) {
                 return Ok(true);
             }
-            if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
+            if self.try_wait()?.is_some() {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            std::thread::sleep(Duration::from_millis(250));
         }
-        Ok(self.serial_contains("Freeing unused kernel"))
+        Ok(self.serial_contains(KERNEL_UP))
+    }
+
+    /// [`QemuVm::kernel_booted_blocking`] on a blocking thread.
+    pub async fn kernel_booted(&self, within: Duration) -> Result<bool, VboxError> {
+        let vm = self.clone();
+        blocking("wait for the kernel", move || vm.kernel_booted_blocking(within)).await
     }
 
     /// Whether the serial log contains `needle`.
@@ -550,8 +334,8 @@ impl QemuVm {
     /// `s` (sync), `u` (remount read-only), `o` (power off): from the file
     /// system's view a clean stop. Then QMP `quit`, then SIGKILL. `timeout`
     /// bounds the wait of a guest that does handle ACPI. Returns how it ended.
-    pub async fn shutdown(&mut self, timeout: Duration) -> Result<&'static str, VboxError> {
-        if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
+    pub fn shutdown_blocking(&self, timeout: Duration) -> Result<&'static str, VboxError> {
+        if self.try_wait()?.is_some() {
             return Ok("already stopped");
         }
         let serial_len = || {
@@ -560,13 +344,10 @@ impl QemuVm {
                 .unwrap_or(0)
         };
         let before = serial_len();
-        if let Err(e) = qmp(&self.config.qmp, "system_powerdown").await {
+        if let Err(e) = qmp(&self.config.qmp, "system_powerdown") {
             tracing::warn!(pid = self.pid, error = %e, "system_powerdown failed");
         }
-        if tokio::time::timeout(ACPI_GRACE.min(timeout), self.child.wait())
-            .await
-            .is_ok()
-        {
+        if self.wait_exit_blocking(ACPI_GRACE.min(timeout))? {
             return Ok("acpi");
         }
         let reacting = {
@@ -578,11 +359,7 @@ impl QemuVm {
             .into_owned();
             new.contains("Stopping") || new.contains("Stopped") || new.contains("reboot:")
         };
-        if reacting
-            && tokio::time::timeout(timeout.saturating_sub(ACPI_GRACE), self.child.wait())
-                .await
-                .is_ok()
-        {
+        if reacting && self.wait_exit_blocking(timeout.saturating_sub(ACPI_GRACE))? {
             return Ok("acpi");
         }
         tracing::info!(
@@ -594,7 +371,7 @@ impl QemuVm {
             let args = format!(
                 r#"{{"keys":[{{"type":"qcode","data":"alt"}},{{"type":"qcode","data":"sysrq"}},{{"type":"qcode","data":"{key}"}}]}}"#
             );
-            if let Err(e) = qmp_args(&self.config.qmp, "send-key", Some(&args)).await {
+            if let Err(e) = qmp_args(&self.config.qmp, "send-key", Some(&args)) {
                 tracing::warn!(pid = self.pid, error = %e, "SysRq {key} failed");
             }
             // each SysRq action runs in the guest; wait for its console line
@@ -605,97 +382,105 @@ impl QemuVm {
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline && !self.serial_contains(want) {
-                if self.child.try_wait().map_err(io_err(QEMU))?.is_some() {
+                if self.try_wait()?.is_some() {
                     return Ok("sysrq");
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_ok()
-        {
+        if self.wait_exit_blocking(Duration::from_secs(20))? {
             return Ok("sysrq");
         }
         tracing::warn!(pid = self.pid, "the guest did not power off: QMP quit");
-        let _ = qmp(&self.config.qmp, "quit").await;
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_ok()
-        {
+        let _ = qmp(&self.config.qmp, "quit");
+        if self.wait_exit_blocking(Duration::from_secs(10))? {
             return Ok("quit");
         }
-        let _ = self.child.kill().await;
+        self.kill();
         Ok("killed")
     }
+
+    /// [`QemuVm::shutdown_blocking`] on a blocking thread.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<&'static str, VboxError> {
+        let vm = self.clone();
+        blocking("QEMU shutdown", move || vm.shutdown_blocking(timeout)).await
+    }
 }
+
+/// The kernel's serial console line just before init starts.
+pub const KERNEL_UP: &str = "Freeing unused kernel";
 
 /// How long a guest has to show that it handles the ACPI power button.
 pub const ACPI_GRACE: Duration = Duration::from_secs(15);
 
 /// Run one QMP command without arguments and return the reply line.
-pub async fn qmp(socket: &Path, command: &str) -> Result<String, VboxError> {
-    qmp_args(socket, command, None).await
+pub fn qmp(socket: &Path, command: &str) -> Result<String, VboxError> {
+    qmp_args(socket, command, None)
 }
 
 /// Run one QMP command (`execute` name, `arguments` as a JSON object) and
 /// return the reply line.
-pub async fn qmp_args(
+pub fn qmp_args(
     socket: &Path,
     command: &str,
     arguments: Option<&str>,
 ) -> Result<String, VboxError> {
+    let line = match arguments {
+        Some(a) => format!("{{\"execute\":\"{command}\",\"arguments\":{a}}}"),
+        None => format!("{{\"execute\":\"{command}\"}}"),
+    };
+    qmp_line(socket, command, &line)
+}
+
+/// The one QMP client: greet, `qmp_capabilities`, then send `line` (one
+/// JSON command) and return its reply line (events before it are
+/// skipped); an `"error"` reply is an error naming `command`. `quit` may
+/// close the socket before replying: then the reply is empty. Each read
+/// waits at most 10 s.
+pub fn qmp_line(socket: &Path, command: &str, line: &str) -> Result<String, VboxError> {
     let qerr = |message: String| VboxError::Qmp {
         command: command.to_string(),
         socket: socket.to_path_buf(),
         message,
     };
-    let exchange = async {
-        let stream = UnixStream::connect(socket)
-            .await
+    let stream = UnixStream::connect(socket).map_err(|e| qerr(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| qerr(e.to_string()))?;
+    let mut w = stream.try_clone().map_err(|e| qerr(e.to_string()))?;
+    let mut r = BufReader::new(stream);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting)
+        .map_err(|e| qerr(e.to_string()))?;
+    if !greeting.contains("\"QMP\"") {
+        return Err(qerr(format!("unexpected greeting {greeting:?}")));
+    }
+    let quit = line.contains("\"quit\"");
+    let mut reply = String::new();
+    for (cmd, is_last) in [(r#"{"execute":"qmp_capabilities"}"#, false), (line, true)] {
+        w.write_all(cmd.as_bytes())
+            .and_then(|()| w.write_all(b"\n"))
             .map_err(|e| qerr(e.to_string()))?;
-        let (r, mut w) = stream.into_split();
-        let mut r = BufReader::new(r);
-        let mut line = String::new();
-        r.read_line(&mut line)
-            .await
-            .map_err(|e| qerr(e.to_string()))?;
-        if !line.contains("\"QMP\"") {
-            return Err(qerr(format!("unexpected greeting {line:?}")));
-        }
-        let mut reply = String::new();
-        for (cmd, args) in [("qmp_capabilities", None), (command, arguments)] {
-            let line = match args {
-                Some(a) => format!("{{\"execute\":\"{cmd}\",\"arguments\":{a}}}\n"),
-                None => format!("{{\"execute\":\"{cmd}\"}}\n"),
-            };
-            w.write_all(line.as_bytes())
-                .await
-                .map_err(|e| qerr(e.to_string()))?;
-            loop {
-                let mut l = String::new();
-                let n = r.read_line(&mut l).await.map_err(|e| qerr(e.to_string()))?;
-                if n == 0 {
-                    // `quit` may close before replying
-                    if cmd == "quit" {
-                        return Ok(String::new());
-                    }
-                    return Err(qerr("connection closed".into()));
+        loop {
+            let mut l = String::new();
+            let n = r.read_line(&mut l).map_err(|e| qerr(e.to_string()))?;
+            if n == 0 {
+                if is_last && quit {
+                    return Ok(String::new());
                 }
-                if l.contains("\"return\"") || l.contains("\"error\"") {
-                    reply = l.trim().to_string();
-                    break;
-                }
+                return Err(qerr("connection closed".into()));
             }
-            if reply.contains("\"error\"") {
-                return Err(qerr(reply));
+            // events ({"event": ...}) may come before the reply
+            if l.contains("\"return\"") || l.contains("\"error\"") {
+                reply = l.trim().to_string();
+                break;
             }
         }
-        Ok(reply)
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| qerr("no reply in 10 s".into()))?
+        if reply.contains("\"error\"") {
+            return Err(qerr(reply));
+        }
+    }
+    Ok(reply)
 }
 
 #[cfg(test)]
@@ -706,6 +491,7 @@ mod tests {
         QemuConfig {
             name: "b1".into(),
             disk: "/s/overlay.qcow2".into(),
+            disk_bus: DiskBus::Virtio,
             cdrom: Some("/s/settings.iso".into()),
             memory_mib: 1024,
             cpus: 1,
@@ -759,79 +545,4 @@ mod tests {
         assert_eq!(rtc_datetime(1_735_689_600 + 3661), "2025-01-01T01:01:01");
     }
 
-    #[test]
-    fn kvm_verdict_is_kept_per_boot() {
-        // nextest runs each test in its own process: the env var is ours
-        let cache = tempfile::tempdir().unwrap();
-        std::env::set_var("XDG_CACHE_HOME", cache.path());
-        let d = tempfile::tempdir().unwrap();
-        assert!(!kvm_known_broken(d.path()));
-        std::fs::write(d.path().join(KVM_VERDICT_FILE), "another-boot\n").unwrap();
-        assert!(!kvm_known_broken(d.path()));
-        remember_kvm_broken(d.path());
-        assert!(kvm_known_broken(d.path()));
-        // another state dir on this host knows it through the cache dir
-        let other = tempfile::tempdir().unwrap();
-        assert!(kvm_known_broken(other.path()));
-        assert!(cache
-            .path()
-            .join("opsbake")
-            .join(KVM_VERDICT_FILE)
-            .is_file());
-    }
-
-    #[test]
-    fn probe_firmware_jumps_from_the_reset_vector_to_its_code() {
-        let rom = probe_firmware();
-        assert_eq!(rom.len(), 0x10000);
-        assert_eq!(&rom[0xfff0..0xfff5], &[0xea, 0x00, 0x00, 0x00, 0xf0]);
-        assert_eq!(&rom[..4], &[0x8c, 0xc8, 0x8e, 0xd8]);
-        // the count and both lines, where the code points
-        assert_eq!(&rom[0x0f..0x13], &PROBE_LOOP.to_le_bytes());
-        let at = |i: usize| usize::from(rom[i]);
-        assert!(rom[at(0x08)..].starts_with(PROBE_START.as_bytes()));
-        assert!(rom[at(0x18)..].starts_with(PROBE_OK.as_bytes()));
-        assert_eq!(PROBE_EXIT_CODE, 0x43);
-    }
-
-    /// The probe on this host: a verdict with a reason, and QEMU gone
-    /// (killed and reaped) when it returns, hang or not.
-    #[test]
-    fn probe_kvm_gives_a_verdict_and_reaps_qemu() {
-        let p = probe_kvm_blocking(KVM_PROBE_TIMEOUT).unwrap();
-        eprintln!("KVM probe: works={} in {:?}: {}", p.works, p.took, p.reason);
-        assert!(!p.reason.is_empty());
-        assert!(
-            p.took < KVM_PROBE_TIMEOUT + PROBE_LOOP_BUDGET + Duration::from_secs(5),
-            "{p:?}"
-        );
-    }
-
-    /// The probe under TCG (always available): the guest's lines arrive and
-    /// it exits through isa-debug-exit, so the protocol works; under KVM
-    /// only the speed differs.
-    #[test]
-    fn probe_guest_runs_under_tcg() {
-        let Some(qemu) = crate::exec::which(QEMU) else {
-            eprintln!("no {QEMU}: skipped");
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let rom = dir.path().join("probe.rom");
-        std::fs::write(&rom, probe_firmware()).unwrap();
-        let out = std::process::Command::new(qemu)
-            .args(["-accel", "tcg", "-nodefaults", "-no-user-config"])
-            .args(["-display", "none", "-machine", "pc", "-m", "16"])
-            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-            .args(["-serial", "stdio", "-bios"])
-            .arg(&rom)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(PROBE_EXIT_CODE), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("{PROBE_START}\n{PROBE_OK}\n")
-        );
-    }
 }
