@@ -163,8 +163,6 @@ impl QemuConfig {
     }
 }
 
-/// A started QEMU process.
-
 /// A started QEMU process. Clones share the one child (the async waits
 /// run the blocking ones on a blocking thread with a clone).
 #[derive(Debug, Clone)]
@@ -318,7 +316,10 @@ impl QemuVm {
     /// [`QemuVm::kernel_booted_blocking`] on a blocking thread.
     pub async fn kernel_booted(&self, within: Duration) -> Result<bool, VboxError> {
         let vm = self.clone();
-        blocking("wait for the kernel", move || vm.kernel_booted_blocking(within)).await
+        blocking("wait for the kernel", move || {
+            vm.kernel_booted_blocking(within)
+        })
+        .await
     }
 
     /// Whether the serial log contains `needle`.
@@ -544,5 +545,4 @@ mod tests {
         assert_eq!(rtc_datetime(1_704_067_199), "2023-12-31T23:59:59");
         assert_eq!(rtc_datetime(1_735_689_600 + 3661), "2025-01-01T01:01:01");
     }
-
 }

@@ -1,5 +1,9 @@
 //! Boot a disk image under QEMU for tests: the test stemcell, and later the
-//! images the provision and VirtualBox builders make.
+//! images the provision and VirtualBox builders make. A thin layer over the
+//! product's launcher ([`opsbake_iaas_vbox::qemu`]): its command line, its
+//! accelerator choice and KVM probe, its start, QMP client, waits and
+//! power-off; this module adds the overlay of any disk format, free ports
+//! and the test's waits (SSH banner, serial text).
 //!
 //! - Acceleration: `OPSBAKE_QEMU_ACCEL=tcg|kvm` forces it; otherwise KVM is
 //!   probed once per process with the builder's probe guest (a firmware image
@@ -15,19 +19,19 @@
 //!   but the host forwards) with `hostfwd=tcp:127.0.0.1:<free port>-:22` and
 //!   optional extra forwards; serial console to a log file; a QMP socket.
 //! - Readiness is the SSH banner arriving through the forward
-//!   ([`Qemu::wait_for_ssh_banner`]), never a sleep. [`Qemu::shutdown`] sends
-//!   `system_powerdown` over QMP, then `quit`, then kills; `Drop` kills QEMU by
-//!   its PID.
+//!   ([`Qemu::wait_for_ssh_banner`]), never a sleep. [`Qemu::shutdown`] is the
+//!   builder's power-off (ACPI, SysRq, QMP `quit`, kill); `Drop` kills QEMU
+//!   by its PID.
 
 use std::fs;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::io::Read as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use opsbake_iaas_vbox::qemu::{self as launcher, QemuConfig, QemuVm};
+use opsbake_iaas_vbox::VboxError;
 
 /// The QEMU binary (the builder's constant).
 pub use opsbake_iaas_vbox::qemu::QEMU;
@@ -60,22 +64,9 @@ pub enum QemuError {
         /// Its output.
         message: String,
     },
-    /// QEMU exited early.
-    #[error("QEMU (pid {pid}) exited with {status}; log {log}:\n{log_tail}\nserial {serial}:\n{serial_tail}")]
-    Exited {
-        /// Its PID.
-        pid: u32,
-        /// Its exit status.
-        status: String,
-        /// QEMU's own output.
-        log: PathBuf,
-        /// The end of it.
-        log_tail: String,
-        /// The serial console log.
-        serial: PathBuf,
-        /// The end of it.
-        serial_tail: String,
-    },
+    /// The launcher failed (QEMU exited early, a QMP exchange failed...).
+    #[error(transparent)]
+    Launcher(Box<VboxError>),
     /// The guest did not answer in time.
     #[error("{what} not seen after {after:?} (QEMU pid {pid}, {accel}); serial {serial}:\n{serial_tail}")]
     Timeout {
@@ -92,19 +83,24 @@ pub enum QemuError {
         /// The end of it.
         serial_tail: String,
     },
-    /// A QMP exchange failed.
-    #[error("QMP {command} on {socket}: {message}")]
-    Qmp {
-        /// The command.
-        command: String,
-        /// The socket.
-        socket: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
     /// An option cannot be honoured.
     #[error("invalid QEMU option: {0}")]
     Invalid(String),
+}
+
+/// The launcher's errors: a missing program and a wrong option keep their
+/// own variants; everything else is the launcher's error as it is.
+impl From<VboxError> for QemuError {
+    fn from(e: VboxError) -> Self {
+        match e {
+            VboxError::Missing { program, package } => QemuError::Missing {
+                binary: program,
+                package,
+            },
+            VboxError::Config(m) => QemuError::Invalid(m),
+            e => QemuError::Launcher(Box::new(e)),
+        }
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
@@ -117,12 +113,9 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + 
 /// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`).
 pub use crate::skip_peers;
 
-/// Find a binary on PATH.
+/// Find a binary on PATH (core's lookup).
 pub fn which(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
+    opsbake_iaas_vbox::exec::which(binary)
 }
 
 pub(crate) fn require(binary: &str, package: &str) -> Result<PathBuf, QemuError> {
@@ -135,8 +128,8 @@ pub(crate) fn require(binary: &str, package: &str) -> Result<PathBuf, QemuError>
 /// The accelerator QEMU runs with (the builder's type: one definition).
 pub use opsbake_iaas_vbox::qemu::Accel;
 
-/// Set once a real guest failed under KVM in this process: TCG from then on.
-static KVM_BROKEN: AtomicBool = AtomicBool::new(false);
+/// The disk bus the guest sees its disk on (the builder's type).
+pub use opsbake_iaas_vbox::qemu::DiskBus;
 
 /// How long a guest started with a probed (not forced) KVM may take to reach
 /// the kernel's `Freeing unused kernel` line on the serial console before it
@@ -148,31 +141,10 @@ pub const KVM_BOOT_CHECK: Duration = Duration::from_secs(20);
 pub use opsbake_iaas_vbox::qemu::KVM_PROBE_TIMEOUT;
 
 /// The accelerator to use: `OPSBAKE_QEMU_ACCEL` (`tcg` or `kvm`) when set,
-/// else the result of [`probe_kvm`] (once per process).
+/// else the result of the builder's KVM probe (once per process, shared with
+/// the builder: [`opsbake_iaas_vbox::qemu::choose_accel_blocking`]).
 pub fn accel() -> Result<Accel, QemuError> {
-    match std::env::var("OPSBAKE_QEMU_ACCEL").ok().as_deref() {
-        Some("tcg") => return Ok(Accel::Tcg),
-        Some("kvm") => return Ok(Accel::Kvm),
-        Some("") | None => {}
-        Some(other) => {
-            return Err(QemuError::Invalid(format!(
-                "OPSBAKE_QEMU_ACCEL={other}: expected tcg or kvm"
-            )))
-        }
-    }
-    if KVM_BROKEN.load(Ordering::Relaxed) {
-        return Ok(Accel::Tcg);
-    }
-    static PROBED: OnceLock<Accel> = OnceLock::new();
-    if let Some(a) = PROBED.get() {
-        return Ok(*a);
-    }
-    let a = if probe_kvm(KVM_PROBE_TIMEOUT)? {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    };
-    Ok(*PROBED.get_or_init(|| a))
+    Ok(launcher::choose_accel_blocking(None)?)
 }
 
 /// Whether a KVM guest runs here at native speed: the builder's probe
@@ -182,40 +154,12 @@ pub fn accel() -> Result<Accel, QemuError> {
 /// cannot be opened, QEMU fails, or the guest hangs or crawls (then QEMU is
 /// killed by its PID).
 pub fn probe_kvm(timeout: Duration) -> Result<bool, QemuError> {
-    match opsbake_iaas_vbox::qemu::probe_kvm_blocking(timeout) {
-        Ok(p) => Ok(p.works),
-        Err(opsbake_iaas_vbox::VboxError::Missing { program, package }) => {
-            Err(QemuError::Missing {
-                binary: program,
-                package,
-            })
-        }
-        Err(e) => Err(QemuError::Command {
-            command: "the KVM probe".into(),
-            message: e.to_string(),
-        }),
-    }
+    Ok(launcher::probe_kvm_blocking(timeout)?.works)
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; QEMU binds it next).
 pub fn free_port() -> Result<u16, QemuError> {
-    let l =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err(Path::new("127.0.0.1:0")))?;
-    let port = l
-        .local_addr()
-        .map_err(io_err(Path::new("127.0.0.1:0")))?
-        .port();
-    Ok(port)
-}
-
-/// The disk bus the guest sees its disk on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DiskBus {
-    /// virtio-blk (`/dev/vda`): fastest under TCG.
-    #[default]
-    Virtio,
-    /// IDE (`/dev/sda`), as VirtualBox and the vSphere OVF present it.
-    Ide,
+    Ok(launcher::free_port()?)
 }
 
 /// What to boot and how.
@@ -297,14 +241,11 @@ pub fn detect_format(path: &Path) -> Result<String, QemuError> {
     Ok("raw".into())
 }
 
-/// A running QEMU guest. Dropping it kills QEMU by its PID.
+/// A running QEMU guest (the builder's [`QemuVm`]). Dropping it kills QEMU
+/// by its PID.
 #[derive(Debug)]
 pub struct Qemu {
-    child: Option<Child>,
-    pid: u32,
-    ssh_port: u16,
-    forwards: Vec<(u16, u16)>,
-    accel: Accel,
+    vm: QemuVm,
     started: Instant,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -331,22 +272,27 @@ impl Qemu {
         if forced || chosen == Accel::Tcg {
             return Qemu::start_with(opts, chosen);
         }
-        let kvm = Qemu::start_with(opts.clone(), Accel::Kvm).and_then(|mut vm| {
-            vm.wait_for_serial("Freeing unused kernel", KVM_BOOT_CHECK)?;
-            Ok(vm)
+        let kvm = Qemu::start_with(opts.clone(), Accel::Kvm).and_then(|vm| {
+            if vm.vm.kernel_booted_blocking(KVM_BOOT_CHECK)? {
+                Ok(vm)
+            } else {
+                Err(vm.timeout_error(
+                    &format!("serial text {:?}", launcher::KERNEL_UP),
+                    KVM_BOOT_CHECK,
+                ))
+            }
         });
         match kvm {
             Ok(vm) => Ok(vm),
             Err(e) => {
                 tracing::warn!(error = %e, "the guest did not boot under KVM: TCG from now on");
-                KVM_BROKEN.store(true, Ordering::Relaxed);
+                launcher::KVM_BROKEN.store(true, std::sync::atomic::Ordering::SeqCst);
                 Qemu::start_with(opts, Accel::Tcg)
             }
         }
     }
 
     fn start_with(opts: QemuOptions, accel: Accel) -> Result<Qemu, QemuError> {
-        let qemu = require(QEMU, "qemu-system-x86")?;
         let qemu_img = require("qemu-img", "qemu-utils")?;
         if opts.memory_mib < 128 || opts.cpus == 0 {
             return Err(QemuError::Invalid(format!(
@@ -358,6 +304,10 @@ impl Qemu {
         let format = match &opts.disk_format {
             Some(f) => f.clone(),
             None => detect_format(&disk)?,
+        };
+        let cdrom = match &opts.cdrom {
+            Some(iso) => Some(fs::canonicalize(iso).map_err(io_err(iso))?),
+            None => None,
         };
         let (tmp, dir) = match &opts.work_dir {
             Some(d) => {
@@ -389,121 +339,84 @@ impl Qemu {
             let ssh_port = free_port()?;
             let mut forwards = Vec::new();
             for g in &opts.extra_forwards {
-                forwards.push((*g, free_port()?));
+                forwards.push((free_port()?, *g));
             }
-            let mut netdev = format!(
-                "user,id=net0,restrict={},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-                if opts.restrict { "on" } else { "off" }
-            );
-            for (g, h) in &forwards {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
-            }
-            let drive = match opts.disk_bus {
-                DiskBus::Virtio => format!("file={},format=qcow2,if=virtio", overlay.display()),
-                DiskBus::Ide => format!("file={},format=qcow2,if=ide,index=0", overlay.display()),
-            };
             let _ = fs::remove_file(&qmp);
             let _ = fs::remove_file(&serial);
-            let logf = fs::File::create(&log).map_err(io_err(&log))?;
-            let logf2 = logf.try_clone().map_err(io_err(&log))?;
-            let mut cmd = Command::new(&qemu);
-            cmd.args(["-accel", accel.as_str()])
-                .args(["-m", &opts.memory_mib.to_string()])
-                .args(["-smp", &opts.cpus.to_string()])
-                .args(["-display", "none", "-vga", "std"])
-                .arg("-serial")
-                .arg(format!("file:{}", serial.display()))
-                .arg("-qmp")
-                .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-                .arg("-drive")
-                .arg(drive)
-                .args(["-netdev", &netdev])
-                .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
-                .args(["-device", "virtio-rng-pci"])
-                .args(["-boot", "order=c"]);
-            if let Some(iso) = &opts.cdrom {
-                let iso = fs::canonicalize(iso).map_err(io_err(iso))?;
-                cmd.arg("-drive").arg(format!(
-                    "file={},format=raw,media=cdrom,readonly=on,if=ide,index=2",
-                    iso.display()
-                ));
-            }
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::from(logf))
-                .stderr(Stdio::from(logf2));
-            let child = cmd.spawn().map_err(io_err(&qemu))?;
-            let pid = child.id();
-            tracing::info!(pid, %accel, ssh_port, disk = %disk.display(), "QEMU started");
-            let mut vm = Qemu {
-                child: Some(child),
-                pid,
+            let config = QemuConfig {
+                name: "test".into(),
+                disk: overlay.clone(),
+                disk_bus: opts.disk_bus,
+                cdrom: cdrom.clone(),
+                memory_mib: u64::from(opts.memory_mib),
+                cpus: opts.cpus,
+                accel,
                 ssh_port,
                 forwards,
-                accel,
-                started: Instant::now(),
-                dir: dir.clone(),
-                _tmp: None,
+                restrict: opts.restrict,
+                qmp: qmp.clone(),
+                serial_log: serial.clone(),
+                rtc_base: None,
             };
-            // QEMU fails fast (port in use, bad image): give it a moment to say so,
-            // polling its exit status and the QMP socket appearing.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && !qmp.exists() {
-                if vm.exited()?.is_some() {
-                    break;
+            let vm = launcher::spawn_with(config, &log, false)?;
+            let started = Instant::now();
+            match vm.wait_ready_blocking(Duration::from_secs(30)) {
+                Ok(()) => {
+                    return Ok(Qemu {
+                        vm,
+                        started,
+                        dir,
+                        _tmp: tmp,
+                    })
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            match vm.exited()? {
-                None => {
-                    vm._tmp = tmp;
-                    return Ok(vm);
-                }
-                Some(status) => {
+                Err(err) => {
+                    vm.kill();
                     let text = fs::read_to_string(&log).unwrap_or_default();
-                    let err = QemuError::Exited {
-                        pid,
-                        status,
-                        log: log.clone(),
-                        log_tail: tail(&text, 20),
-                        serial: serial.clone(),
-                        serial_tail: String::new(),
-                    };
-                    if !text.contains("hostfwd") && !text.contains("host forwarding") {
-                        return Err(err);
+                    let port_taken = matches!(err, VboxError::QemuExited { .. })
+                        && (text.contains("hostfwd") || text.contains("host forwarding"));
+                    if !port_taken {
+                        return Err(err.into());
                     }
-                    last_err = Some(err);
+                    last_err = Some(err.into());
                 }
             }
         }
         Err(last_err.unwrap_or_else(|| QemuError::Invalid("QEMU did not start".into())))
     }
 
+    /// The builder's handle on this QEMU process.
+    pub fn launcher(&self) -> &QemuVm {
+        &self.vm
+    }
+
     /// QEMU's PID.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.vm.pid
     }
 
     /// The 127.0.0.1 port forwarded to the guest's port 22.
     pub fn ssh_port(&self) -> u16 {
-        self.ssh_port
+        self.vm.config.ssh_port
     }
 
     /// The 127.0.0.1 address forwarded to the guest's port 22.
     pub fn ssh_addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ssh_port))
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ssh_port()))
     }
 
     /// The host port forwarded to guest port `guest` (from `extra_forwards`).
     pub fn forwarded(&self, guest: u16) -> Option<u16> {
-        self.forwards
+        self.vm
+            .config
+            .forwards
             .iter()
-            .find(|(g, _)| *g == guest)
-            .map(|(_, h)| *h)
+            .find(|(_, g)| *g == guest)
+            .map(|(h, _)| *h)
     }
 
     /// The accelerator in use.
     pub fn accel(&self) -> Accel {
-        self.accel
+        self.vm.config.accel
     }
 
     /// When QEMU was started.
@@ -518,7 +431,7 @@ impl Qemu {
 
     /// The serial console log.
     pub fn serial_log(&self) -> PathBuf {
-        self.dir.join("serial.log")
+        self.vm.config.serial_log.clone()
     }
 
     /// The serial console so far.
@@ -535,37 +448,15 @@ impl Qemu {
 
     /// `Some(status)` once QEMU has exited.
     pub fn exited(&mut self) -> Result<Option<String>, QemuError> {
-        match &mut self.child {
-            None => Ok(Some("stopped".into())),
-            Some(c) => match c.try_wait() {
-                Ok(Some(s)) => Ok(Some(s.to_string())),
-                Ok(None) => Ok(None),
-                Err(e) => Err(QemuError::Io {
-                    path: PathBuf::from(QEMU),
-                    source: e,
-                }),
-            },
-        }
-    }
-
-    fn exited_error(&self, status: String) -> QemuError {
-        let log = self.dir.join("qemu.log");
-        QemuError::Exited {
-            pid: self.pid,
-            status,
-            log_tail: tail(&fs::read_to_string(&log).unwrap_or_default(), 20),
-            log,
-            serial: self.serial_log(),
-            serial_tail: self.serial_tail(40),
-        }
+        Ok(self.vm.try_wait()?.map(|s| s.to_string()))
     }
 
     fn timeout_error(&self, what: &str, after: Duration) -> QemuError {
         QemuError::Timeout {
             what: what.to_string(),
             after,
-            pid: self.pid,
-            accel: self.accel,
+            pid: self.pid(),
+            accel: self.accel(),
             serial: self.serial_log(),
             serial_tail: self.serial_tail(40),
         }
@@ -583,11 +474,11 @@ impl Qemu {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited()? {
-                return Err(self.exited_error(status));
+                return Err(self.vm.exited_error(status).into());
             }
             if let Some(banner) = read_banner(self.ssh_addr(), Duration::from_secs(2)) {
                 let since = self.started.elapsed();
-                tracing::info!(pid = self.pid, ?since, %banner, "SSH banner");
+                tracing::info!(pid = self.pid(), ?since, %banner, "SSH banner");
                 return Ok((banner, since));
             }
             if Instant::now() >= deadline {
@@ -610,11 +501,11 @@ impl Qemu {
     ) -> Result<Duration, QemuError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.serial().contains(needle) {
+            if self.vm.serial_contains(needle) {
                 return Ok(self.started.elapsed());
             }
             if let Some(status) = self.exited()? {
-                return Err(self.exited_error(status));
+                return Err(self.vm.exited_error(status).into());
             }
             if Instant::now() >= deadline {
                 return Err(self.timeout_error(&format!("serial text {needle:?}"), timeout));
@@ -624,91 +515,23 @@ impl Qemu {
     }
 
     /// Send one QMP command (e.g. `{"execute":"system_powerdown"}`) and return
-    /// the reply line.
+    /// the reply line (the builder's QMP client).
     pub fn qmp(&self, command: &str) -> Result<String, QemuError> {
-        let sock = self.dir.join("qmp.sock");
-        let qerr = |message: String| QemuError::Qmp {
-            command: command.to_string(),
-            socket: sock.clone(),
-            message,
-        };
-        let stream = UnixStream::connect(&sock).map_err(|e| qerr(e.to_string()))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| qerr(e.to_string()))?;
-        let mut w = stream.try_clone().map_err(|e| qerr(e.to_string()))?;
-        let mut r = BufReader::new(stream);
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| qerr(e.to_string()))?;
-        if !line.contains("\"QMP\"") {
-            return Err(qerr(format!("unexpected greeting {line:?}")));
-        }
-        let mut exchange = |cmd: &str| -> Result<String, QemuError> {
-            w.write_all(cmd.as_bytes())
-                .and_then(|()| w.write_all(b"\n"))
-                .map_err(|e| qerr(e.to_string()))?;
-            loop {
-                let mut l = String::new();
-                let n = r.read_line(&mut l).map_err(|e| qerr(e.to_string()))?;
-                if n == 0 {
-                    return Err(qerr("connection closed".into()));
-                }
-                // events ({"event": ...}) may come before the reply
-                if l.contains("\"return\"") || l.contains("\"error\"") {
-                    return Ok(l.trim().to_string());
-                }
-            }
-        };
-        exchange(r#"{"execute":"qmp_capabilities"}"#)?;
-        let reply = exchange(command)?;
-        if reply.contains("\"error\"") {
-            return Err(qerr(reply));
-        }
-        Ok(reply)
+        Ok(launcher::qmp_line(&self.vm.config.qmp, command, command)?)
     }
 
-    /// Power the guest off: ACPI `system_powerdown`, wait up to `timeout` for
-    /// QEMU to exit, then QMP `quit`, then kill by PID.
+    /// Power the guest off the builder's way: ACPI `system_powerdown`
+    /// (`timeout` bounds a guest that handles it), else SysRq sync, remount
+    /// and power-off, then QMP `quit`, then kill by PID.
     pub fn shutdown(&mut self, timeout: Duration) -> Result<(), QemuError> {
-        if self.exited()?.is_some() {
-            self.child = None;
-            return Ok(());
-        }
-        let powerdown = self.qmp(r#"{"execute":"system_powerdown"}"#);
-        if let Err(e) = &powerdown {
-            tracing::warn!(pid = self.pid, error = %e, "system_powerdown failed");
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.exited()?.is_some() {
-                self.child = None;
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        tracing::info!(
-            pid = self.pid,
-            "guest did not power off in {timeout:?}: quit"
-        );
-        let _ = self.qmp(r#"{"execute":"quit"}"#);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.exited()?.is_some() {
-                self.child = None;
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.kill();
+        let how = self.vm.shutdown_blocking(timeout)?;
+        tracing::info!(pid = self.pid(), how, "QEMU stopped");
         Ok(())
     }
 
     /// Kill QEMU by its PID and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.vm.kill();
     }
 }
 

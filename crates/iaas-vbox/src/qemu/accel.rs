@@ -347,7 +347,6 @@ pub async fn probe_kvm(timeout: Duration) -> Result<bool, VboxError> {
         .map(|p| p.works)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
