@@ -53,7 +53,7 @@ pub struct QemuConfig {
     pub disk: PathBuf,
     /// The bus of that disk.
     pub disk_bus: DiskBus,
-    /// The settings ISO.
+    /// The settings ISO; `None`: an empty CD-ROM drive.
     pub cdrom: Option<PathBuf>,
     /// Memory in MiB.
     pub memory_mib: u64,
@@ -125,13 +125,20 @@ impl QemuConfig {
         });
         a.push("-drive".into());
         a.push(drive);
-        if let Some(iso) = &self.cdrom {
-            let mut cd = OsString::from("file=");
-            cd.push(iso.as_os_str());
-            cd.push(",format=raw,if=ide,media=cdrom,readonly=on");
-            a.push("-drive".into());
-            a.push(cd);
-        }
+        // without an ISO an empty drive: the guest has its /dev/sr0 either
+        // way (as under QEMU's defaults and VirtualBox), and an agent looking
+        // for settings finds no disc at once instead of waiting for a device
+        let cd = match &self.cdrom {
+            Some(iso) => {
+                let mut cd = OsString::from("file=");
+                cd.push(iso.as_os_str());
+                cd.push(",format=raw,if=ide,media=cdrom,readonly=on");
+                cd
+            }
+            None => OsString::from("if=ide,index=2,media=cdrom"),
+        };
+        a.push("-drive".into());
+        a.push(cd);
         let mut net = String::from("user,id=net0");
         if self.restrict {
             net.push_str(",restrict=on");
@@ -536,6 +543,24 @@ mod tests {
             .join(" ");
         assert!(!joined.contains("restrict=on"));
         assert!(joined.contains("-accel kvm"));
+        // no ISO: still a CD-ROM drive, empty
+        open.cdrom = None;
+        open.disk_bus = DiskBus::Ide;
+        let joined: String = open
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains("-drive if=ide,index=2,media=cdrom "),
+            "{joined}"
+        );
+        assert!(!joined.contains("settings.iso"), "{joined}");
+        assert!(
+            joined.contains("file=/s/overlay.qcow2,format=qcow2,if=ide,index=0,"),
+            "{joined}"
+        );
     }
 
     #[test]
