@@ -47,15 +47,6 @@ pub enum QemuError {
         /// The Debian package that has it.
         package: String,
     },
-    /// A file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
     /// A helper command failed.
     #[error("{command} failed: {message}")]
     Command {
@@ -64,7 +55,8 @@ pub enum QemuError {
         /// Its output.
         message: String,
     },
-    /// The launcher failed (QEMU exited early, a QMP exchange failed...).
+    /// The launcher failed (QEMU exited early, a QMP exchange failed, a
+    /// file operation failed...).
     #[error(transparent)]
     Launcher(Box<VboxError>),
     /// The guest did not answer in time.
@@ -103,10 +95,13 @@ impl From<VboxError> for QemuError {
     }
 }
 
+/// A file operation on `path` failed: the launcher's I/O error.
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
-    move |source| QemuError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        QemuError::from(VboxError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
