@@ -701,7 +701,7 @@ async fn start_guest(dir: &Path, disk: &Path, iso: &Path, accel: Accel) -> Guest
         serial_log: dir.join("serial.log"),
         rtc_base: None,
     };
-    let mut vm = Guest(qemu::spawn(cfg, &dir.join("qemu.log")).unwrap());
+    let vm = Guest(qemu::spawn(cfg, &dir.join("qemu.log")).unwrap());
     vm.0.wait_ready(Duration::from_secs(30)).await.unwrap();
     vm
 }
@@ -729,9 +729,9 @@ async fn deploy(dir: &Path, vmdk: &Path, build_key: &Path) {
         .arg(vmdk)
         .arg(&overlay));
     // KVM where a real guest boots under it, else TCG (as the builder does)
-    let mut vm = match qemu::choose_accel(None).await.unwrap() {
+    let vm = match qemu::choose_accel(None).await.unwrap() {
         Accel::Kvm => {
-            let mut vm = start_guest(dir, &overlay, &iso, Accel::Kvm).await;
+            let vm = start_guest(dir, &overlay, &iso, Accel::Kvm).await;
             if vm.0.kernel_booted(qemu::KVM_BOOT_CHECK).await.unwrap() {
                 vm
             } else {
