@@ -115,6 +115,8 @@ struct Session<'a> {
     staging: Staging,
     scripts: StagedScripts,
     batch: Vec<Upload>,
+    /// The batch went up with the staging dir's mkdir (no upload).
+    staged_inline: bool,
     chef: Vec<Option<chef::ChefStage>>,
     handoff: Option<HandoffConfig>,
     /// The login user is root: no sudo.
@@ -199,6 +201,7 @@ impl Provision {
             staging,
             scripts,
             batch,
+            staged_inline: false,
             chef,
             handoff,
             root: false,
