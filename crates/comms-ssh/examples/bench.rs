@@ -111,23 +111,17 @@ async fn client(args: &[String]) {
             let q = opsbake_core::transport::shell_quote;
             let mut mk = format!("set -e; umask 022; mkdir {st} {st}/scripts; ");
             let wrapper = "#!/bin/sh\ncd \"$(dirname \"$0\")/scripts\" && exec \"$@\"\n";
-            mk.push_str(&format!(
-                "printf '%s' {} > {st}/run; chmod 755 {st}/run; ",
-                q(wrapper)
-            ));
+            mk.push_str(&format!("printf '%s' {} > {st}/run; ", q(wrapper)));
             let mut runner = String::new();
             for k in 0..n {
                 let name = format!("script{k:02}.sh");
                 let text = std::fs::read_to_string(dir.join(&name)).unwrap();
-                mk.push_str(&format!(
-                    "printf '%s' {} > {st}/scripts/{name}; chmod 755 {st}/scripts/{name}; ",
-                    q(&text)
-                ));
+                mk.push_str(&format!("printf '%s' {} > {st}/scripts/{name}; ", q(&text)));
                 runner.push_str(&format!(
                     "printf '\\036M start {k}\\n'\n( env OPSBAKE_STAGING={st} {st}/run {st}/scripts/{name} )\nrc=$?; printf '\\036M exit {k} %s\\n' \"$rc\"; [ $rc -eq 0 ] || exit $rc\n"
                 ));
             }
-            mk.push_str("id -u");
+            mk.push_str(&format!("chmod 755 {st}/run {st}/scripts/*; id -u"));
             run(mk).await;
             run(runner).await;
             run(format!("rm -rf {st}; test ! -e {st}")).await;

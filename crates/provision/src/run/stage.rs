@@ -6,7 +6,7 @@
 //! the dir). Anything else (a tree, a binary or big file, a file to verify)
 //! goes up as one upload after it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +31,7 @@ pub(super) fn inline_batch(staging: &Staging, batch: &[Upload]) -> Option<(Strin
     let prefix = format!("{}/", staging.dir);
     let mut dirs = BTreeSet::new();
     let mut writes = String::new();
+    let mut modes: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut total = 0usize;
     for u in batch {
         let rel = u.remote.strip_prefix(&prefix)?;
@@ -57,10 +58,12 @@ pub(super) fn inline_batch(staging: &Staging, batch: &[Upload]) -> Option<(Strin
             dirs.insert(staging.cpath(d));
         }
         let path = shell_quote(&staging.cpath(rel));
-        writes.push_str(&format!(
-            "printf '%s' {} > {path}; chmod {mode:o} {path}; ",
-            shell_quote(&text)
-        ));
+        writes.push_str(&format!("printf '%s' {} > {path}; ", shell_quote(&text)));
+        modes.entry(mode).or_default().push(path);
+    }
+    // One chmod per mode (a process each: 20 scripts are one chmod).
+    for (mode, paths) in &modes {
+        writes.push_str(&format!("chmod {mode:o} {}; ", paths.join(" ")));
     }
     let mut c = String::new();
     if !dirs.is_empty() {
