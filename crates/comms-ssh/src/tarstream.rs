@@ -9,6 +9,13 @@
 //! list that travels as the archive's last member (`sha256sum -c`), all in
 //! one exec. Big files (at least [`SPLIT_AT`]) still go over the SFTP pool,
 //! several channels at once.
+//!
+//! A tree of more than [`PER_STREAM`] bytes goes as several tar streams at
+//! once, each on its own channel ([`parts`]): sshd gives every channel its
+//! own window (2 MiB), so at 50 ms one channel carries at most about
+//! 40 MiB/s; the first stream carries the directories and symlinks, the
+//! others only files (tar makes a missing parent itself; the directory's own
+//! entry sets its mode).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -33,6 +40,11 @@ const TAR_FAILED: u32 = 98;
 const VERIFY_FAILED: u32 = 99;
 /// Bytes per channel write.
 const WRITE: usize = 256 << 10;
+/// Bytes of tar stream (headers included) per channel at least: a bigger
+/// tree is split over several channels.
+const PER_STREAM: u64 = 1 << 20;
+/// Tar streams of one upload at most.
+const MAX_STREAMS: usize = 6;
 /// Longest command line (directory list included) sent as one exec.
 const MAX_COMMAND: usize = 64 << 10;
 
@@ -110,6 +122,77 @@ pub(crate) fn split(plan: &Plan) -> Option<(Plan, Plan)> {
         return None;
     }
     Some((small, big))
+}
+
+/// Split the tar part of a plan into at most `max` plans of about the same
+/// size, each one tar stream: the first keeps the directories and
+/// symlinks, every one a contiguous run of the files (tree order). One plan
+/// when the tree is small, or when it has a read-only directory (its files
+/// must be extracted before tar applies its mode).
+pub(crate) fn parts(plan: &Plan, max: usize) -> Vec<Plan> {
+    let cost = |f: &FileItem| f.size.div_ceil(512) * 512 + 512;
+    let total: u64 = plan.files.iter().map(cost).sum();
+    let n = usize::try_from(total / PER_STREAM)
+        .unwrap_or(usize::MAX)
+        .clamp(1, max.max(1));
+    if n == 1 || plan.dirs.iter().any(|(_, m)| m & 0o200 == 0) {
+        return vec![plan.clone()];
+    }
+    let each = total.div_ceil(n as u64);
+    let mut out = vec![Plan {
+        parents: plan.parents.clone(),
+        dirs: plan.dirs.clone(),
+        files: Vec::new(),
+        links: plan.links.clone(),
+    }];
+    let mut filled = 0u64;
+    for f in &plan.files {
+        if filled >= each && out.len() < n {
+            out.push(Plan {
+                parents: plan.parents.clone(),
+                ..Plan::default()
+            });
+            filled = 0;
+        }
+        filled += cost(f);
+        if let Some(last) = out.last_mut() {
+            last.files.push(f.clone());
+        }
+    }
+    out
+}
+
+/// The tar part of a plan as [`parts`] over several channels at once: done
+/// when every stream is; the first error (in stream order) otherwise.
+pub(crate) async fn upload_all(
+    conn: &Arc<Conn>,
+    plan: &Plan,
+) -> Result<TarOutcome, TransportError> {
+    let room = conn.limits().allowed.saturating_sub(2).max(1);
+    let parts = parts(plan, MAX_STREAMS.min(room));
+    if parts.len() == 1 {
+        return upload(conn, plan).await;
+    }
+    tracing::debug!(target = %conn.target, streams = parts.len(), "tar upload over several channels");
+    let results = futures::future::join_all(parts.iter().map(|p| upload(conn, p))).await;
+    let mut rep = TransferReport::default();
+    let mut no_tar = false;
+    for r in results {
+        match r? {
+            TarOutcome::Done(r) => {
+                rep.files += r.files;
+                rep.dirs += r.dirs;
+                rep.symlinks += r.symlinks;
+                rep.bytes += r.bytes;
+            }
+            TarOutcome::NoTar => no_tar = true,
+        }
+    }
+    Ok(if no_tar {
+        TarOutcome::NoTar
+    } else {
+        TarOutcome::Done(rep)
+    })
 }
 
 /// The remote command for `plan` with the sha256 list at `/tmp/.opsbake-sha256-<tag>`.
@@ -511,5 +594,40 @@ mod tests {
         ro.dirs[0].1 = 0o555;
         assert!(split(&ro).is_none(), "a big file into a read-only dir");
         assert_eq!(rel("//a/./b/"), Some("a/b".into()));
+    }
+
+    #[test]
+    fn a_big_tree_is_split_into_streams_that_cover_it_once() {
+        let files: Vec<FileItem> = (0..2000)
+            .map(|i| file(&format!("/opt/t/d{:02}/f{i:04}", i / 100), 4096))
+            .collect();
+        let p = Plan {
+            parents: vec!["/opt".into()],
+            dirs: vec![("/opt/t".into(), 0o755), ("/opt/t/d00".into(), 0o750)],
+            files,
+            links: vec![("/opt/t/l".into(), "d00".into())],
+        };
+        let ps = parts(&p, 6);
+        assert_eq!(ps.len(), 6);
+        assert_eq!(ps[0].dirs, p.dirs);
+        assert_eq!(ps[0].links, p.links);
+        assert!(ps[1..]
+            .iter()
+            .all(|x| x.dirs.is_empty() && x.links.is_empty()));
+        let all: Vec<&str> = ps
+            .iter()
+            .flat_map(|x| x.files.iter().map(|f| f.remote.as_str()))
+            .collect();
+        let want: Vec<&str> = p.files.iter().map(|f| f.remote.as_str()).collect();
+        assert_eq!(all, want, "every file once, in tree order");
+        let sizes: Vec<usize> = ps.iter().map(|x| x.files.len()).collect();
+        assert!(sizes.iter().all(|&n| (300..=400).contains(&n)), "{sizes:?}");
+        assert_eq!(parts(&p, 1).len(), 1);
+        let mut small = p.clone();
+        small.files.truncate(100);
+        assert_eq!(parts(&small, 6).len(), 1, "400 KiB is one stream");
+        let mut ro = p.clone();
+        ro.dirs[1].1 = 0o555;
+        assert_eq!(parts(&ro, 6).len(), 1, "a read-only dir keeps one stream");
     }
 }

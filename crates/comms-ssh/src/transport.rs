@@ -103,7 +103,7 @@ impl SshTransport {
     ) -> Result<Option<TransferReport>, TransportError> {
         let mut rep = match tar_report {
             Some(r) => r.clone(),
-            None => match tarstream::upload(c, small).await? {
+            None => match tarstream::upload_all(c, small).await? {
                 tarstream::TarOutcome::Done(r) => {
                     c.set_has_tar(true);
                     *tar_report = Some(r.clone());

@@ -92,11 +92,17 @@ impl Staging {
     /// /tmp, so that several users can stage side by side). Fails if the
     /// build's dir already exists: nobody else may have prepared it.
     pub fn mkdir_command(&self) -> String {
+        self.mkdir_command_with("")
+    }
+
+    /// [`Self::mkdir_command`] running `extra` (shell lines writing the
+    /// staged files) once the dir exists, before it reports the identity.
+    pub fn mkdir_command_with(&self, extra: &str) -> String {
         let root = shell_quote(&self.croot);
         let dir = shell_quote(&self.cdir);
         format!(
             "set -e; if [ ! -d {root} ]; then mkdir -p {root} && chmod 1777 {root} 2>/dev/null || true; fi; \
-             umask 022; mkdir {dir}; mkdir {dir}/scripts; \
+             umask 022; mkdir {dir}; mkdir {dir}/scripts; {extra}\
              printf '%s\\n' \"$(id -u)\" \"$(cat /etc/machine-id 2>/dev/null)\" \"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\""
         )
     }

@@ -1,0 +1,295 @@
+//! Shell steps: staged scripts (one exec per step, or one per script
+//! for a step that reboots), `shell-local`, and their exit statuses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opsbake_core::local::LocalTransport;
+use opsbake_core::template::ShellProvisioner;
+use opsbake_core::transport::{ExecRequest, ExitStatus, Transport, TransportError};
+
+use super::{tv_dur, Session, DEFAULT_START_RETRY_TIMEOUT};
+use crate::error::ProvisionError;
+use crate::output::StepSink;
+use crate::shell::{self, CommandParts};
+use crate::staging;
+
+impl Session<'_> {
+    pub(super) async fn exec_checked(
+        &self,
+        label: &str,
+        command: String,
+        sink: &Arc<StepSink>,
+        timeout: Option<Duration>,
+        valid: &[u32],
+    ) -> Result<(), ProvisionError> {
+        let mut req = ExecRequest::new(command);
+        req.timeout = timeout;
+        let st = self
+            .transport
+            .exec(req, sink.clone())
+            .await
+            .map_err(|e| timeout_or_transport(label, e, sink))?;
+        check_status(label, st, valid, sink)
+    }
+
+    /// The rendered `execute_command` of one staged script.
+    pub(super) fn script_command(
+        &self,
+        s: &ShellProvisioner,
+        label: &str,
+        name: &str,
+    ) -> Result<String, ProvisionError> {
+        let use_sudo = s.sudo.unwrap_or(true) && !self.root;
+        let vars = shell::render_vars(Some(&self.staging), &s.environment_vars);
+        let path = self.staging.cpath(&format!("scripts/{name}"));
+        let run = self.staging.run_path();
+        let parts = CommandParts {
+            path: &path,
+            vars: &vars,
+            run: &run,
+            staging: &self.staging.cdir,
+            sudo: if use_sudo { "sudo -n " } else { "" },
+        };
+        let template = s
+            .execute_command
+            .as_deref()
+            .unwrap_or(shell::DEFAULT_EXECUTE_COMMAND);
+        shell::render_command(template, &parts).map_err(|message| ProvisionError::Config {
+            step: label.to_string(),
+            message,
+        })
+    }
+
+    /// Every script of a step in one exec ([`shell::batch_command`]): each
+    /// is named as it starts, its output goes to its own label, and the
+    /// first status not in `valid_exit_codes` fails the step naming it.
+    pub(super) async fn shell_batch(
+        &self,
+        s: &ShellProvisioner,
+        label: &str,
+        batch: Vec<(String, String, Arc<StepSink>)>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ProvisionError> {
+        let mut scripts = Vec::with_capacity(batch.len());
+        for (l, name, sink) in batch {
+            let command = self.script_command(s, &l, &name)?;
+            scripts.push(shell::BatchScript {
+                label: l,
+                name,
+                command,
+                sink,
+            });
+        }
+        let valid = valid_codes(s);
+        let tag = format!("{:016x}", rand_tag());
+        let cmd = shell::batch_command(&tag, &scripts, &valid);
+        let bsink = Arc::new(shell::BatchSink::new(
+            &tag,
+            &scripts,
+            self.ctx.events.clone(),
+        ));
+        let mut req = ExecRequest::new(cmd);
+        req.timeout = timeout;
+        let r = self.transport.exec(req, bsink.clone()).await;
+        let state = bsink.state();
+        let at = |i: Option<usize>| {
+            let sc = scripts.get(i.unwrap_or(0)).or(scripts.first());
+            sc.map(|x| (x.label.as_str(), x.sink.clone()))
+                .unwrap_or((label, Arc::new(StepSink::new(None, label))))
+        };
+        let st = match r {
+            Ok(st) => st,
+            Err(e) => {
+                let (l, sink) = at(state.current);
+                return Err(timeout_or_transport(l, e, &sink));
+            }
+        };
+        for (i, rc) in state.exits.iter().enumerate() {
+            match rc {
+                Some(rc) if valid.contains(rc) => continue,
+                Some(rc) => {
+                    let (l, sink) = at(Some(i));
+                    return check_status(l, ExitStatus::Code(*rc), &valid, &sink);
+                }
+                // The runner ends 0 only after the last script: a
+                // transport that delivers no output at all still agrees.
+                None if st.success() && state.current.is_none() => return Ok(()),
+                None => {
+                    // Started and ended without a report (killed, or an
+                    // `exit` that ended the runner): the channel's status
+                    // is its own. Never started: the runner failed first.
+                    let (l, sink) = at(state.current.or(Some(i)));
+                    return check_status(l, st, &[], &sink);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn shell_script(
+        &mut self,
+        s: &ShellProvisioner,
+        label: &str,
+        name: &str,
+        sink: &Arc<StepSink>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ProvisionError> {
+        let cmd = self.script_command(s, label, name)?;
+        let valid = valid_codes(s);
+        if s.expect_disconnect {
+            self.wait_firstboot(label).await;
+        }
+        let mut req = ExecRequest::new(cmd);
+        req.timeout = timeout;
+        let r = self.transport.exec(req, sink.clone()).await;
+        if !s.expect_disconnect {
+            let st = r.map_err(|e| timeout_or_transport(label, e, sink))?;
+            return check_status(label, st, &valid, sink);
+        }
+        let wait = tv_dur(&s.start_retry_timeout).unwrap_or(DEFAULT_START_RETRY_TIMEOUT);
+        match r {
+            Err(e) if e.is_disconnect() => {
+                self.ctx.events.info(format!(
+                    "{label}: disconnected as expected; waiting up to {wait:?} for a login"
+                ));
+                self.reconnect(label, wait).await
+            }
+            Err(e) => Err(timeout_or_transport(label, e, sink)),
+            Ok(ExitStatus::Signal { .. }) => {
+                // Killed by the shutdown it started: the drop follows.
+                self.await_disconnect(label, wait).await
+            }
+            Ok(st) => {
+                check_status(label, st, &valid, sink)?;
+                self.await_disconnect(label, wait).await
+            }
+        }
+    }
+
+    pub(super) async fn shell_local(
+        &self,
+        index: usize,
+        s: &ShellProvisioner,
+        label: &str,
+        sink: &Arc<StepSink>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ProvisionError> {
+        let dir = self.ctx.plan.template_dir.clone();
+        let local = LocalTransport::new(dir.clone());
+        let mut paths: Vec<PathBuf> = Vec::new();
+        if !s.inline.is_empty() {
+            let p = self
+                .ctx
+                .state_dir()
+                .join(format!("shell-local-{:02}.sh", index + 1));
+            std::fs::write(&p, staging::inline_script(&s.inline)).map_err(|source| {
+                ProvisionError::Io {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
+            paths.push(p);
+        }
+        for sc in s.script.iter().chain(s.scripts.iter()) {
+            paths.push(dir.join(sc));
+        }
+        let valid: Vec<u32> = if s.valid_exit_codes.is_empty() {
+            vec![0]
+        } else {
+            s.valid_exit_codes.clone()
+        };
+        let vars = shell::render_vars(None, &s.environment_vars);
+        for p in paths {
+            use std::os::unix::fs::PermissionsExt as _;
+            let exec_bit = std::fs::metadata(&p)
+                .map(|m| m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            let path = p.display().to_string();
+            let default = if exec_bit {
+                "env {{vars}} {{path}}"
+            } else {
+                "env {{vars}} /bin/sh {{path}}"
+            };
+            let parts = CommandParts {
+                path: &path,
+                vars: &vars,
+                run: "",
+                staging: "",
+                sudo: "",
+            };
+            let cmd =
+                shell::render_command(s.execute_command.as_deref().unwrap_or(default), &parts)
+                    .map_err(|message| ProvisionError::Config {
+                        step: label.to_string(),
+                        message,
+                    })?;
+            let mut req = ExecRequest::new(cmd);
+            req.timeout = timeout;
+            let st = local
+                .exec(req, sink.clone())
+                .await
+                .map_err(|e| timeout_or_transport(label, e, sink))?;
+            check_status(label, st, &valid, sink)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn valid_codes(s: &ShellProvisioner) -> Vec<u32> {
+    if s.valid_exit_codes.is_empty() {
+        vec![0]
+    } else {
+        s.valid_exit_codes.clone()
+    }
+}
+
+/// A tag for the batch runner's report lines.
+pub(super) fn rand_tag() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+pub(super) fn scripts_label_needed(s: &ShellProvisioner) -> bool {
+    s.common.name.is_none() && s.scripts.len() > 1
+}
+
+pub(super) fn timeout_or_transport(
+    label: &str,
+    e: TransportError,
+    sink: &StepSink,
+) -> ProvisionError {
+    match e {
+        TransportError::Timeout { after, .. } => ProvisionError::Timeout {
+            step: label.to_string(),
+            after,
+            tail: sink.tail_message(),
+        },
+        source => ProvisionError::transport(label, source),
+    }
+}
+
+pub(super) fn check_status(
+    label: &str,
+    st: ExitStatus,
+    valid: &[u32],
+    sink: &StepSink,
+) -> Result<(), ProvisionError> {
+    match st.code() {
+        Some(c) if valid.contains(&c) => Ok(()),
+        _ => Err(ProvisionError::Command {
+            step: label.to_string(),
+            status: Box::new(st),
+            valid: valid.to_vec(),
+            tail: sink.tail_message(),
+        }),
+    }
+}
