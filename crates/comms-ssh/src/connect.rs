@@ -59,6 +59,9 @@ pub struct PasswordGuard {
     attempts: std::sync::atomic::AtomicU32,
     /// When the key of an [`Auth::KeyThenPassword`] was first refused.
     key_refused_since: Mutex<Option<Instant>>,
+    /// Held from the "spent?" check to the server's answer: login attempts
+    /// overlap, and two of them must not both send the password.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl PasswordGuard {
@@ -423,17 +426,18 @@ pub(crate) async fn wait_for_login(
                     next_launch = next_launch.max(retry_at);
                     delay = delay.mul_f64(1.6).min(cap);
                 }
+                // A refused key says more than a later attempt that ran
+                // out of time (a loaded machine, a slow link): it is kept.
+                let refused =
+                    |e: &Option<AttemptError>| matches!(e, Some(AttemptError::AuthRejected(_)));
+                if !refused(&last_err) || matches!(e, AttemptError::AuthRejected(_)) {
+                    last_err = Some(e);
+                }
                 if retry_at >= deadline && pending.is_empty() {
                     return Err(login_failed(
-                        opts,
-                        &target,
-                        attempts,
-                        start,
-                        timeout,
-                        Some(e),
+                        opts, &target, attempts, start, timeout, last_err,
                     ));
                 }
-                last_err = Some(e);
             }
         }
     }
@@ -684,6 +688,7 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
                     after
                 )));
             }
+            let _sending = guard.sending.lock().await;
             if guard.is_spent() {
                 return Err(fatal(
                     "the key was refused and the password was rejected once already in this build; not sending it again".into(),
@@ -707,6 +712,7 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
         }
         Auth::Password { password, guard } | Auth::KeyboardInteractive { password, guard } => {
             let kbd = matches!(opts.auth, Auth::KeyboardInteractive { .. });
+            let _sending = guard.sending.lock().await;
             if guard.is_spent() {
                 return Err(fatal(
                     "the password was rejected once already in this build; not sending it again (pam_faillock locks the account after 3 failures)".into(),

@@ -591,7 +591,9 @@ async fn the_fallback_sends_no_password_where_password_auth_is_off() {
     let sshd = sshd_with(&other, SshdOptions::default());
     let guard = PasswordGuard::new();
     let mut o = opts(sshd.addr(), &k, pinned(&sshd));
-    o.login_timeout = Duration::from_secs(3);
+    // long enough for a key refusal to arrive on a loaded machine (the
+    // error is the refusal, reported at this timeout)
+    o.login_timeout = Duration::from_secs(8);
     o.auth = Auth::KeyThenPassword {
         key: k.clone(),
         password: Secret::new(DEFAULT_PASSWORD.to_string()),
