@@ -85,6 +85,37 @@ pub struct BuildPlan {
     pub manifest_path: PathBuf,
 }
 
+impl BuildPlan {
+    /// The local path of the plan's stemcell (`stemcell.path` as written),
+    /// or why there is none: no stemcell, or only a URL (builders do not
+    /// download stemcells).
+    pub fn stemcell_path(&self) -> Result<PathBuf, String> {
+        let s = self
+            .stemcell
+            .as_ref()
+            .ok_or_else(|| "the template names no stemcell".to_string())?;
+        match (&s.path, &s.url) {
+            (Some(p), _) => Ok(PathBuf::from(p)),
+            (None, Some(u)) => Err(format!(
+                "stemcell {u}: download it first (stemcell.path); URLs are not fetched by the {} builder",
+                self.iaas
+            )),
+            (None, None) => Err("stemcell has neither path nor url".into()),
+        }
+    }
+
+    /// The CIDRs allowed to reach SSH on the build VM (`network.ssh_cidrs`),
+    /// trimmed, without empty entries.
+    pub fn ssh_cidrs(&self) -> Vec<String> {
+        self.network
+            .ssh_cidrs
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+}
+
 /// Default login timeout.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 

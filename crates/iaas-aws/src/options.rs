@@ -3,7 +3,6 @@
 //! the regions a build touches, and the typed cleanup config a journal
 //! keeps for `opsbake cleanup`.
 
-use opsbake_core::plan::BuildPlan;
 use opsbake_core::template::AwsOptions;
 
 /// Default instance type.
@@ -74,33 +73,9 @@ pub fn normalise(mut o: AwsOptions) -> AwsOptions {
     o
 }
 
-/// The SSH CIDRs of a plan without empty entries (see [`normalise`]).
-pub(crate) fn ssh_cidrs(plan: &BuildPlan) -> Vec<String> {
-    plan.network
-        .ssh_cidrs
-        .iter()
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .collect()
-}
-
-/// Whether an endpoint URL names this machine (127.0.0.0/8, ::1,
-/// `localhost`): the only endpoints `--offline` allows.
-pub fn is_loopback_endpoint(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(h) = host_port.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-}
+/// Whether an endpoint URL names this machine (core's, re-exported: the
+/// crate's public API).
+pub use opsbake_core::endpoint::is_loopback_endpoint;
 
 #[cfg(test)]
 mod tests {
