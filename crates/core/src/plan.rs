@@ -104,6 +104,36 @@ impl BuildPlan {
         }
     }
 
+    /// The plan's stemcell for a builder of `iaas`: its path
+    /// ([`Self::stemcell_path`], else `invalid`), its manifest as `read`
+    /// gives it (run off the async threads), checked to be one for `iaas`
+    /// (`infrastructure` gives the manifest's infrastructure and name);
+    /// `unusable` makes the builder's error for a stemcell that cannot be
+    /// read or is another IaaS's.
+    pub async fn read_stemcell<M, E, X>(
+        &self,
+        iaas: Iaas,
+        read: fn(&Path) -> Result<M, E>,
+        infrastructure: fn(&M) -> (String, String),
+        invalid: fn(String) -> X,
+        unusable: fn(PathBuf, String) -> X,
+    ) -> Result<(PathBuf, M), X>
+    where
+        M: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let path = self.stemcell_path().map_err(invalid)?;
+        let p = path.clone();
+        let m = crate::task::blocking(move || read(&p))
+            .await
+            .map_err(|e| unusable(path.clone(), e))?;
+        let (infra, name) = infrastructure(&m);
+        match iaas.check_stemcell_infrastructure(&infra, &name) {
+            Ok(()) => Ok((path, m)),
+            Err(e) => Err(unusable(path, e)),
+        }
+    }
+
     /// The CIDRs allowed to reach SSH on the build VM (`network.ssh_cidrs`),
     /// trimmed, without empty entries.
     pub fn ssh_cidrs(&self) -> Vec<String> {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ec2::types::InstanceType;
 use opsbake_core::builder::{BuildContext, BuildError};
-use opsbake_core::task::blocking;
 use opsbake_core::template::Iaas;
 
 use crate::error::{api, AwsError};
@@ -158,18 +157,14 @@ impl AwsBuilder {
         &self,
         ctx: &BuildContext,
     ) -> Result<(PathBuf, opsbake_stemcell::Manifest), AwsError> {
-        let path = ctx.plan.stemcell_path().map_err(AwsError::Invalid)?;
-        let st = |message| AwsError::Stemcell {
-            path: path.clone(),
-            message,
-        };
-        let p = path.clone();
-        let m = blocking(move || opsbake_stemcell::read_manifest(&p))
+        (ctx.plan)
+            .read_stemcell(
+                Iaas::Aws,
+                opsbake_stemcell::read_manifest,
+                |m| (m.iaas(), m.name.clone()),
+                AwsError::Invalid,
+                |path, message| AwsError::Stemcell { path, message },
+            )
             .await
-            .map_err(st)?;
-        Iaas::Aws
-            .check_stemcell_infrastructure(&m.iaas(), &m.name)
-            .map_err(st)?;
-        Ok((path, m))
     }
 }

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use opsbake_core::builder::{BaseImage, BuildContext, BuildError, Made};
-use opsbake_core::task::blocking;
 use opsbake_core::template::Iaas;
 use serde_json::json;
 
@@ -26,19 +25,15 @@ impl AzureBuilder {
         &self,
         ctx: &BuildContext,
     ) -> Result<(PathBuf, opsbake_stemcell::Manifest), AzureError> {
-        let path = ctx.plan.stemcell_path().map_err(AzureError::Invalid)?;
-        let st = |message| AzureError::Stemcell {
-            path: path.clone(),
-            message,
-        };
-        let p = path.clone();
-        let m = blocking(move || opsbake_stemcell::read_manifest(&p))
+        (ctx.plan)
+            .read_stemcell(
+                Iaas::Azure,
+                opsbake_stemcell::read_manifest,
+                |m| (m.iaas(), m.name.clone()),
+                AzureError::Invalid,
+                |path, message| AzureError::Stemcell { path, message },
+            )
             .await
-            .map_err(st)?;
-        Iaas::Azure
-            .check_stemcell_infrastructure(&m.iaas(), &m.name)
-            .map_err(st)?;
-        Ok((path, m))
     }
 
     /// Create `resource_group` when asked to and missing (kept).

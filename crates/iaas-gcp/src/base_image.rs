@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use opsbake_core::builder::{BaseImage, BuildContext, BuildError, Made};
-use opsbake_core::task::blocking;
 use opsbake_core::template::Iaas;
 use serde_json::{json, Value};
 
@@ -31,19 +30,15 @@ impl GcpBuilder {
         &self,
         ctx: &BuildContext,
     ) -> Result<(PathBuf, opsbake_stemcell::Manifest), GcpError> {
-        let path = ctx.plan.stemcell_path().map_err(GcpError::Invalid)?;
-        let st = |message| GcpError::Stemcell {
-            path: path.clone(),
-            message,
-        };
-        let p = path.clone();
-        let m = blocking(move || opsbake_stemcell::read_manifest(&p))
+        (ctx.plan)
+            .read_stemcell(
+                Iaas::Gcp,
+                opsbake_stemcell::read_manifest,
+                |m| (m.iaas(), m.name.clone()),
+                GcpError::Invalid,
+                |path, message| GcpError::Stemcell { path, message },
+            )
             .await
-            .map_err(st)?;
-        Iaas::Gcp
-            .check_stemcell_infrastructure(&m.iaas(), &m.name)
-            .map_err(st)?;
-        Ok((path, m))
     }
 
     /// A base image imported from stemcell `sha1`, READY, if one exists.
