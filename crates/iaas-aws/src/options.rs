@@ -44,15 +44,7 @@ pub(crate) fn all_regions(region: &str, opts: &AwsOptions) -> Vec<String> {
 /// ["${var.aws_copy_region}"]`) switches the setting off instead of sending
 /// an empty value to AWS.
 pub fn normalise(mut o: AwsOptions) -> AwsOptions {
-    fn set(v: &mut Option<String>) {
-        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            *v = None;
-        }
-    }
-    fn list(v: &mut Vec<String>) {
-        v.retain(|s| !s.trim().is_empty());
-        v.iter_mut().for_each(|s| *s = s.trim().to_string());
-    }
+    use opsbake_core::options::{trim_list as list, unset_if_blank as set};
     set(&mut o.region);
     set(&mut o.instance_type);
     set(&mut o.ami_name);
