@@ -300,6 +300,15 @@ pub struct Access {
     pub key: Option<Arc<KeyPair>>,
 }
 
+impl Access {
+    /// The public keys to authorise on the build VM, in OpenSSH form (the
+    /// ephemeral key's, none without one): what a builder puts in the
+    /// agent settings.
+    pub fn public_keys(&self) -> Vec<String> {
+        self.key.iter().map(|k| k.public_openssh.clone()).collect()
+    }
+}
+
 /// The base image a build starts from.
 #[derive(Debug, Clone, Default)]
 pub struct BaseImage {

@@ -234,6 +234,24 @@ impl Iaas {
             .into_iter()
             .find(|i| i.facts().stemcell_infrastructures.contains(&infrastructure))
     }
+
+    /// `Ok` if a stemcell of this `infrastructure` (its manifest's
+    /// `cloud_properties.infrastructure`) is one for this IaaS; else the
+    /// message saying whose it is (`stemcell` names it).
+    pub fn check_stemcell_infrastructure(
+        self,
+        infrastructure: &str,
+        stemcell: &str,
+    ) -> Result<(), String> {
+        if Iaas::for_stemcell_infrastructure(infrastructure) == Some(self) {
+            return Ok(());
+        }
+        let ours = self.facts().stemcell_infrastructures.first().copied();
+        Err(format!(
+            "is a stemcell for `{infrastructure}`, not {} ({stemcell})",
+            ours.unwrap_or(self.as_str())
+        ))
+    }
 }
 
 impl fmt::Display for Iaas {

@@ -4,6 +4,7 @@
 //! implement.
 
 pub mod builder;
+pub mod endpoint;
 pub mod events;
 pub mod exec;
 pub mod hostkeys;
@@ -16,6 +17,7 @@ pub mod options;
 pub mod plan;
 pub mod runner;
 pub mod secret;
+pub mod task;
 pub mod template;
 pub mod transport;
 pub mod vars;

@@ -85,6 +85,8 @@ pub struct BuildPlan {
     pub manifest_path: PathBuf,
 }
 
+mod access;
+
 /// Default login timeout.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -29,11 +29,7 @@ impl AwsBuilder {
             None => self.create_security_group(ctx, &name).await?,
         };
         // User data: the BOSH agent settings with the build's key.
-        let keys: Vec<String> = access
-            .key
-            .iter()
-            .map(|k| k.public_openssh.clone())
-            .collect();
+        let keys = access.public_keys();
         let settings = opsbake_stemcell::AgentSettings::minimal(&name, keys, None);
         let json = settings
             .to_json()

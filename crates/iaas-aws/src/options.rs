@@ -3,7 +3,6 @@
 //! the regions a build touches, and the typed cleanup config a journal
 //! keeps for `opsbake cleanup`.
 
-use opsbake_core::plan::BuildPlan;
 use opsbake_core::template::AwsOptions;
 
 /// Default instance type.
@@ -45,15 +44,7 @@ pub(crate) fn all_regions(region: &str, opts: &AwsOptions) -> Vec<String> {
 /// ["${var.aws_copy_region}"]`) switches the setting off instead of sending
 /// an empty value to AWS.
 pub fn normalise(mut o: AwsOptions) -> AwsOptions {
-    fn set(v: &mut Option<String>) {
-        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            *v = None;
-        }
-    }
-    fn list(v: &mut Vec<String>) {
-        v.retain(|s| !s.trim().is_empty());
-        v.iter_mut().for_each(|s| *s = s.trim().to_string());
-    }
+    use opsbake_core::options::{trim_list as list, unset_if_blank as set};
     set(&mut o.region);
     set(&mut o.instance_type);
     set(&mut o.ami_name);
@@ -74,33 +65,9 @@ pub fn normalise(mut o: AwsOptions) -> AwsOptions {
     o
 }
 
-/// The SSH CIDRs of a plan without empty entries (see [`normalise`]).
-pub(crate) fn ssh_cidrs(plan: &BuildPlan) -> Vec<String> {
-    plan.network
-        .ssh_cidrs
-        .iter()
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .collect()
-}
-
-/// Whether an endpoint URL names this machine (127.0.0.0/8, ::1,
-/// `localhost`): the only endpoints `--offline` allows.
-pub fn is_loopback_endpoint(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(h) = host_port.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-}
+/// Whether an endpoint URL names this machine (core's, re-exported: the
+/// crate's public API).
+pub use opsbake_core::endpoint::is_loopback_endpoint;
 
 #[cfg(test)]
 mod tests {

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ec2::types::InstanceType;
 use opsbake_core::builder::{BuildContext, BuildError};
+use opsbake_core::template::Iaas;
 
 use crate::error::{api, AwsError};
-use crate::options::{all_regions, is_loopback_endpoint, ssh_cidrs, DEFAULT_INSTANCE_TYPE};
+use crate::options::{all_regions, is_loopback_endpoint, DEFAULT_INSTANCE_TYPE};
 use crate::AwsBuilder;
 
 impl AwsBuilder {
@@ -143,7 +144,7 @@ impl AwsBuilder {
     }
 
     fn ssh_cidrs_ok(&self, ctx: &BuildContext) -> Result<(), AwsError> {
-        if self.opts.security_group_id.is_none() && ssh_cidrs(&ctx.plan).is_empty() {
+        if self.opts.security_group_id.is_none() && ctx.plan.ssh_cidrs().is_empty() {
             return Err(AwsError::Invalid(
                 "network.ssh_cidrs is empty: name the CIDRs allowed to reach SSH on the build instance, or an existing security_group_id".into(),
             ));
@@ -151,44 +152,19 @@ impl AwsBuilder {
         Ok(())
     }
 
-    fn stemcell_path(&self, ctx: &BuildContext) -> Result<PathBuf, AwsError> {
-        let s = ctx
-            .plan
-            .stemcell
-            .as_ref()
-            .ok_or_else(|| AwsError::Invalid("the template names no stemcell".into()))?;
-        match (&s.path, &s.url) {
-            (Some(p), _) => Ok(PathBuf::from(p)),
-            (None, Some(u)) => Err(AwsError::Invalid(format!(
-                "stemcell {u}: download it first (stemcell.path); URLs are not fetched by the aws builder"
-            ))),
-            (None, None) => Err(AwsError::Invalid("stemcell has neither path nor url".into())),
-        }
-    }
-
     /// The stemcell's path and manifest (an aws stemcell, checked).
     pub(crate) async fn manifest(
         &self,
         ctx: &BuildContext,
     ) -> Result<(PathBuf, opsbake_stemcell::Manifest), AwsError> {
-        let path = self.stemcell_path(ctx)?;
-        let p = path.clone();
-        let m = tokio::task::spawn_blocking(move || opsbake_stemcell::read_manifest(&p))
+        (ctx.plan)
+            .read_stemcell(
+                Iaas::Aws,
+                opsbake_stemcell::read_manifest,
+                |m| (m.iaas(), m.name.clone()),
+                AwsError::Invalid,
+                |path, message| AwsError::Stemcell { path, message },
+            )
             .await
-            .map_err(|e| AwsError::Stemcell {
-                path: path.clone(),
-                message: e.to_string(),
-            })?
-            .map_err(|e| AwsError::Stemcell {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        if m.iaas() != "aws" {
-            return Err(AwsError::Stemcell {
-                path,
-                message: format!("is a stemcell for `{}`, not aws ({})", m.iaas(), m.name),
-            });
-        }
-        Ok((path, m))
     }
 }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use opsbake_core::builder::{BaseImage, BuildContext, BuildError, Made};
+use opsbake_core::template::Iaas;
 use serde_json::json;
 
 use crate::blob::{upload_vhd, BlobTarget, UploadOptions, VhdSource};
@@ -24,38 +25,15 @@ impl AzureBuilder {
         &self,
         ctx: &BuildContext,
     ) -> Result<(PathBuf, opsbake_stemcell::Manifest), AzureError> {
-        let s = ctx
-            .plan
-            .stemcell
-            .as_ref()
-            .ok_or_else(|| AzureError::Invalid("the template names no stemcell".into()))?;
-        let path = match (&s.path, &s.url) {
-            (Some(p), _) => PathBuf::from(p),
-            (None, Some(u)) => {
-                return Err(AzureError::Invalid(format!(
-                    "stemcell {u}: download it first (stemcell.path); URLs are not fetched by the azure builder"
-                )))
-            }
-            (None, None) => return Err(AzureError::Invalid("stemcell has neither path nor url".into())),
-        };
-        let p = path.clone();
-        let m = tokio::task::spawn_blocking(move || opsbake_stemcell::read_manifest(&p))
+        (ctx.plan)
+            .read_stemcell(
+                Iaas::Azure,
+                opsbake_stemcell::read_manifest,
+                |m| (m.iaas(), m.name.clone()),
+                AzureError::Invalid,
+                |path, message| AzureError::Stemcell { path, message },
+            )
             .await
-            .map_err(|e| AzureError::Stemcell {
-                path: path.clone(),
-                message: e.to_string(),
-            })?
-            .map_err(|e| AzureError::Stemcell {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        if m.iaas() != "azure" {
-            return Err(AzureError::Stemcell {
-                path,
-                message: format!("is a stemcell for `{}`, not azure ({})", m.iaas(), m.name),
-            });
-        }
-        Ok((path, m))
     }
 
     /// Create `resource_group` when asked to and missing (kept).

@@ -107,7 +107,7 @@ impl AzureBuilder {
                 format!("{vnet}/subnets/build")
             }
         };
-        let cidrs = Self::ssh_cidrs(plan);
+        let cidrs = plan.ssh_cidrs();
         let nsg = arm.res_id(
             &group,
             "Microsoft.Network/networkSecurityGroups",
@@ -159,11 +159,7 @@ impl AzureBuilder {
             })
             .await?;
         // The agent settings with the ephemeral key, as customData.
-        let keys: Vec<String> = access
-            .key
-            .iter()
-            .map(|k| k.public_openssh.clone())
-            .collect();
+        let keys = access.public_keys();
         let settings = opsbake_stemcell::AgentSettings::minimal(&name, keys.clone(), None);
         let json_bytes = settings
             .to_json()

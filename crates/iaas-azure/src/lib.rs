@@ -209,7 +209,7 @@ impl AzureBuilder {
             base_seq: tokio::sync::Mutex::new(None),
             subscription,
             endpoint,
-            ssh_cidrs_empty: Self::ssh_cidrs(plan).is_empty(),
+            ssh_cidrs_empty: plan.ssh_cidrs().is_empty(),
         })
     }
 
@@ -240,15 +240,6 @@ impl AzureBuilder {
             arm: self.arm.clone(),
             storage: self.storage.clone(),
         }
-    }
-
-    pub(crate) fn ssh_cidrs(plan: &BuildPlan) -> Vec<String> {
-        plan.network
-            .ssh_cidrs
-            .iter()
-            .map(|c| c.trim().to_string())
-            .filter(|c| !c.is_empty())
-            .collect()
     }
 
     /// The build's wait scope for messages.
@@ -291,7 +282,7 @@ impl Builder for AzureBuilder {
     }
 
     async fn validate(&self, ctx: &BuildContext) -> Result<(), BuildError> {
-        let f = checks::findings(&self.opts, Self::ssh_cidrs(&ctx.plan).is_empty());
+        let f = checks::findings(&self.opts, ctx.plan.ssh_cidrs().is_empty());
         if let Some(x) = f.first() {
             return Err(AzureError::Invalid(format!("{}: {}", x.key, x.message)).into());
         }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use opsbake_core::builder::{BaseImage, BuildContext, BuildError, Made};
+use opsbake_core::template::Iaas;
 use serde_json::{json, Value};
 
 use crate::checks::sanitize;
@@ -25,43 +26,19 @@ pub fn image_path(url: &str) -> Option<(String, String)> {
 }
 
 impl GcpBuilder {
-    pub(crate) fn stemcell_path(&self, ctx: &BuildContext) -> Result<PathBuf, GcpError> {
-        let s = ctx
-            .plan
-            .stemcell
-            .as_ref()
-            .ok_or_else(|| GcpError::Invalid("the template names no stemcell".into()))?;
-        match (&s.path, &s.url) {
-            (Some(p), _) => Ok(PathBuf::from(p)),
-            (None, Some(u)) => Err(GcpError::Invalid(format!(
-                "stemcell {u}: download it first (stemcell.path); URLs are not fetched by the gcp builder"
-            ))),
-            (None, None) => Err(GcpError::Invalid("stemcell has neither path nor url".into())),
-        }
-    }
-
     pub(crate) async fn manifest(
         &self,
         ctx: &BuildContext,
     ) -> Result<(PathBuf, opsbake_stemcell::Manifest), GcpError> {
-        let path = self.stemcell_path(ctx)?;
-        let p = path.clone();
-        let st = |m: String| GcpError::Stemcell {
-            path: path.clone(),
-            message: m,
-        };
-        let m = tokio::task::spawn_blocking(move || opsbake_stemcell::read_manifest(&p))
+        (ctx.plan)
+            .read_stemcell(
+                Iaas::Gcp,
+                opsbake_stemcell::read_manifest,
+                |m| (m.iaas(), m.name.clone()),
+                GcpError::Invalid,
+                |path, message| GcpError::Stemcell { path, message },
+            )
             .await
-            .map_err(|e| st(e.to_string()))?
-            .map_err(|e| st(e.to_string()))?;
-        if !matches!(m.iaas().as_str(), "google" | "gcp" | "gce") {
-            return Err(st(format!(
-                "is a stemcell for `{}`, not google ({})",
-                m.iaas(),
-                m.name
-            )));
-        }
-        Ok((path, m))
     }
 
     /// A base image imported from stemcell `sha1`, READY, if one exists.

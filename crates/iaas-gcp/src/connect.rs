@@ -6,22 +6,7 @@ use opsbake_core::template::HostKeySpec;
 
 use crate::GcpBuilder;
 
-/// Whether an endpoint URL names this machine (the only endpoints
-/// `--offline` allows).
-pub fn is_loopback_endpoint(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(h) = host_port.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+pub use opsbake_core::endpoint::is_loopback_endpoint;
 
 /// The host keys an image prints between `-----BEGIN SSH HOST KEY KEYS-----`
 /// and `-----END SSH HOST KEY KEYS-----` on its serial console.

@@ -70,11 +70,7 @@ impl GcpBuilder {
             )
             .await?;
         // The agent settings with the build's key, in `bosh_settings`.
-        let keys: Vec<String> = access
-            .key
-            .iter()
-            .map(|k| k.public_openssh.clone())
-            .collect();
+        let keys = access.public_keys();
         let settings = opsbake_stemcell::AgentSettings::minimal(&name, keys, None);
         let settings = String::from_utf8(
             settings

@@ -10,18 +10,7 @@ pub const SETTINGS_KEY: &str = "bosh_settings";
 
 /// Empty strings and empty list entries stand for "not set".
 pub fn normalise(mut o: GcpOptions) -> GcpOptions {
-    fn set(v: &mut Option<String>) {
-        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            *v = None;
-        }
-        if let Some(s) = v {
-            *s = s.trim().to_string();
-        }
-    }
-    fn list(v: &mut Vec<String>) {
-        v.retain(|s| !s.trim().is_empty());
-        v.iter_mut().for_each(|s| *s = s.trim().to_string());
-    }
+    use opsbake_core::options::{trim_list as list, trim_or_unset as set};
     set(&mut o.project_id);
     set(&mut o.zone);
     set(&mut o.machine_type);

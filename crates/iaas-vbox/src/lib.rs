@@ -36,7 +36,7 @@ use opsbake_core::builder::{
 };
 use opsbake_core::journal::Resource;
 use opsbake_core::plan::BuildPlan;
-use opsbake_core::template::{Iaas, VboxOptions};
+use opsbake_core::template::{BuildSpec, Iaas, VboxOptions};
 use opsbake_core::transport::{shell_quote, ExecRequest, NullSink, Transport};
 use opsbake_core::Secret;
 use tokio::sync::Mutex;
@@ -162,13 +162,7 @@ pub struct VboxBuilder {
 
 /// The builder for one plan.
 pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
-    let options = plan
-        .template
-        .builds
-        .vbox
-        .as_ref()
-        .map(|b| b.options.clone())
-        .unwrap_or_default();
+    let options = BuildSpec::options_or_default(plan.template.builds.vbox.as_ref());
     Ok(Arc::new(VboxBuilder {
         plan: plan.clone(),
         options,

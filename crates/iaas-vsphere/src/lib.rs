@@ -29,7 +29,7 @@ use opsbake_core::builder::{
 };
 use opsbake_core::journal::Resource;
 use opsbake_core::plan::BuildPlan;
-use opsbake_core::template::{HostKeySpec, Iaas};
+use opsbake_core::template::{BuildSpec, HostKeySpec, Iaas};
 use opsbake_core::Secret;
 use tokio::sync::Mutex;
 
@@ -42,13 +42,7 @@ use crate::vim::{MoRef, Vim};
 
 /// The builder for one plan.
 pub fn builder(plan: &BuildPlan) -> Result<Arc<dyn Builder>, BuildError> {
-    let opts = plan
-        .template
-        .builds
-        .vsphere
-        .as_ref()
-        .map(|b| b.options.clone())
-        .unwrap_or_default();
+    let opts = BuildSpec::options_or_default(plan.template.builds.vsphere.as_ref());
     let (cfg, findings) = Config::resolve(plan, &opts);
     Ok(Arc::new(VsphereBuilder {
         plan: plan.clone(),

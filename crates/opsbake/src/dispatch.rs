@@ -34,12 +34,6 @@ fn entry(iaas: Iaas) -> (MakeBuilder, MakeDeleter) {
     e
 }
 
-/// Whether the IaaS has a working builder in this version: every IaaS of
-/// core's table has one (see [`entry`]).
-pub fn implemented(_iaas: Iaas) -> bool {
-    true
-}
-
 /// The builder for a plan.
 pub fn builder(plan: &BuildPlan, state_dir: &Path) -> Result<Arc<dyn Builder>, BuildError> {
     (entry(plan.iaas).0)(plan, state_dir)

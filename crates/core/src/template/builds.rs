@@ -48,6 +48,14 @@ impl<O: Default> BuildSpec<O> {
     }
 }
 
+impl<O: Default + Clone> BuildSpec<O> {
+    /// The options of an IaaS's entry (`builds.<iaas>.options`), the
+    /// defaults when the template has no entry for it.
+    pub fn options_or_default(spec: Option<&BuildSpec<O>>) -> O {
+        spec.map(|b| b.options.clone()).unwrap_or_default()
+    }
+}
+
 /// The parts of a build entry every IaaS has, without its options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommonSpec {

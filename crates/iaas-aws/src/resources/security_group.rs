@@ -6,7 +6,6 @@ use opsbake_core::builder::{BuildContext, BuildError, Deleted, Made};
 
 use super::{filter, rid, tag_spec, AwsDeleter, SECURITY_GROUP};
 use crate::error::{api, AwsError};
-use crate::options::ssh_cidrs;
 use crate::AwsBuilder;
 
 impl AwsBuilder {
@@ -56,7 +55,7 @@ impl AwsBuilder {
             .ip_protocol("tcp")
             .from_port(22)
             .to_port(22);
-        for c in &ssh_cidrs(&ctx.plan) {
+        for c in &ctx.plan.ssh_cidrs() {
             perm = perm.ip_ranges(
                 IpRange::builder()
                     .cidr_ip(c)
