@@ -12,27 +12,24 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use opsbake_core::events::{Event, EventSink};
-use opsbake_core::runner::{BuildJob, BuildResult, Runner};
+use opsbake_core::runner::{BuildJob, BuildResult};
 use opsbake_core::template::Iaas;
 use opsbake_iaas_azure::credential::StaticToken;
 use opsbake_test_support::arm::{ArmOptions, ArmServer, SUBSCRIPTION, TOKEN};
 use opsbake_test_support::azurite::Azurite;
+use opsbake_test_support::build::{self, EventLog};
+use opsbake_test_support::stemcell::{appliance, loopback_ssh};
 use tokio_util::sync::CancellationToken;
 
 pub const HEAVY: &str = "bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz";
 
 fn skip() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").as_deref() == Ok("1")
+    opsbake_test_support::skip_peers()
 }
 
 fn stemcell(name: &str) -> PathBuf {
-    let d = std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").expect(
-        "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env",
-    );
-    let p = PathBuf::from(d).join(name);
-    assert!(p.is_file(), "{} missing", p.display());
-    p
+    opsbake_test_support::stemcell::path(name)
+        .expect("OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env")
 }
 
 /// A light azure stemcell pointing at the ARM server's marketplace image.
@@ -72,18 +69,6 @@ cloud_properties:
     p
 }
 
-#[derive(Default)]
-struct Log(std::sync::Mutex<Vec<String>>);
-
-impl EventSink for Log {
-    fn emit(&self, e: Event) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(serde_json::to_string(&e).unwrap());
-    }
-}
-
 pub fn template(
     dir: &Path,
     stemcell: &Path,
@@ -92,19 +77,9 @@ pub fn template(
     ssh_port: u16,
     extra: &str,
 ) -> PathBuf {
-    let t = dir.join("appliance.yml");
-    std::fs::write(
-        &t,
-        format!(
-            r#"name: appliance
-version: "1.0"
-stemcells:
-  azure: {{path: "{sc}"}}
-builds:
-  azure:
-    disk: 10240
-    network: {{ssh_cidrs: [203.0.113.0/24]}}
-    ssh: {{user: vcap, host: 127.0.0.1, port: {ssh_port}, login_timeout: 60s}}
+    let build = format!(
+        r#"    disk: 10240
+{ssh}
     options:
       subscription_id: "{SUBSCRIPTION}"
       resource_group: images
@@ -115,21 +90,10 @@ builds:
       storage_container: vhds
       image_name: "appliance-1.0-${{build.id}}"
       poll_interval: 1s
-{extra}
-provision:
-  - type: shell
-    sudo: false
-    inline:
-      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
-outputs:
-  directory: "{out}"
-"#,
-            sc = stemcell.display(),
-            out = dir.join("out").display()
-        ),
-    )
-    .unwrap();
-    t
+{extra}"#,
+        ssh = loopback_ssh(ssh_port),
+    );
+    appliance(dir, "azure", stemcell, &build)
 }
 
 async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>) {
@@ -142,33 +106,23 @@ async fn run_with(
     id: &str,
     reimport: bool,
 ) -> (BuildResult, Vec<String>) {
-    let loaded = opsbake_core::template::load(template).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Azure, id).unwrap();
-    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
+    let (plan, inputs) = build::plan_and_inputs(template, Iaas::Azure, id);
     let mut b =
         opsbake_iaas_azure::AzureBuilder::new(&plan, Arc::new(StaticToken(TOKEN.into()))).unwrap();
     let mut w = b.waiter;
     w.initial = std::time::Duration::from_millis(20);
     w.max = std::time::Duration::from_millis(100);
     b.set_waiter(w);
-    let log = Arc::new(Log::default());
-    let mut runner = Runner::new(dir.join("state"), log.clone());
-    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
-    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    let log = Arc::new(EventLog::default());
+    let mut runner = build::runner(dir, log.clone());
     runner.options.reimport = reimport;
-    let r = runner
-        .run_all(
-            vec![BuildJob {
-                plan,
-                builder: Arc::new(b),
-                inputs,
-            }],
-            CancellationToken::new(),
-        )
-        .await;
-    let events = log.0.lock().unwrap().clone();
-    (r[0].clone(), events)
+    let job = BuildJob {
+        plan,
+        builder: Arc::new(b),
+        inputs,
+    };
+    let r = build::run_one(runner, job, CancellationToken::new()).await;
+    (r, log.lines())
 }
 
 /// Public-read container so that the ARM server reads blobs anonymously.
