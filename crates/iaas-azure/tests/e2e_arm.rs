@@ -55,18 +55,7 @@ cloud_properties:
   architecture: x86_64
   image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}
 "#;
-    let p = dir.join("light-bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz");
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(gz);
-    for (name, data) in [("stemcell.MF", mf.as_bytes()), ("image", &b""[..])] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, data).unwrap();
-    }
-    std::fs::write(&p, t.into_inner().unwrap().finish().unwrap()).unwrap();
-    p
+    opsbake_test_support::stemcell::azure_light(dir, mf).unwrap()
 }
 
 pub fn template(
@@ -203,21 +192,8 @@ async fn heavy_stemcell_build_imports_the_vhd_and_logs_in_through_custom_data() 
     // One throttled call on the way: 429 + Retry-After is honoured.
     arm.throttle(1);
     let (r, events) = run(dir.path(), &t, "ob-az-heavy-1").await;
-    assert!(
-        r.error.is_none(),
-        "{:?}\n{}\nsshd:\n{}",
-        r.error,
-        events.join("\n"),
-        sshd.log_text()
-    );
     // The login used the key from customData (vcap has no authorized_keys).
-    assert!(
-        sshd.log_text().contains("Accepted publickey for vcap"),
-        "{}",
-        sshd.log_text()
-    );
-    let marker = std::fs::read_to_string(sshd.home().join("opsbake-marker")).unwrap();
-    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
+    build::assert_provisioned_over(&sshd, &r, &events);
     // The page blob the image was made from equals the stemcell's VHD.
     let (len, sha) = vhd_sha256(&sc);
     let reads = arm.blobs_read();

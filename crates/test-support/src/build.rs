@@ -126,3 +126,26 @@ pub async fn run(
     let r = run_one(runner(dir, log.clone()), job, cancel).await;
     (r, log.lines())
 }
+
+/// The build succeeded (else its error, events and the sshd's log), logged
+/// in to `sshd` as vcap with a key (vcap has no authorized_keys: the key
+/// came through the IaaS's agent settings) and ran the appliance's
+/// provisioner there (`$HOME/opsbake-marker`).
+pub fn assert_provisioned_over(sshd: &crate::sshd::Sshd, r: &BuildResult, events: &[String]) {
+    assert!(
+        r.error.is_none(),
+        "{:?}\n{}\nsshd log:\n{}",
+        r.error,
+        events.join("\n"),
+        sshd.log_text()
+    );
+    let marker_path = sshd.home().join("opsbake-marker");
+    let marker = std::fs::read_to_string(&marker_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", marker_path.display()));
+    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
+    assert!(
+        sshd.log_text().contains("Accepted publickey for vcap"),
+        "{}",
+        sshd.log_text()
+    );
+}

@@ -76,3 +76,21 @@ pub fn json_lines(text: &str) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
 }
+
+/// The `--json` events a running child prints on `out` (its stdout), read
+/// on a thread as they come: one JSON object a line, other lines skipped;
+/// the channel ends when the output does (or the receiver is dropped).
+pub fn event_stream(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}

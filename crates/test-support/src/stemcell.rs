@@ -65,3 +65,47 @@ pub fn loopback_ssh(port: u16) -> String {
         "    network: {{ssh_cidrs: [203.0.113.0/24]}}\n    ssh: {{user: vcap, host: 127.0.0.1, port: {port}, login_timeout: 60s}}"
     )
 }
+
+/// Write a gzipped tar of `members` (name, bytes; mode 0644) at `path`: a
+/// stemcell made up by a test (a light stemcell's MF and empty image).
+pub fn write_tgz(path: &Path, members: &[(&str, &[u8])]) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut t = tar::Builder::new(gz);
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, name, *data)?;
+    }
+    t.into_inner()?.finish()?;
+    Ok(())
+}
+
+/// The file name of the light azure stemcell of [`azure_light`].
+pub const AZURE_LIGHT: &str = "light-bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz";
+
+/// The MF of a light azure stemcell pointing at the marketplace image the
+/// ARM test server knows (pivotal / bosh-debian-bookworm).
+pub const AZURE_LIGHT_MF: &str = "---\nname: bosh-azure-hyperv-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: 1\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats: [azure-light]\ncloud_properties:\n  name: bosh-azure-hyperv-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: azure\n  hypervisor: hyperv\n  disk: 384\n  os_type: linux\n  architecture: x86_64\n  image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}\n";
+
+/// Write `dir/`[`AZURE_LIGHT`] with `mf` as its MF (and an empty image).
+pub fn azure_light(dir: &Path, mf: &str) -> std::io::Result<PathBuf> {
+    let p = dir.join(AZURE_LIGHT);
+    write_tgz(&p, &[("stemcell.MF", mf.as_bytes()), ("image", b"")])?;
+    Ok(p)
+}
+
+/// Link every `.tgz` of the test stemcell directory `from` into `into`
+/// (a template naming every IaaS's stemcell finds them there).
+pub fn link_all(from: &Path, into: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(into)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().ends_with(".tgz") {
+            std::os::unix::fs::symlink(e.path(), into.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}

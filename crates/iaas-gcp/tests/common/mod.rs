@@ -39,22 +39,16 @@ pub fn light_stemcell(dir: &Path) -> PathBuf {
         "name: bosh-google-kvm-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: '1'\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats:\n- google-light\ncloud_properties:\n  name: bosh-google-kvm-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: google\n  image_url: https://www.googleapis.com/compute/v1/projects/{LIGHT_PROJECT}/global/images/{LIGHT_IMAGE}\n"
     );
     let out = dir.join("light-bosh-stemcell-1.0-google-kvm-debian-bookworm-go_agent.tgz");
-    let f = std::fs::File::create(&out).unwrap();
-    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for (name, data) in [
-        ("stemcell.MF", mf.as_bytes()),
-        ("packages.txt", b"".as_slice()),
-        ("dev_tools_file_list.txt", b"".as_slice()),
-        ("image", b"".as_slice()),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap();
+    opsbake_test_support::stemcell::write_tgz(
+        &out,
+        &[
+            ("stemcell.MF", mf.as_bytes()),
+            ("packages.txt", b""),
+            ("dev_tools_file_list.txt", b""),
+            ("image", b""),
+        ],
+    )
+    .unwrap();
     out
 }
 
