@@ -94,3 +94,29 @@ pub fn event_stream(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc
     });
     rx
 }
+
+/// `bin` (an opsbake binary) run in `dir` with its state in `dir/state`,
+/// `--no-progress`, `HOME` at `dir`, no colour, and no AWS region or
+/// credentials anywhere (no env, no config file) nor `OPSBAKE_LOG`: the
+/// caller adds the arguments and any env it wants.
+pub fn isolated(bin: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.current_dir(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--no-progress")
+        .env("HOME", dir)
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env("NO_COLOR", "1");
+    for v in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "OPSBAKE_LOG",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
