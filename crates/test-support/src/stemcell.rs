@@ -66,11 +66,10 @@ pub fn loopback_ssh(port: u16) -> String {
     )
 }
 
-/// Write a gzipped tar of `members` (name, bytes; mode 0644) at `path`: a
-/// stemcell made up by a test (a light stemcell's MF and empty image).
-pub fn write_tgz(path: &Path, members: &[(&str, &[u8])]) -> std::io::Result<()> {
-    let f = std::fs::File::create(path)?;
-    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+/// A gzipped tar of `members` (name, bytes; mode 0644): a stemcell made up
+/// by a test (a light stemcell's MF and empty image).
+pub fn tgz(members: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut t = tar::Builder::new(gz);
     for (name, data) in members {
         let mut h = tar::Header::new_gnu();
@@ -79,8 +78,12 @@ pub fn write_tgz(path: &Path, members: &[(&str, &[u8])]) -> std::io::Result<()> 
         h.set_cksum();
         t.append_data(&mut h, name, *data)?;
     }
-    t.into_inner()?.finish()?;
-    Ok(())
+    t.into_inner()?.finish()
+}
+
+/// Write the [`tgz`] of `members` at `path`.
+pub fn write_tgz(path: &Path, members: &[(&str, &[u8])]) -> std::io::Result<()> {
+    std::fs::write(path, tgz(members)?)
 }
 
 /// The file name of the light azure stemcell of [`azure_light`].
