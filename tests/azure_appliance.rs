@@ -13,14 +13,12 @@
 
 mod aws_support;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aws_support::{events, finished, repo_root};
-use opsbake_test_support::arm::{vm_sshd, ArmOptions, ArmServer, TOKEN};
+use opsbake_test_support::arm::{vm_sshd, ArmOptions, ArmServer};
 use opsbake_test_support::azurite::Azurite;
 
 fn bin() -> &'static std::path::Path {
@@ -28,33 +26,18 @@ fn bin() -> &'static std::path::Path {
 }
 
 fn skip() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").as_deref() == Ok("1")
+    opsbake_test_support::skip_peers()
 }
 
 fn stemcells() -> PathBuf {
-    PathBuf::from(std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").expect(
-        "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env",
-    ))
+    opsbake_test_support::stemcell::dir()
+        .expect("OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env")
 }
 
 /// A directory with an `az` that prints the ARM test server's token, as
 /// `az account get-access-token -o json` does.
 fn fake_az(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let az = bin.join("az");
-    std::fs::write(
-        &az,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> '{log}'\ncat <<EOF\n{{\"accessToken\": \"{TOKEN}\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"expires_on\": {exp}, \"subscription\": \"x\", \"tenant\": \"t\", \"tokenType\": \"Bearer\"}}\nEOF\n",
-            log = dir.join("az.log").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    opsbake_test_support::arm::fake_az(dir, Some(&dir.join("az.log"))).unwrap()
 }
 
 struct Peers {
@@ -144,29 +127,10 @@ fn build_leftovers(arm: &ArmServer, id: &str) -> Vec<String> {
 
 fn light_stemcell_dir(dir: &Path) -> PathBuf {
     let d = dir.join("stemcells");
-    std::fs::create_dir_all(&d).unwrap();
     // The template names every IaaS's stemcell: link the test ones in.
-    for e in std::fs::read_dir(stemcells()).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().ends_with(".tgz") {
-            let _ = std::os::unix::fs::symlink(e.path(), d.join(e.file_name()));
-        }
-    }
-    let mf = "---\nname: bosh-azure-hyperv-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: 1\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats: [azure-light]\ncloud_properties:\n  name: bosh-azure-hyperv-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: azure\n  hypervisor: hyperv\n  disk: 384\n  os_type: linux\n  architecture: x86_64\n  image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}\n";
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(gz);
-    for (name, data) in [("stemcell.MF", mf.as_bytes()), ("image", &b""[..])] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, data).unwrap();
-    }
-    std::fs::write(
-        d.join("light-bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz"),
-        t.into_inner().unwrap().finish().unwrap(),
-    )
-    .unwrap();
+    opsbake_test_support::stemcell::link_all(&stemcells(), &d).unwrap();
+    opsbake_test_support::stemcell::azure_light(&d, opsbake_test_support::stemcell::AZURE_LIGHT_MF)
+        .unwrap();
     d
 }
 
@@ -377,16 +341,7 @@ fn start_and_wait_with(
     .spawn()
     .unwrap();
     let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        }
-    });
+    let rx = opsbake_test_support::cli::event_stream(out);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     let mut id = String::new();

@@ -35,37 +35,13 @@ fn skip() -> bool {
 /// A directory with an `az` printing the ARM test server's token (the
 /// chain's Azure CLI credential).
 fn fake_az(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let az = bin.join("az");
-    std::fs::write(
-        &az,
-        format!(
-            "#!/bin/sh\ncat <<EOF\n{{\"accessToken\": \"{TOKEN}\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"expires_on\": {exp}, \"subscription\": \"x\", \"tenant\": \"t\", \"tokenType\": \"Bearer\"}}\nEOF\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    opsbake_test_support::arm::fake_az(dir, None).unwrap()
 }
 
 /// A light azure stemcell (a marketplace reference the ARM server knows).
 fn light_stemcell(dir: &Path) -> PathBuf {
-    let mf = "---\nname: bosh-azure-hyperv-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: 1\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats: [azure-light]\ncloud_properties:\n  name: bosh-azure-hyperv-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: azure\n  hypervisor: hyperv\n  disk: 384\n  os_type: linux\n  architecture: x86_64\n  image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}\n";
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(gz);
-    for (name, data) in [("stemcell.MF", mf.as_bytes()), ("image", &b""[..])] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, data).unwrap();
-    }
-    let p = dir.join("light-bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz");
-    std::fs::write(&p, t.into_inner().unwrap().finish().unwrap()).unwrap();
-    p
+    opsbake_test_support::stemcell::azure_light(dir, opsbake_test_support::stemcell::AZURE_LIGHT_MF)
+        .unwrap()
 }
 
 struct Peers {

@@ -32,25 +32,13 @@ pub fn repo_root() -> PathBuf {
 /// The test stemcell dir holding the aws stemcells, or None when peers are
 /// skipped.
 pub fn stemcell_dir() -> Option<PathBuf> {
-    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").map(PathBuf::from) {
-        Some(d) => {
-            for n in [
-                "bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
-                "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
-            ] {
-                assert!(
-                    d.join(n).is_file(),
-                    "{} missing: rerun .ci/setup.d/20-test-stemcell.sh",
-                    d.join(n).display()
-                );
-            }
-            Some(d)
-        }
-        None if skip_peers() => None,
-        None => panic!(
-            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
-        ),
+    for n in [
+        "bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
+        "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz",
+    ] {
+        opsbake_test_support::stemcell::path(n)?;
     }
+    opsbake_test_support::stemcell::dir()
 }
 
 /// moto with the light test stemcell's AMIs seeded, or None when peers are

@@ -8,13 +8,12 @@
 //! play vSphere's VMware Tools while the other builds run.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use opsbake_test_support::arm::{vm_sshd, ArmOptions, ArmServer, TOKEN};
+use opsbake_test_support::arm::{vm_sshd, ArmOptions, ArmServer};
 use opsbake_test_support::azurite::Azurite;
 use opsbake_test_support::gce::{GceOptions, GceServer, SeedImage};
 use opsbake_test_support::gcs::FakeGcs;
@@ -78,20 +77,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// An `az` that prints the ARM test server's token, as `az account
 /// get-access-token -o json` does (the Azure CLI credential of the chain).
 fn fake_az(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
-    let az = bin.join("az");
-    std::fs::write(
-        &az,
-        format!(
-            "#!/bin/sh\ncat <<EOF\n{{\"accessToken\": \"{TOKEN}\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"expires_on\": {exp}, \"subscription\": \"x\", \"tenant\": \"t\", \"tokenType\": \"Bearer\"}}\nEOF\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    opsbake_test_support::arm::fake_az(dir, None).unwrap()
 }
 
 impl Clouds {
@@ -412,16 +398,7 @@ impl Build {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let rx = opsbake_test_support::cli::event_stream(out);
         Build {
             child,
             rx,

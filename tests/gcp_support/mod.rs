@@ -35,16 +35,8 @@ pub fn repo_root() -> PathBuf {
 
 /// The test stemcell dir, or None when peers are skipped.
 pub fn stemcell_dir() -> Option<PathBuf> {
-    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").map(PathBuf::from) {
-        Some(d) => {
-            assert!(d.join(HEAVY).is_file(), "{} missing: rerun .ci/setup.d/20-test-stemcell.sh", d.join(HEAVY).display());
-            Some(d)
-        }
-        None if skip_peers() => None,
-        None => panic!(
-            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
-        ),
-    }
+    opsbake_test_support::stemcell::path(HEAVY)?;
+    opsbake_test_support::stemcell::dir()
 }
 
 /// A stemcell dir for the template: the heavy test stemcell (linked) and a
@@ -52,17 +44,11 @@ pub fn stemcell_dir() -> Option<PathBuf> {
 pub fn stemcells_with_light(dir: &Path) -> PathBuf {
     let d = dir.join("stemcells");
     let work = dir.join("light-work");
-    std::fs::create_dir_all(&d).unwrap();
     std::fs::create_dir_all(&work).unwrap();
     let src = stemcell_dir().unwrap();
     let heavy = src.join(HEAVY);
     // Every stemcell of the test set (the template names one per IaaS).
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().ends_with(".tgz") {
-            std::os::unix::fs::symlink(e.path(), d.join(e.file_name())).unwrap();
-        }
-    }
+    opsbake_test_support::stemcell::link_all(&src, &d).unwrap();
     let st = Command::new("tar")
         .arg("-xzf")
         .arg(&heavy)

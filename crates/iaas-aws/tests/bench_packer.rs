@@ -110,9 +110,7 @@ async fn bench_opsbake_vs_packer_amazon_ebs() {
             ),
         )
         .unwrap();
-        let loaded = opsbake_core::template::load(&t).unwrap();
-        let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-        let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Aws, &id).unwrap();
+        let plan = opsbake_test_support::build::plan(&t, Iaas::Aws, &id);
         let from = proxy.calls().len();
         let started = Instant::now();
         let builder = opsbake_iaas_aws::builder(&plan).unwrap();

@@ -16,42 +16,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
-use opsbake_core::events::{Event, EventSink};
-use opsbake_core::runner::{BuildJob, Runner};
 use opsbake_core::template::Iaas;
+use opsbake_test_support::build;
 use opsbake_test_support::moto::{Moto, MotoOptions, SeedAmi};
 use opsbake_test_support::sshd::Sshd;
+use opsbake_test_support::stemcell::{appliance, loopback_ssh};
 use tokio_util::sync::CancellationToken;
 
 const LIGHT: &str = "light-bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz";
 const HEAVY: &str = "bosh-stemcell-1.0-aws-xen-hvm-debian-bookworm-go_agent.tgz";
 
 fn stemcell(name: &str) -> Option<PathBuf> {
-    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
-        Some(d) => {
-            let p = PathBuf::from(d).join(name);
-            assert!(p.is_file(), "{} missing: rerun .ci/setup.d/20-test-stemcell.sh", p.display());
-            Some(p)
-        }
-        None if opsbake_test_support::moto::skip_peers() => None,
-        None => panic!(
-            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
-        ),
-    }
-}
-
-#[derive(Default)]
-struct Log(std::sync::Mutex<Vec<String>>);
-
-impl EventSink for Log {
-    fn emit(&self, e: Event) {
-        let line = serde_json::to_string(&e).unwrap();
-        self.0.lock().unwrap().push(line);
-    }
+    opsbake_test_support::stemcell::path(name)
 }
 
 /// A hardened sshd whose keys come from the instances' user data at moto.
@@ -66,33 +45,11 @@ fn write_template(
     port: u16,
     options: &str,
 ) -> PathBuf {
-    let t = dir.join("appliance.yml");
-    std::fs::write(
-        &t,
-        format!(
-            r#"name: appliance
-version: "1.0"
-stemcells:
-  aws: {{path: "{}"}}
-builds:
-  aws:
-    network: {{ssh_cidrs: [203.0.113.0/24]}}
-    ssh: {{user: vcap, host: 127.0.0.1, port: {port}, login_timeout: 60s}}
-    options: {{region: us-east-1, endpoint: "{endpoint}", instance_type: t3.micro{options}}}
-provision:
-  - type: shell
-    sudo: false
-    inline:
-      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
-outputs:
-  directory: "{}"
-"#,
-            stemcell.display(),
-            dir.join("out").display()
-        ),
-    )
-    .unwrap();
-    t
+    let build = format!(
+        "{}\n    options: {{region: us-east-1, endpoint: \"{endpoint}\", instance_type: t3.micro{options}}}",
+        loopback_ssh(port)
+    );
+    appliance(dir, "aws", stemcell, &build)
 }
 
 async fn run(
@@ -100,29 +57,10 @@ async fn run(
     template: &Path,
     id: &str,
 ) -> (opsbake_core::runner::BuildResult, Vec<String>) {
-    let loaded = opsbake_core::template::load(template).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Aws, id).unwrap();
-    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
-    let builder = opsbake_iaas_aws::builder(&plan).unwrap();
-    let log = Arc::new(Log::default());
-    let mut runner = Runner::new(dir.join("state"), log.clone());
     // The CLI's connector: the build's template pins SSH to the loopback
     // override (moto's invented addresses are never contacted).
-    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
-    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
-    let r = runner
-        .run_all(
-            vec![BuildJob {
-                plan,
-                builder,
-                inputs,
-            }],
-            CancellationToken::new(),
-        )
-        .await;
-    let events = log.0.lock().unwrap().clone();
-    (r[0].clone(), events)
+    let job = build::job(template, Iaas::Aws, id, opsbake_iaas_aws::builder);
+    build::run(dir, job, CancellationToken::new()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,24 +95,11 @@ async fn light_stemcell_build_logs_in_with_the_key_from_the_agent_settings() {
     let id = "ob-e2e-light-1";
     let started = Instant::now();
     let (r, events) = run(dir.path(), &t, id).await;
-    assert!(
-        r.error.is_none(),
-        "{:?}\n{}\nsshd log:\n{}",
-        r.error,
-        events.join("\n"),
-        sshd.log_text()
-    );
+    // The key came through the command (vcap's authorized_keys is empty).
+    build::assert_provisioned_over(&sshd, &r, &events);
     eprintln!(
         "light build against moto + sshd: {:.2} s",
         started.elapsed().as_secs_f64()
-    );
-    let marker = std::fs::read_to_string(sshd.home().join("opsbake-marker")).unwrap();
-    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
-    // The key came through the command (vcap's authorized_keys is empty).
-    assert!(
-        sshd.log_text().contains("Accepted publickey for vcap"),
-        "{}",
-        sshd.log_text()
     );
     let art = r.artifact.unwrap();
     assert_eq!(art.id.split(',').count(), 2, "{}", art.id);

@@ -177,16 +177,7 @@ async fn a_cut_upload_resumes_without_resending_stored_pages() {
 }
 
 fn tgz(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(gz);
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, *data).unwrap();
-    }
-    t.into_inner().unwrap().finish().unwrap()
+    opsbake_test_support::stemcell::tgz(members).unwrap()
 }
 
 fn write(p: &Path, b: &[u8]) {

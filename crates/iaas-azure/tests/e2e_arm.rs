@@ -12,27 +12,24 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use opsbake_core::events::{Event, EventSink};
-use opsbake_core::runner::{BuildJob, BuildResult, Runner};
+use opsbake_core::runner::{BuildJob, BuildResult};
 use opsbake_core::template::Iaas;
 use opsbake_iaas_azure::credential::StaticToken;
 use opsbake_test_support::arm::{ArmOptions, ArmServer, SUBSCRIPTION, TOKEN};
 use opsbake_test_support::azurite::Azurite;
+use opsbake_test_support::build::{self, EventLog};
+use opsbake_test_support::stemcell::{appliance, loopback_ssh};
 use tokio_util::sync::CancellationToken;
 
 pub const HEAVY: &str = "bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz";
 
 fn skip() -> bool {
-    std::env::var("OPSBAKE_SKIP_PEERS").as_deref() == Ok("1")
+    opsbake_test_support::skip_peers()
 }
 
 fn stemcell(name: &str) -> PathBuf {
-    let d = std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR").expect(
-        "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env",
-    );
-    let p = PathBuf::from(d).join(name);
-    assert!(p.is_file(), "{} missing", p.display());
-    p
+    opsbake_test_support::stemcell::path(name)
+        .expect("OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env")
 }
 
 /// A light azure stemcell pointing at the ARM server's marketplace image.
@@ -58,30 +55,7 @@ cloud_properties:
   architecture: x86_64
   image: {publisher: pivotal, offer: bosh-debian-bookworm, sku: debian-bookworm, version: '1.0.0'}
 "#;
-    let p = dir.join("light-bosh-stemcell-1.0-azure-hyperv-debian-bookworm-go_agent.tgz");
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(gz);
-    for (name, data) in [("stemcell.MF", mf.as_bytes()), ("image", &b""[..])] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, data).unwrap();
-    }
-    std::fs::write(&p, t.into_inner().unwrap().finish().unwrap()).unwrap();
-    p
-}
-
-#[derive(Default)]
-struct Log(std::sync::Mutex<Vec<String>>);
-
-impl EventSink for Log {
-    fn emit(&self, e: Event) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(serde_json::to_string(&e).unwrap());
-    }
+    opsbake_test_support::stemcell::azure_light(dir, mf).unwrap()
 }
 
 pub fn template(
@@ -92,19 +66,9 @@ pub fn template(
     ssh_port: u16,
     extra: &str,
 ) -> PathBuf {
-    let t = dir.join("appliance.yml");
-    std::fs::write(
-        &t,
-        format!(
-            r#"name: appliance
-version: "1.0"
-stemcells:
-  azure: {{path: "{sc}"}}
-builds:
-  azure:
-    disk: 10240
-    network: {{ssh_cidrs: [203.0.113.0/24]}}
-    ssh: {{user: vcap, host: 127.0.0.1, port: {ssh_port}, login_timeout: 60s}}
+    let build = format!(
+        r#"    disk: 10240
+{ssh}
     options:
       subscription_id: "{SUBSCRIPTION}"
       resource_group: images
@@ -115,21 +79,10 @@ builds:
       storage_container: vhds
       image_name: "appliance-1.0-${{build.id}}"
       poll_interval: 1s
-{extra}
-provision:
-  - type: shell
-    sudo: false
-    inline:
-      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
-outputs:
-  directory: "{out}"
-"#,
-            sc = stemcell.display(),
-            out = dir.join("out").display()
-        ),
-    )
-    .unwrap();
-    t
+{extra}"#,
+        ssh = loopback_ssh(ssh_port),
+    );
+    appliance(dir, "azure", stemcell, &build)
 }
 
 async fn run(dir: &Path, template: &Path, id: &str) -> (BuildResult, Vec<String>) {
@@ -142,33 +95,23 @@ async fn run_with(
     id: &str,
     reimport: bool,
 ) -> (BuildResult, Vec<String>) {
-    let loaded = opsbake_core::template::load(template).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Azure, id).unwrap();
-    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
+    let (plan, inputs) = build::plan_and_inputs(template, Iaas::Azure, id);
     let mut b =
         opsbake_iaas_azure::AzureBuilder::new(&plan, Arc::new(StaticToken(TOKEN.into()))).unwrap();
     let mut w = b.waiter;
     w.initial = std::time::Duration::from_millis(20);
     w.max = std::time::Duration::from_millis(100);
     b.set_waiter(w);
-    let log = Arc::new(Log::default());
-    let mut runner = Runner::new(dir.join("state"), log.clone());
-    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
-    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+    let log = Arc::new(EventLog::default());
+    let mut runner = build::runner(dir, log.clone());
     runner.options.reimport = reimport;
-    let r = runner
-        .run_all(
-            vec![BuildJob {
-                plan,
-                builder: Arc::new(b),
-                inputs,
-            }],
-            CancellationToken::new(),
-        )
-        .await;
-    let events = log.0.lock().unwrap().clone();
-    (r[0].clone(), events)
+    let job = BuildJob {
+        plan,
+        builder: Arc::new(b),
+        inputs,
+    };
+    let r = build::run_one(runner, job, CancellationToken::new()).await;
+    (r, log.lines())
 }
 
 /// Public-read container so that the ARM server reads blobs anonymously.
@@ -249,21 +192,8 @@ async fn heavy_stemcell_build_imports_the_vhd_and_logs_in_through_custom_data() 
     // One throttled call on the way: 429 + Retry-After is honoured.
     arm.throttle(1);
     let (r, events) = run(dir.path(), &t, "ob-az-heavy-1").await;
-    assert!(
-        r.error.is_none(),
-        "{:?}\n{}\nsshd:\n{}",
-        r.error,
-        events.join("\n"),
-        sshd.log_text()
-    );
     // The login used the key from customData (vcap has no authorized_keys).
-    assert!(
-        sshd.log_text().contains("Accepted publickey for vcap"),
-        "{}",
-        sshd.log_text()
-    );
-    let marker = std::fs::read_to_string(sshd.home().join("opsbake-marker")).unwrap();
-    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
+    build::assert_provisioned_over(&sshd, &r, &events);
     // The page blob the image was made from equals the stemcell's VHD.
     let (len, sha) = vhd_sha256(&sc);
     let reads = arm.blobs_read();

@@ -42,20 +42,7 @@ async fn light_stemcell_build_logs_in_with_the_key_from_bosh_settings() {
     );
     let id = "ob-e2e-gcp-light-1";
     let (r, events) = run(dir.path(), &t, id, CancellationToken::new()).await;
-    assert!(
-        r.error.is_none(),
-        "{:?}\n{}\nsshd log:\n{}",
-        r.error,
-        events.join("\n"),
-        p.sshd.log_text()
-    );
-    let marker = std::fs::read_to_string(p.sshd.home().join("opsbake-marker")).unwrap();
-    assert_eq!(marker.trim(), "provisioned by opsbake as vcap");
-    assert!(
-        p.sshd.log_text().contains("Accepted publickey for vcap"),
-        "{}",
-        p.sshd.log_text()
-    );
+    opsbake_test_support::build::assert_provisioned_over(&p.sshd, &r, &events);
     // The host key came from the serial console and was pinned.
     assert!(
         events.iter().any(|e| e.contains("pinning")),

@@ -17,11 +17,7 @@ fn findings(options: &str, network: &str) -> Vec<(String, String)> {
         ),
     )
     .unwrap();
-    let loaded = opsbake_core::template::load(&t).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan =
-        opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Gcp, "ob-20261205-223315-gcp-abc123")
-            .unwrap();
+    let plan = opsbake_test_support::build::plan(&t, Iaas::Gcp, "ob-20261205-223315-gcp-abc123");
     let b = opsbake_iaas_gcp::GcpBuilder::new(&plan).unwrap();
     b.offline_checks()
         .into_iter()
@@ -81,11 +77,7 @@ fn the_default_image_name_follows_the_rule() {
         "name: My_Appliance\nstemcells:\n  gcp: {path: sc.tgz}\nbuilds:\n  gcp:\n    options: {project_id: p, zone: us-central1-a}\n",
     )
     .unwrap();
-    let loaded = opsbake_core::template::load(&t).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan =
-        opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Gcp, "ob-20261205-223315-gcp-abc123")
-            .unwrap();
+    let plan = opsbake_test_support::build::plan(&t, Iaas::Gcp, "ob-20261205-223315-gcp-abc123");
     let b = opsbake_iaas_gcp::GcpBuilder::new(&plan).unwrap();
     assert_eq!(b.image_name(), "my-appliance-ob-20261205-223315-gcp-abc123");
     assert!(opsbake_iaas_gcp::valid_name(b.image_name()));

@@ -10,39 +10,21 @@
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opsbake_comms_ssh::SshConnector;
-use opsbake_core::events::{Emitter, Event, EventSink};
+use opsbake_core::events::Emitter;
 use opsbake_core::journal::{Journal, Outcome, ProcessIdentity};
 use opsbake_core::runner::{BuildJob, CleanupTracker, Runner};
 use opsbake_core::template::Iaas;
+use opsbake_test_support::build::{self, EventLog};
 use tokio_util::sync::CancellationToken;
 
 const VSPHERE_TGZ: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
 const TEST: &str = "cancel_and_crash_cleanup_end_qemu";
 
 fn stemcell() -> Option<PathBuf> {
-    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
-        Some(d) => Some(PathBuf::from(d).join(VSPHERE_TGZ)),
-        None if std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1") => None,
-        None => panic!(
-            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
-        ),
-    }
-}
-
-/// Events as JSON lines; printed on stdout (the crash child's parent reads them).
-#[derive(Default)]
-struct Log(Mutex<Vec<String>>);
-
-impl EventSink for Log {
-    fn emit(&self, e: Event) {
-        let line = serde_json::to_string(&e).unwrap();
-        println!("{line}");
-        self.0.lock().unwrap().push(line);
-    }
+    Some(opsbake_test_support::stemcell::dir()?.join(VSPHERE_TGZ))
 }
 
 fn job(dir: &Path, build_id: &str, stemcell: &Path) -> BuildJob {
@@ -69,21 +51,13 @@ outputs:
         ),
     )
     .unwrap();
-    let loaded = opsbake_core::template::load(&tpl).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Vbox, build_id).unwrap();
-    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
-    BuildJob {
-        builder: opsbake_iaas_vbox::builder(&plan).unwrap(),
-        plan,
-        inputs,
-    }
+    build::job(&tpl, Iaas::Vbox, build_id, opsbake_iaas_vbox::builder)
 }
 
-fn runner(dir: &Path, log: Arc<Log>) -> Runner {
-    let mut r = Runner::new(dir.join("state"), log);
-    r.connector = Some(Arc::new(SshConnector));
-    r.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
+/// The production runner, offline; its events go to `log` (an echoing log:
+/// the crash child's parent reads them on its stdout).
+fn runner(dir: &Path, log: Arc<EventLog>) -> Runner {
+    let mut r = build::runner(dir, log);
     r.options.offline = true;
     r
 }
@@ -108,7 +82,7 @@ async fn cancel_and_crash_cleanup_end_qemu() {
     let Some(stemcell) = stemcell() else { return };
     // child mode: build until killed
     if let Ok(dir) = std::env::var("OPSBAKE_VBOX_E2E_HANG") {
-        let log = Arc::new(Log::default());
+        let log = Arc::new(EventLog::echoing());
         let r = runner(Path::new(&dir), log);
         r.run_all(
             vec![job(Path::new(&dir), "vbox-crash", &stemcell)],
@@ -121,7 +95,7 @@ async fn cancel_and_crash_cleanup_end_qemu() {
 
     // 1. cancel mid-provisioning
     let dir = t.path().join("cancel");
-    let log = Arc::new(Log::default());
+    let log = Arc::new(EventLog::echoing());
     let cancel = CancellationToken::new();
     let r = runner(&dir, log.clone());
     let j = job(&dir, "vbox-cancel", &stemcell);
@@ -131,13 +105,7 @@ async fn cancel_and_crash_cleanup_end_qemu() {
         tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(900);
             while Instant::now() < deadline {
-                if log
-                    .0
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l.contains("long-step-started"))
-                {
+                if log.lines().iter().any(|l| l.contains("long-step-started")) {
                     c2.cancel();
                     return true;
                 }
@@ -148,15 +116,10 @@ async fn cancel_and_crash_cleanup_end_qemu() {
         })
     };
     let res = r.run_all(vec![j], cancel.clone()).await;
-    let started = log
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("long-step-started"));
+    let started = log.lines().iter().any(|l| l.contains("long-step-started"));
     watcher.abort();
     assert!(started, "the long step never started: {:?}", res[0].error);
-    let events = log.0.lock().unwrap().clone();
+    let events = log.lines();
     let pid = events
         .iter()
         .find_map(|l| qemu_of(l))
@@ -213,7 +176,7 @@ async fn cancel_and_crash_cleanup_end_qemu() {
     );
     let ident = ProcessIdentity::of(qemu).unwrap();
     let journal = Journal::open(&dir.join("state"), "vbox-crash").unwrap();
-    let sink = Arc::new(Log::default());
+    let sink = Arc::new(EventLog::echoing());
     let left = opsbake_core::runner::unwind(
         &journal,
         &opsbake_iaas_vbox::VboxDeleter,

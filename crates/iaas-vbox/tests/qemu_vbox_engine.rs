@@ -8,25 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use opsbake_core::events::{Event, EventSink};
 use opsbake_core::journal::Outcome;
-use opsbake_core::runner::{BuildJob, BuildResult, Runner};
+use opsbake_core::runner::BuildResult;
 use opsbake_core::template::Iaas;
+use opsbake_test_support::build;
 use tokio_util::sync::CancellationToken;
 
 const VSPHERE_TGZ: &str = "bosh-stemcell-1.0-vsphere-esxi-debian-bookworm-go_agent.tgz";
 const EPOCH: i64 = 1_704_067_200;
 
 fn stemcell() -> Option<PathBuf> {
-    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
-        Some(d) => Some(PathBuf::from(d).join(VSPHERE_TGZ)),
-        None if std::env::var("OPSBAKE_SKIP_PEERS").is_ok_and(|v| v == "1") => None,
-        None => panic!(
-            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
-        ),
-    }
+    Some(opsbake_test_support::stemcell::dir()?.join(VSPHERE_TGZ))
 }
 
 /// Put the fake VBoxManage first on PATH, with its state in `home`.
@@ -38,18 +31,6 @@ fn use_fake(home: &Path) {
     std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
     std::env::set_var("FAKE_VBOX_HOME", home);
     std::env::set_var("SOURCE_DATE_EPOCH", EPOCH.to_string());
-}
-
-#[derive(Default)]
-struct Log(Mutex<Vec<String>>);
-
-impl EventSink for Log {
-    fn emit(&self, e: Event) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(serde_json::to_string(&e).unwrap());
-    }
 }
 
 /// Kills the QEMU processes the fake started, if a test panics midway.
@@ -100,27 +81,8 @@ outputs:
         ),
     )
     .unwrap();
-    let loaded = opsbake_core::template::load(&tpl).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Vbox, "vb1").unwrap();
-    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
-    let builder = opsbake_iaas_vbox::builder(&plan).unwrap();
-    let log = Arc::new(Log::default());
-    let mut runner = Runner::new(dir.join("state"), log.clone());
-    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
-    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
-    let mut r = runner
-        .run_all(
-            vec![BuildJob {
-                plan,
-                builder,
-                inputs,
-            }],
-            CancellationToken::new(),
-        )
-        .await;
-    let events = log.0.lock().unwrap().clone();
-    (r.remove(0), events)
+    let job = build::job(&tpl, Iaas::Vbox, "vb1", opsbake_iaas_vbox::builder);
+    build::run(dir, job, CancellationToken::new()).await
 }
 
 /// The VBoxManage calls the fake saw, as argument lists.

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
 
@@ -29,25 +28,8 @@ impl T {
     /// `opsbake <args>` with no AWS region anywhere unless `env` sets one:
     /// (exit code, stdout, stderr).
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-        let mut c = Command::new(BIN);
-        c.current_dir(self.path())
-            .arg("--state-dir")
-            .arg(self.path().join("state"))
-            .arg("--no-progress")
-            .args(args)
-            .env("HOME", self.path())
-            .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
-            .env("NO_COLOR", "1");
-        for v in [
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_PROFILE",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "OPSBAKE_LOG",
-        ] {
-            c.env_remove(v);
-        }
+        let mut c = opsbake_test_support::cli::isolated(BIN, self.path());
+        c.args(args);
         for (k, v) in env {
             c.env(k, v);
         }

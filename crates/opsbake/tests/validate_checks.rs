@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const BIN: &str = env!("CARGO_BIN_EXE_opsbake");
 
@@ -33,25 +33,8 @@ impl T {
     }
     /// `opsbake <args>` with no AWS region anywhere (no env, no config file).
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-        let mut c = Command::new(BIN);
-        c.current_dir(self.path())
-            .arg("--state-dir")
-            .arg(self.path().join("state"))
-            .arg("--no-progress")
-            .args(args)
-            .env("HOME", self.path())
-            .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
-            .env("NO_COLOR", "1");
-        for v in [
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "AWS_PROFILE",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "OPSBAKE_LOG",
-        ] {
-            c.env_remove(v);
-        }
+        let mut c = opsbake_test_support::cli::isolated(BIN, self.path());
+        c.args(args);
         for (k, v) in env {
             c.env(k, v);
         }

@@ -76,3 +76,47 @@ pub fn json_lines(text: &str) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
 }
+
+/// The `--json` events a running child prints on `out` (its stdout), read
+/// on a thread as they come: one JSON object a line, other lines skipped;
+/// the channel ends when the output does (or the receiver is dropped).
+pub fn event_stream(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// `bin` (an opsbake binary) run in `dir` with its state in `dir/state`,
+/// `--no-progress`, `HOME` at `dir`, no colour, and no AWS region or
+/// credentials anywhere (no env, no config file) nor `OPSBAKE_LOG`: the
+/// caller adds the arguments and any env it wants.
+pub fn isolated(bin: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.current_dir(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--no-progress")
+        .env("HOME", dir)
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env("NO_COLOR", "1");
+    for v in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "OPSBAKE_LOG",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}

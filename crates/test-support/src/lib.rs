@@ -5,6 +5,7 @@
 
 pub mod arm;
 pub mod azurite;
+pub mod build;
 pub mod cli;
 pub mod delay_proxy;
 pub mod fault_proxy;
@@ -17,6 +18,7 @@ pub mod nfc_export;
 pub mod process;
 pub mod qemu;
 pub mod sshd;
+pub mod stemcell;
 pub mod vcsim;
 
 /// True when peer tests may be skipped (`OPSBAKE_SKIP_PEERS=1`): the one

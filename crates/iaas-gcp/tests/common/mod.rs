@@ -5,14 +5,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use opsbake_core::events::{Event, EventSink};
-use opsbake_core::runner::{BuildJob, BuildResult, Runner};
+use opsbake_core::runner::BuildResult;
 use opsbake_core::template::Iaas;
+use opsbake_test_support::build;
 use opsbake_test_support::gce::{GceOptions, GceServer, SeedImage};
 use opsbake_test_support::gcs::FakeGcs;
 use opsbake_test_support::sshd::Sshd;
+use opsbake_test_support::stemcell::{appliance, loopback_ssh};
 use tokio_util::sync::CancellationToken;
 
 pub const PROJECT: &str = "opsbake-test";
@@ -24,24 +24,12 @@ pub const LIGHT_PROJECT: &str = "bosh-cpi";
 
 /// The test stemcell directory, or None when peers are skipped.
 pub fn stemcell_dir() -> Option<PathBuf> {
-    match std::env::var_os("OPSBAKE_TEST_STEMCELL_DIR") {
-        Some(d) => Some(PathBuf::from(d)),
-        None if opsbake_test_support::sshd::skip_peers() => None,
-        None => panic!(
-            "OPSBAKE_TEST_STEMCELL_DIR is unset: run scripts/setup.sh and export target/ci-env, or set OPSBAKE_SKIP_PEERS=1"
-        ),
-    }
+    opsbake_test_support::stemcell::dir()
 }
 
 /// The heavy google test stemcell.
 pub fn heavy_stemcell() -> Option<PathBuf> {
-    let p = stemcell_dir()?.join(HEAVY);
-    assert!(
-        p.is_file(),
-        "{} missing: rerun .ci/setup.d/20-test-stemcell.sh",
-        p.display()
-    );
-    Some(p)
+    opsbake_test_support::stemcell::path(HEAVY)
 }
 
 /// A light google stemcell (derived here: the test stemcell set has none)
@@ -51,22 +39,16 @@ pub fn light_stemcell(dir: &Path) -> PathBuf {
         "name: bosh-google-kvm-debian-bookworm-go_agent\nversion: '1.0'\nbosh_protocol: '1'\napi_version: 3\nsha1: da39a3ee5e6b4b0d3255bfef95601890afd80709\noperating_system: debian-bookworm\nstemcell_formats:\n- google-light\ncloud_properties:\n  name: bosh-google-kvm-debian-bookworm-go_agent\n  version: '1.0'\n  infrastructure: google\n  image_url: https://www.googleapis.com/compute/v1/projects/{LIGHT_PROJECT}/global/images/{LIGHT_IMAGE}\n"
     );
     let out = dir.join("light-bosh-stemcell-1.0-google-kvm-debian-bookworm-go_agent.tgz");
-    let f = std::fs::File::create(&out).unwrap();
-    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for (name, data) in [
-        ("stemcell.MF", mf.as_bytes()),
-        ("packages.txt", b"".as_slice()),
-        ("dev_tools_file_list.txt", b"".as_slice()),
-        ("image", b"".as_slice()),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap();
+    opsbake_test_support::stemcell::write_tgz(
+        &out,
+        &[
+            ("stemcell.MF", mf.as_bytes()),
+            ("packages.txt", b""),
+            ("dev_tools_file_list.txt", b""),
+            ("image", b""),
+        ],
+    )
+    .unwrap();
     out
 }
 
@@ -108,19 +90,9 @@ pub fn write_template(
     gce_endpoint: &str,
     options: &str,
 ) -> PathBuf {
-    let t = dir.join("appliance.yml");
-    std::fs::write(
-        &t,
-        format!(
-            r#"name: appliance
-version: "1.0"
-stemcells:
-  gcp: {{path: "{}"}}
-builds:
-  gcp:
-    disk: 12288
-    network: {{ssh_cidrs: [203.0.113.0/24]}}
-    ssh: {{user: vcap, host: 127.0.0.1, port: {port}, login_timeout: 60s}}
+    let build = format!(
+        r#"    disk: 12288
+{ssh}
     options:
       project_id: {PROJECT}
       zone: {ZONE}
@@ -130,40 +102,16 @@ builds:
       storage_endpoint: "{gcs}"
       anonymous_credentials: true
       wait_timeout: 2m
-      poll_interval: 20ms{options}
-provision:
-  - type: shell
-    sudo: false
-    inline:
-      - echo "provisioned by opsbake as $(id -un)" > "$HOME/opsbake-marker"
-outputs:
-  directory: "{}"
-"#,
-            stemcell.display(),
-            dir.join("out").display(),
-            port = p.sshd.port(),
-            gcs = p.gcs.endpoint(),
-        ),
-    )
-    .unwrap();
-    t
-}
-
-#[derive(Default)]
-pub struct Log(pub std::sync::Mutex<Vec<String>>);
-
-impl EventSink for Log {
-    fn emit(&self, e: Event) {
-        let line = serde_json::to_string(&e).unwrap();
-        self.0.lock().unwrap().push(line);
-    }
+      poll_interval: 20ms{options}"#,
+        ssh = loopback_ssh(p.sshd.port()),
+        gcs = p.gcs.endpoint(),
+    );
+    appliance(dir, "gcp", stemcell, &build)
 }
 
 /// A plan of the template.
 pub fn plan(template: &Path, id: &str) -> opsbake_core::plan::BuildPlan {
-    let loaded = opsbake_core::template::load(template).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Gcp, id).unwrap()
+    build::plan(template, Iaas::Gcp, id)
 }
 
 /// Run one gcp build through core's runner with the real SSH transport and
@@ -174,27 +122,8 @@ pub async fn run(
     id: &str,
     cancel: CancellationToken,
 ) -> (BuildResult, Vec<String>) {
-    let loaded = opsbake_core::template::load(template).unwrap();
-    let vars = opsbake_core::vars::resolve(&loaded, &Default::default()).unwrap();
-    let plan = opsbake_core::plan::plan_build(&loaded, &vars, Iaas::Gcp, id).unwrap();
-    let inputs = opsbake_core::manifest::input_digests(&plan, &vars).unwrap();
-    let builder = opsbake_iaas_gcp::builder(&plan).unwrap();
-    let log = Arc::new(Log::default());
-    let mut runner = Runner::new(dir.join("state"), log.clone());
-    runner.connector = Some(Arc::new(opsbake_comms_ssh::SshConnector));
-    runner.provisioning = Some(Arc::new(opsbake_provision::Provision::default()));
-    let r = runner
-        .run_all(
-            vec![BuildJob {
-                plan,
-                builder,
-                inputs,
-            }],
-            cancel,
-        )
-        .await;
-    let events = log.0.lock().unwrap().clone();
-    (r[0].clone(), events)
+    let job = build::job(template, Iaas::Gcp, id, opsbake_iaas_gcp::builder);
+    build::run(dir, job, cancel).await
 }
 
 /// SHA-256 (hex) and length of the `image` member of a stemcell.

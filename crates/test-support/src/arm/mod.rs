@@ -637,3 +637,33 @@ pub fn vm_sshd(arm: &ArmServer) -> Result<crate::sshd::Sshd, crate::sshd::SshdEr
         ..crate::sshd::SshdOptions::default()
     })
 }
+
+/// A directory (`dir/bin`) with an `az` that prints the ARM test server's
+/// token, as `az account get-access-token -o json` does (the Azure CLI
+/// credential of opsbake's chain); with `call_log`, it appends its
+/// arguments there first.
+pub fn fake_az(
+    dir: &std::path::Path,
+    call_log: Option<&std::path::Path>,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+        + 3600;
+    let log = call_log
+        .map(|l| format!("echo \"$@\" >> '{}'\n", l.display()))
+        .unwrap_or_default();
+    let az = bin.join("az");
+    std::fs::write(
+        &az,
+        format!(
+            "#!/bin/sh\n{log}cat <<EOF\n{{\"accessToken\": \"{TOKEN}\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"expires_on\": {exp}, \"subscription\": \"x\", \"tenant\": \"t\", \"tokenType\": \"Bearer\"}}\nEOF\n"
+        ),
+    )?;
+    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
+}
