@@ -513,6 +513,15 @@ mod tests {
         }
     }
 
+    /// The command line as one string.
+    fn line(c: &QemuConfig) -> String {
+        c.args()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     #[test]
     fn command_line_has_overlay_forward_restrict_qmp_serial_rtc() {
         let a: Vec<String> = cfg()
@@ -535,23 +544,13 @@ mod tests {
         let mut open = cfg();
         open.restrict = false;
         open.accel = Accel::Kvm;
-        let joined: String = open
-            .args()
-            .iter()
-            .map(|s| s.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = line(&open);
         assert!(!joined.contains("restrict=on"));
         assert!(joined.contains("-accel kvm"));
         // no ISO: still a CD-ROM drive, empty
         open.cdrom = None;
         open.disk_bus = DiskBus::Ide;
-        let joined: String = open
-            .args()
-            .iter()
-            .map(|s| s.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = line(&open);
         assert!(
             joined.contains("-drive if=ide,index=2,media=cdrom "),
             "{joined}"
