@@ -500,6 +500,26 @@ bench_b() {
 case "$ONLY" in *a*) bench_a ;; esac
 case "$ONLY" in *b*) bench_b ;; esac
 
+# A section this run did not make and has no earlier result for keeps
+# what docs/benchmarks.md holds (so that `--only b` does not drop A).
+keep_section() { # $1: a|b
+    local from to
+    case "$1" in
+        a) from='#### A. '; to='#### B. ' ;;
+        b) from='#### B. '; to='<!-- /iaas-vbox bench -->' ;;
+    esac
+    [ -f docs/benchmarks.md ] || return 0
+    awk -v f="$from" -v t="$to" '
+        index($0, f) == 1 {on = 1}
+        on && index($0, t) == 1 && index($0, f) != 1 {exit}
+        on {print}' docs/benchmarks.md
+}
+for sec in a b; do
+    if [ ! -f "$RES/$sec.md" ]; then
+        keep_section "$sec" >"$RES/$sec.md"
+        [ -s "$RES/$sec.md" ] || rm -f "$RES/$sec.md"
+    fi
+done
 {
     if [ -f "$RES/a.md" ]; then cat "$RES/a.md"; fi
     if [ -f "$RES/b.md" ]; then cat "$RES/b.md"; fi
