@@ -291,15 +291,9 @@ impl AzureBuilder {
                 }
             }
         };
-        Ok(ConnectTarget::Ssh(SshTarget {
-            host,
-            port: plan.ssh.port.unwrap_or(22),
-            user: plan.ssh.user.clone(),
-            auth,
-            host_key,
-            login_timeout: plan.ssh.login_timeout,
-            bastion: None,
-        }))
+        let mut target = SshTarget::from_plan(plan, auth, host, plan.ssh.port.unwrap_or(22));
+        target.host_key = host_key;
+        Ok(ConnectTarget::Ssh(target))
     }
 }
 

@@ -3,10 +3,8 @@
 //! `bosh_settings` metadata key, then the SSH target ([`crate::connect`]).
 
 use opsbake_core::builder::{
-    Access, BaseImage, BuildContext, BuildError, ConnectTarget, HostKeyPolicy, Made, SshAuth,
-    SshTarget,
+    Access, BaseImage, BuildContext, BuildError, ConnectTarget, Made, SshAuth, SshTarget,
 };
-use opsbake_core::template::HostKeySpec;
 use serde_json::json;
 
 use crate::cleanup::{global_id, zonal_id, DISK, FIREWALL, INSTANCE};
@@ -193,32 +191,8 @@ impl GcpBuilder {
         }
         let auth = SshAuth::for_build(plan, access, false)
             .ok_or_else(|| GcpError::Invalid(opsbake_core::builder::NO_LOGIN.into()))?;
-        let bastion = plan.ssh.bastion.as_ref().map(|b| {
-            Box::new(SshTarget {
-                host: b.host.clone(),
-                port: b.port,
-                user: b.user.clone(),
-                auth: match &b.private_key_file {
-                    Some(p) => SshAuth::KeyFile(p.clone()),
-                    None => auth.clone(),
-                },
-                host_key: match &b.host_key {
-                    HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
-                    HostKeySpec::Insecure => HostKeyPolicy::Insecure,
-                    HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
-                },
-                login_timeout: plan.ssh.login_timeout,
-                bastion: None,
-            })
-        });
-        Ok(ConnectTarget::Ssh(SshTarget {
-            host,
-            port: plan.ssh.port.unwrap_or(22),
-            user: plan.ssh.user.clone(),
-            auth,
-            host_key: self.host_key_policy(ctx, serial),
-            login_timeout: plan.ssh.login_timeout,
-            bastion,
-        }))
+        let mut target = SshTarget::from_plan(plan, auth, host, plan.ssh.port.unwrap_or(22));
+        target.host_key = self.host_key_policy(ctx, serial);
+        Ok(ConnectTarget::Ssh(target))
     }
 }

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use opsbake_core::builder::{
     Access, Artifact, ArtifactFile, BaseImage, BuildContext, BuildError, Builder, ConnectTarget,
-    Deleted, Deleter, Finding, HostKeyPolicy, SshAuth, SshTarget, LOCAL_FILE,
+    Deleted, Deleter, Finding, SshAuth, SshTarget, LOCAL_FILE,
 };
 use opsbake_core::journal::Resource;
 use opsbake_core::plan::BuildPlan;
-use opsbake_core::template::{BuildSpec, HostKeySpec, Iaas};
+use opsbake_core::template::{BuildSpec, Iaas};
 use opsbake_core::Secret;
 use tokio::sync::Mutex;
 
@@ -466,19 +466,12 @@ impl Builder for VsphereBuilder {
         // settings ISO, so the password follows a refused key.
         let auth = SshAuth::for_build(plan, access, true)
             .ok_or_else(|| VsphereError::Config(opsbake_core::builder::NO_LOGIN.into()))?;
-        Ok(ConnectTarget::Ssh(SshTarget {
-            host,
-            port: plan.ssh.port.unwrap_or(22),
-            user: plan.ssh.user.clone(),
+        Ok(ConnectTarget::Ssh(SshTarget::from_plan(
+            plan,
             auth,
-            host_key: match &plan.ssh.host_key {
-                HostKeySpec::Pin(k) => HostKeyPolicy::Pin(k.clone()),
-                HostKeySpec::Insecure => HostKeyPolicy::Insecure,
-                HostKeySpec::Tofu => HostKeyPolicy::TrustOnFirstUse,
-            },
-            login_timeout: plan.ssh.login_timeout,
-            bastion: None,
-        }))
+            host,
+            plan.ssh.port.unwrap_or(22),
+        )))
     }
 
     async fn capture(&self, ctx: &BuildContext) -> Result<Artifact, BuildError> {
