@@ -746,11 +746,11 @@ pub fn scan_with_progress(
 }
 
 mod extract;
-#[allow(unused_imports)]
-pub use extract::*;
+pub use extract::{extract, ExtractOptions};
 
 #[cfg(test)]
 mod tests {
+    use super::extract::write_sparse;
     use super::*;
 
     #[test]
