@@ -227,8 +227,10 @@ impl Cmd {
         }
     }
 
-    fn tokio_command(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.program);
+    /// The process as `std` spawns it: arguments, environment, directory,
+    /// stdin piped only when there is input, both outputs piped.
+    fn std_command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.program);
         c.args(&self.args)
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
@@ -236,14 +238,19 @@ impl Cmd {
                 Stdio::null()
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         for (k, v) in &self.env {
             c.env(k, v);
         }
         if let Some(d) = &self.dir {
             c.current_dir(d);
         }
+        c
+    }
+
+    fn tokio_command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::from(self.std_command());
+        c.kill_on_drop(true);
         c
     }
 
@@ -363,22 +370,7 @@ impl Cmd {
         use std::io::{Read as _, Write as _};
         let command = self.display();
         tracing::debug!(%command, "exec");
-        let mut c = std::process::Command::new(&self.program);
-        c.args(&self.args)
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        if let Some(d) = &self.dir {
-            c.current_dir(d);
-        }
-        let mut child = c.spawn().map_err(|e| self.spawn_error(e))?;
+        let mut child = self.std_command().spawn().map_err(|e| self.spawn_error(e))?;
         if let (Some(bytes), Some(mut si)) = (self.stdin.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
                 let _ = si.write_all(&bytes);
