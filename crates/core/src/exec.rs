@@ -370,7 +370,10 @@ impl Cmd {
         use std::io::{Read as _, Write as _};
         let command = self.display();
         tracing::debug!(%command, "exec");
-        let mut child = self.std_command().spawn().map_err(|e| self.spawn_error(e))?;
+        let mut child = self
+            .std_command()
+            .spawn()
+            .map_err(|e| self.spawn_error(e))?;
         if let (Some(bytes), Some(mut si)) = (self.stdin.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
                 let _ = si.write_all(&bytes);
