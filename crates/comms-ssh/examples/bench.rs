@@ -42,6 +42,15 @@ fn main() {
 // ---------------------------------------------------------------- client
 
 async fn client(args: &[String]) {
+    // OPSBAKE_BENCH_TRACE=debug (an env filter): the transport's log on
+    // stderr with times, to see where the round trips go.
+    if let Ok(f) = std::env::var("OPSBAKE_BENCH_TRACE") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .with_writer(std::io::stderr)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .try_init();
+    }
     let port: u16 = arg(args, "--port").unwrap().parse().unwrap();
     let key = std::fs::read_to_string(arg(args, "--key").unwrap()).unwrap();
     let key = KeyPair::from_openssh(&Secret::new(key)).unwrap();
@@ -221,7 +230,11 @@ fn timed(script: &str, env: &[(&str, &str)]) -> (f64, Option<u64>) {
         eprintln!("benchmark command failed: {script}\n{err}");
         return (f64::NAN, None);
     }
-    for l in err.lines().filter(|l| l.starts_with("opsbake: login")) {
+    let traced = std::env::var_os("OPSBAKE_BENCH_TRACE").is_some();
+    for l in err
+        .lines()
+        .filter(|l| l.starts_with("opsbake: login") || (traced && !l.starts_with('\t')))
+    {
         eprintln!("    {l}");
     }
     let rss = err

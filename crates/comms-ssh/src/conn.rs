@@ -2,7 +2,7 @@
 //! of the next step, and the SFTP pool.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -185,6 +185,9 @@ pub(crate) struct Conn {
     /// The target's `tar`: 0 not tried yet, 1 there, 2 missing (learned
     /// once per connection by the first tar upload).
     tar: AtomicU8,
+    /// The round trip in microseconds (`u64::MAX`: not known yet): the
+    /// key login's estimate, then the shortest channel open seen.
+    rtt_us: AtomicU64,
 }
 
 /// What `wait_permit` found.
@@ -200,6 +203,7 @@ impl Conn {
         target: String,
         opts: &SshOptions,
         carried: Option<(usize, RefusalReason)>,
+        rtt: Option<Duration>,
     ) -> Arc<Conn> {
         // A limit learned on the previous connection to this target is kept
         // (a reboot does not change sshd_config); "none at all" is probed
@@ -218,7 +222,21 @@ impl Conn {
             sftp_timeout: opts.sftp_request_timeout,
             channel_wait: opts.channel_wait,
             tar: AtomicU8::new(0),
+            rtt_us: AtomicU64::new(
+                rtt.and_then(|d| u64::try_from(d.as_micros()).ok())
+                    .unwrap_or(u64::MAX),
+            ),
         })
+    }
+
+    /// The round trip to the server: the quickest of the key login's
+    /// estimate and every channel open; None after a password login before
+    /// the first channel was opened.
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// The budget now.
@@ -401,8 +419,13 @@ impl Conn {
     ) -> Result<Leased, Result<(RefusalReason, usize), TransportError>> {
         let mut second = false;
         loop {
+            let asked = Instant::now();
             match self.handle.channel_open_session().await {
-                Ok(ch) => return Ok(Leased { ch, permit }),
+                Ok(ch) => {
+                    let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+                    self.rtt_us.fetch_min(us, Ordering::Relaxed);
+                    return Ok(Leased { ch, permit });
+                }
                 Err(russh::Error::ChannelOpenFailure(f)) => {
                     let reason = RefusalReason::from(&f);
                     if !second {
@@ -571,21 +594,24 @@ impl Conn {
         self.freed.notify_waiters();
     }
 
-    /// Open up to `pool_size()` SFTP channels: the first waits for the
-    /// budget, the others take only free permits; channels the server
-    /// refuses are not used (and the pool keeps room for commands within
-    /// the limit it taught us).
+    /// Open up to `pool_size()` SFTP channels, all at once (each is three
+    /// round trips: the open, the subsystem request, the SFTP version): the
+    /// first waits for the budget, the others take only free permits, one
+    /// left for the first; channels the server refuses are not used (and
+    /// the pool keeps room for commands within the limit it taught us).
+    /// None when the first finds no sftp subsystem.
     async fn open_pool(&self) -> Result<Option<SftpPool>, TransportError> {
         let want = self.pool_size();
-        let (first, _) = self.open(ChannelKind::Sftp).await?;
-        let Some(first) =
-            sftp::open_session(&self.handle, &self.target, first, self.sftp_timeout).await?
-        else {
-            return Ok(None);
+        let free = self.budget.capacity().saturating_sub(self.budget.in_use());
+        let extra = want.saturating_sub(1).min(free.saturating_sub(1));
+        let permits: Vec<_> = (0..extra)
+            .map_while(|_| self.budget.try_acquire())
+            .collect();
+        let first = async {
+            let (l, _) = self.open(ChannelKind::Sftp).await?;
+            sftp::open_session(&self.handle, &self.target, l, self.sftp_timeout).await
         };
-        let mut sessions = vec![Arc::new(first)];
-        let permits: Vec<_> = (1..want).map_while(|_| self.budget.try_acquire()).collect();
-        let opened = futures::future::join_all(permits.into_iter().map(|p| async move {
+        let others = futures::future::join_all(permits.into_iter().map(|p| async move {
             match self.try_open(p).await {
                 Ok(l) => sftp::open_session(&self.handle, &self.target, l, self.sftp_timeout)
                     .await
@@ -593,8 +619,14 @@ impl Conn {
                 Err(Ok(_)) => Ok(None),
                 Err(Err(e)) => Err(e),
             }
-        }))
-        .await;
+        }));
+        let (first, opened) = futures::future::join(first, others).await;
+        let Some(first) = first? else {
+            // No subsystem: the others (if any opened) are dropped, which
+            // closes their channels.
+            return Ok(None);
+        };
+        let mut sessions = vec![Arc::new(first)];
         for s in opened {
             match s {
                 Ok(Some(s)) => sessions.push(s),

@@ -260,6 +260,10 @@ pub(crate) struct Connected {
     pub handle: SshHandle,
     pub jump: Option<Arc<SshHandle>>,
     pub report: LoginReport,
+    /// The round trip as the key login showed it (service request, key
+    /// probe, signed request: one round trip each); None after a password
+    /// login.
+    pub rtt: Option<Duration>,
 }
 
 /// Why one attempt failed.
@@ -394,7 +398,7 @@ pub(crate) async fn wait_for_login(
             handshake = handshake.mul_f64(1.25).min(opts.attempt_timeout);
         }
         match res {
-            Ok(handle) => {
+            Ok((handle, rtt)) => {
                 let report = LoginReport {
                     attempts,
                     elapsed: start.elapsed(),
@@ -406,6 +410,7 @@ pub(crate) async fn wait_for_login(
                     handle,
                     jump,
                     report,
+                    rtt,
                 });
             }
             Err(AttemptError::Fatal(e)) => return Err(e),
@@ -454,7 +459,7 @@ type HedgedAttempt<'a> = std::pin::Pin<
     Box<
         dyn std::future::Future<
                 Output = (
-                    Result<SshHandle, AttemptError>,
+                    Result<(SshHandle, Option<Duration>), AttemptError>,
                     Arc<Mutex<Option<String>>>,
                     Arc<AtomicBool>,
                 ),
@@ -504,7 +509,7 @@ async fn attempt(
     seen: Arc<Mutex<Option<String>>>,
     got_bytes: Arc<AtomicBool>,
     handshake: Duration,
-) -> Result<SshHandle, AttemptError> {
+) -> Result<(SshHandle, Option<Duration>), AttemptError> {
     // Through a bastion the channel's bytes are not watched (the flag starts
     // set): no short limit.
     let phase = handshake_phase(opts, jump, seen, got_bytes.clone());
@@ -523,8 +528,8 @@ async fn attempt(
         }
     };
     let mut handle = connected?;
-    authenticate(opts, &mut handle).await?;
-    Ok(handle)
+    let rtt = authenticate(opts, &mut handle).await?;
+    Ok((handle, rtt))
 }
 
 /// A stream that notes when its first byte arrives (a port forward that
@@ -651,7 +656,11 @@ async fn handshake_phase(
     }
 }
 
-async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), AttemptError> {
+/// Log in; for a key login, the round trip it showed.
+async fn authenticate(
+    opts: &SshOptions,
+    handle: &mut SshHandle,
+) -> Result<Option<Duration>, AttemptError> {
     let user = opts.target.user.clone();
     let target = opts.target.to_string();
     let fatal = |reason: String| {
@@ -664,8 +673,8 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
     let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
     match &opts.auth {
         Auth::Key(key) => match try_key(handle, &user, key).await? {
-            None => Ok(()),
-            Some(_) => Err(AttemptError::AuthRejected(format!(
+            (None, rtt) => Ok(Some(rtt)),
+            (Some(_), _) => Err(AttemptError::AuthRejected(format!(
                 "public key {} not accepted for {user}",
                 key.fingerprint()
             ))),
@@ -676,8 +685,9 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
             guard,
             after,
         } => {
-            let Some(methods) = try_key(handle, &user, key).await? else {
-                return Ok(());
+            let methods = match try_key(handle, &user, key).await? {
+                (None, rtt) => return Ok(Some(rtt)),
+                (Some(methods), _) => methods,
             };
             let refused_for = guard.key_refused_for();
             if refused_for < *after || !methods.contains(&MethodKind::Password) {
@@ -702,7 +712,7 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
                 .map_err(russh_err)?
                 .success();
             if ok {
-                Ok(())
+                Ok(None)
             } else {
                 guard.rejected.store(true, Ordering::SeqCst);
                 Err(fatal(
@@ -725,7 +735,7 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
                 .await
                 .map_err(russh_err)?;
             let methods = match none {
-                russh::client::AuthResult::Success => return Ok(()),
+                russh::client::AuthResult::Success => return Ok(None),
                 russh::client::AuthResult::Failure {
                     remaining_methods, ..
                 } => remaining_methods,
@@ -784,7 +794,7 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
                     .success()
             };
             if ok {
-                Ok(())
+                Ok(None)
             } else {
                 guard.rejected.store(true, Ordering::SeqCst);
                 Err(fatal(
@@ -797,11 +807,14 @@ async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), A
 
 /// Offer `key`: `None` when it logged in, else the methods the server still
 /// offers.
+/// Try the key: None when it logged in, else the methods the server still
+/// offers; with the round trip it showed (a third of its time: the service
+/// request, the key probe and the signed request are one each).
 async fn try_key(
     handle: &mut SshHandle,
     user: &str,
     key: &KeyPair,
-) -> Result<Option<Vec<MethodKind>>, AttemptError> {
+) -> Result<(Option<Vec<MethodKind>>, Duration), AttemptError> {
     let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
     let hash = if key.is_rsa() {
         handle
@@ -812,6 +825,7 @@ async fn try_key(
     } else {
         None
     };
+    let asked = Instant::now();
     let res = handle
         .authenticate_publickey(
             user.to_string(),
@@ -819,10 +833,13 @@ async fn try_key(
         )
         .await
         .map_err(russh_err)?;
+    // The first authentication request also asks for the ssh-userauth
+    // service: service request, key probe, signed request.
+    let rtt = asked.elapsed() / 3;
     Ok(match res {
-        russh::client::AuthResult::Success => None,
+        russh::client::AuthResult::Success => (None, rtt),
         russh::client::AuthResult::Failure {
             remaining_methods, ..
-        } => Some(remaining_methods.iter().copied().collect()),
+        } => (Some(remaining_methods.iter().copied().collect()), rtt),
     })
 }

@@ -176,5 +176,6 @@ pub(crate) async fn upload(
         dirs: plan.dirs.len() as u64,
         symlinks: plan.links.len() as u64,
         bytes: plan.files.iter().map(|f| f.size).sum(),
+        tar_streams: 0,
     })
 }

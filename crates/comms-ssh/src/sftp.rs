@@ -717,5 +717,6 @@ pub(crate) async fn upload(
         dirs: plan.dirs.len() as u64,
         symlinks: plan.links.len() as u64,
         bytes,
+        tar_streams: 0,
     })
 }

@@ -10,17 +10,23 @@
 //! one exec. Big files (at least [`SPLIT_AT`]) still go over the SFTP pool,
 //! several channels at once.
 //!
-//! A tree of more than [`PER_STREAM`] bytes goes as several tar streams at
-//! once, each on its own channel ([`parts`]): sshd gives every channel its
-//! own window (2 MiB), so at 50 ms one channel carries at most about
-//! 40 MiB/s; the first stream carries the directories and symlinks, the
-//! others only files (tar makes a missing parent itself; the directory's own
-//! entry sets its mode).
+//! On a slow link a big tree goes as several tar streams at once, each on
+//! its own channel ([`parts`]): sshd gives every channel its own window
+//! (2 MiB), so at 50 ms one channel carries at most about 40 MiB/s; the
+//! first stream carries the directories and symlinks, the others only files
+//! (tar makes a missing parent itself; the directory's own entry sets its
+//! mode). Every stream costs the target a session, a shell, a `tar` and a
+//! `sha256sum`: about 0.35 s of guest time each in a one-vCPU emulated
+//! guest, where the round trip is a millisecond and one window-limited
+//! stream is not the bottleneck. So how much a stream carries at least
+//! follows the round trip the connection measured ([`per_stream`]): 40 MiB
+//! at 1 ms, 4 MiB at 10 ms, 1 MiB (the least) from 40 ms on; a tree smaller
+//! than that is one stream.
 
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use opsbake_core::transport::{shell_quote, TransferReport, TransportError};
@@ -40,9 +46,15 @@ const TAR_FAILED: u32 = 98;
 const VERIFY_FAILED: u32 = 99;
 /// Bytes per channel write.
 const WRITE: usize = 256 << 10;
-/// Bytes of tar stream (headers included) per channel at least: a bigger
-/// tree is split over several channels.
-const PER_STREAM: u64 = 1 << 20;
+/// Bytes of tar stream (headers included) per channel at least, on the
+/// slowest links: a bigger tree is split over several channels.
+const MIN_PER_STREAM: u64 = 1 << 20;
+/// The window sshd gives a session channel.
+const WINDOW: u64 = 2 << 20;
+/// A stream carries at least what its window lets through in this long:
+/// splitting a tree that one channel sends in less time saves less than
+/// the extra streams cost the target.
+const STREAM_TIME: Duration = Duration::from_millis(20);
 /// Tar streams of one upload at most.
 const MAX_STREAMS: usize = 6;
 /// Longest command line (directory list included) sent as one exec.
@@ -124,15 +136,34 @@ pub(crate) fn split(plan: &Plan) -> Option<(Plan, Plan)> {
     Some((small, big))
 }
 
-/// Split the tar part of a plan into at most `max` plans of about the same
-/// size, each one tar stream: the first keeps the directories and
-/// symlinks, every one a contiguous run of the files (tree order). One plan
-/// when the tree is small, or when it has a read-only directory (its files
-/// must be extracted before tar applies its mode).
-pub(crate) fn parts(plan: &Plan, max: usize) -> Vec<Plan> {
+/// Bytes of tar stream one channel should carry at least over a link with
+/// this round trip: what its window lets through in [`STREAM_TIME`], never
+/// below [`MIN_PER_STREAM`] (None: not measured, everything in one stream).
+pub(crate) fn per_stream(rtt: Option<Duration>) -> u64 {
+    let Some(rtt) = rtt else { return u64::MAX };
+    let rtt_us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+    let stream_us = u64::try_from(STREAM_TIME.as_micros()).unwrap_or(u64::MAX);
+    (WINDOW.saturating_mul(stream_us) / rtt_us).max(MIN_PER_STREAM)
+}
+
+/// Tar stream bytes of a plan's files (headers included).
+fn stream_bytes(plan: &Plan) -> u64 {
+    plan.files
+        .iter()
+        .map(|f| f.size.div_ceil(512) * 512 + 512)
+        .sum()
+}
+
+/// Split the tar part of a plan into at most `max` plans of at least
+/// `per_stream` bytes and about the same size, each one tar stream: the
+/// first keeps the directories and symlinks, every one a contiguous run of
+/// the files (tree order). One plan when the tree is small, or when it has
+/// a read-only directory (its files must be extracted before tar applies
+/// its mode).
+pub(crate) fn parts(plan: &Plan, max: usize, per_stream: u64) -> Vec<Plan> {
     let cost = |f: &FileItem| f.size.div_ceil(512) * 512 + 512;
-    let total: u64 = plan.files.iter().map(cost).sum();
-    let n = usize::try_from(total / PER_STREAM)
+    let total: u64 = stream_bytes(plan);
+    let n = usize::try_from(total / per_stream.max(1))
         .unwrap_or(usize::MAX)
         .clamp(1, max.max(1));
     if n == 1 || plan.dirs.iter().any(|(_, m)| m & 0o200 == 0) {
@@ -169,12 +200,31 @@ pub(crate) async fn upload_all(
     plan: &Plan,
 ) -> Result<TarOutcome, TransportError> {
     let room = conn.limits().allowed.saturating_sub(2).max(1);
-    let parts = parts(plan, MAX_STREAMS.min(room));
-    if parts.len() == 1 {
-        return upload(conn, plan).await;
+    let max = MAX_STREAMS.min(room);
+    if max == 1 || stream_bytes(plan) < 2 * MIN_PER_STREAM {
+        return upload(conn, plan, None).await;
     }
-    tracing::debug!(target = %conn.target, streams = parts.len(), "tar upload over several channels");
-    let results = futures::future::join_all(parts.iter().map(|p| upload(conn, p))).await;
+    // The round trip is known from the key login or an earlier channel;
+    // otherwise (a password login, nothing opened yet) the first stream's
+    // channel is opened before the split is chosen, and measures it.
+    let first = match conn.rtt() {
+        Some(_) => None,
+        None => Some(conn.exec_channel().await?),
+    };
+    let rtt = conn.rtt();
+    let parts = parts(plan, max, per_stream(rtt));
+    let mut parts = parts.iter();
+    let Some(head) = parts.next() else {
+        return upload(conn, plan, first).await;
+    };
+    if parts.len() == 0 {
+        return upload(conn, head, first).await;
+    }
+    tracing::debug!(target = %conn.target, streams = parts.len() + 1, ?rtt, "tar upload over several channels");
+    let results = futures::future::join_all(
+        std::iter::once(upload(conn, head, first)).chain(parts.map(|p| upload(conn, p, None))),
+    )
+    .await;
     let mut rep = TransferReport::default();
     let mut no_tar = false;
     for r in results {
@@ -184,6 +234,7 @@ pub(crate) async fn upload_all(
                 rep.dirs += r.dirs;
                 rep.symlinks += r.symlinks;
                 rep.bytes += r.bytes;
+                rep.tar_streams += r.tar_streams;
             }
             TarOutcome::NoTar => no_tar = true,
         }
@@ -375,12 +426,20 @@ fn build(plan: &Plan, list: &str, w: ChanWriter) -> Result<(), BuildErr> {
 }
 
 /// Extract `plan` on the target through its `tar` over one exec channel.
-pub(crate) async fn upload(conn: &Arc<Conn>, plan: &Plan) -> Result<TarOutcome, TransportError> {
+/// `leased`: a channel opened for it already.
+pub(crate) async fn upload(
+    conn: &Arc<Conn>,
+    plan: &Plan,
+    leased: Option<Leased>,
+) -> Result<TarOutcome, TransportError> {
     let target = conn.target.as_str();
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let cmd = command(plan, &tag);
     let list = format!("/tmp/.opsbake-sha256-{tag}");
-    let Leased { ch, permit } = conn.exec_channel().await?;
+    let Leased { ch, permit } = match leased {
+        Some(l) => l,
+        None => conn.exec_channel().await?,
+    };
     let _permit = permit;
     let (mut rd, wr) = ch.split();
     wr.exec(true, cmd.as_bytes())
@@ -507,6 +566,7 @@ async fn outcome(conn: &Arc<Conn>, plan: &Plan, out: Output) -> Result<TarOutcom
             dirs: plan.dirs.len() as u64,
             symlinks: plan.links.len() as u64,
             bytes: plan.files.iter().map(|f| f.size).sum(),
+            tar_streams: 1,
         })),
         NO_TAR => Ok(TarOutcome::NoTar),
         VERIFY_FAILED => {
@@ -607,7 +667,9 @@ mod tests {
             files,
             links: vec![("/opt/t/l".into(), "d00".into())],
         };
-        let ps = parts(&p, 6);
+        let slow = per_stream(Some(Duration::from_millis(50)));
+        assert_eq!(slow, MIN_PER_STREAM, "at 50 ms a stream carries 1 MiB");
+        let ps = parts(&p, 6, slow);
         assert_eq!(ps.len(), 6);
         assert_eq!(ps[0].dirs, p.dirs);
         assert_eq!(ps[0].links, p.links);
@@ -622,12 +684,30 @@ mod tests {
         assert_eq!(all, want, "every file once, in tree order");
         let sizes: Vec<usize> = ps.iter().map(|x| x.files.len()).collect();
         assert!(sizes.iter().all(|&n| (300..=400).contains(&n)), "{sizes:?}");
-        assert_eq!(parts(&p, 1).len(), 1);
+        assert_eq!(parts(&p, 1, slow).len(), 1);
         let mut small = p.clone();
         small.files.truncate(100);
-        assert_eq!(parts(&small, 6).len(), 1, "400 KiB is one stream");
+        assert_eq!(parts(&small, 6, slow).len(), 1, "400 KiB is one stream");
         let mut ro = p.clone();
         ro.dirs[1].1 = 0o555;
-        assert_eq!(parts(&ro, 6).len(), 1, "a read-only dir keeps one stream");
+        assert_eq!(
+            parts(&ro, 6, slow).len(),
+            1,
+            "a read-only dir keeps one stream"
+        );
+        // A fast link (an emulated guest on loopback: about 1 ms): the same
+        // 9 MiB tree is one stream; at 10 ms two.
+        let fast = per_stream(Some(Duration::from_millis(1)));
+        assert_eq!(fast, 40 << 20);
+        assert_eq!(parts(&p, 6, fast).len(), 1);
+        assert_eq!(
+            parts(&p, 6, per_stream(Some(Duration::from_millis(10)))).len(),
+            2
+        );
+        assert_eq!(
+            parts(&p, 6, per_stream(None)).len(),
+            1,
+            "not measured: one stream"
+        );
     }
 }

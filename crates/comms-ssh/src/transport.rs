@@ -34,7 +34,14 @@ impl SshTransport {
         Ok(SshTransport {
             describe: describe.clone(),
             last_login: Mutex::new(c.report),
-            conn: RwLock::new(Conn::new(c.handle, c.jump, describe.clone(), &opts, None)),
+            conn: RwLock::new(Conn::new(
+                c.handle,
+                c.jump,
+                describe.clone(),
+                &opts,
+                None,
+                c.rtt,
+            )),
             opts,
         })
     }
@@ -86,7 +93,14 @@ impl SshTransport {
             *r = c.report;
         }
         let learned = guard.budget.learned();
-        *guard = Conn::new(c.handle, c.jump, self.describe.clone(), &self.opts, learned);
+        *guard = Conn::new(
+            c.handle,
+            c.jump,
+            self.describe.clone(),
+            &self.opts,
+            learned,
+            c.rtt,
+        );
         Ok(())
     }
 

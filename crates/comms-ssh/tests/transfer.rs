@@ -234,6 +234,7 @@ async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
         .unwrap();
     assert_eq!(r.files, 2001, "{r:?}");
     assert_eq!(r.symlinks, 1, "{r:?}");
+    assert!(r.tar_streams >= 1, "{r:?}");
     assert_eq!(snapshot(&dest), snapshot(&src));
     assert_eq!(mtimes(&dest), mtimes(&src));
     owned_by_vcap(&sshd, &dest.join("d07/f001.txt"));
@@ -253,6 +254,43 @@ async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
         })
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Over a 50 ms link the same tree goes in several tar streams at once
+/// (one channel window each), and every file, mode, mtime and symlink still
+/// checks out.
+#[tokio::test]
+async fn over_a_slow_link_a_tree_goes_in_several_tar_streams() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start(
+        sshd.addr(),
+        Duration::from_millis(25),
+    )
+    .unwrap();
+    let t = SshTransport::connect(opts(proxy.addr(), &k, pinned(&sshd)))
+        .await
+        .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("small");
+    make_small_tree(&src);
+    let dest = sshd.home().join("small");
+    let r = t
+        .upload(vec![Upload {
+            source: UploadSource::Path(src.clone()),
+            remote: dest.display().to_string(),
+            mode: None,
+            verify_sha256: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r.files, 2001, "{r:?}");
+    assert_eq!(r.symlinks, 1, "{r:?}");
+    assert!(r.tar_streams > 1, "{r:?}");
+    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert_eq!(mtimes(&dest), mtimes(&src));
+    assert_eq!(t.channel_limits().sftp_pool, 0, "no SFTP channel");
 }
 
 /// A target without `tar`: the upload falls back to SFTP (and the

@@ -175,6 +175,9 @@ pub struct TransferReport {
     pub symlinks: u64,
     /// Payload bytes moved.
     pub bytes: u64,
+    /// Tar streams (one channel each) the tree went up in; 0 when it went
+    /// file by file.
+    pub tar_streams: u64,
 }
 
 /// Why a transport operation failed.
