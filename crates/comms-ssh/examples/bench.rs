@@ -121,13 +121,17 @@ async fn client(args: &[String]) {
             let mut mk = format!("set -e; umask 022; mkdir {st} {st}/scripts; ");
             let wrapper = "#!/bin/sh\ncd \"$(dirname \"$0\")/scripts\" && exec \"$@\"\n";
             mk.push_str(&format!("printf '%s' {} > {st}/run; ", q(wrapper)));
-            let mut runner = String::new();
+            // The runner as the provisioner folds the default
+            // execute_command: PATH and directory once, each script
+            // started directly in a subshell with its variables exported.
+            let mut runner =
+                format!("PATH={st}/scripts:\"$PATH\"; export PATH; cd {st}/scripts || exit 125\n");
             for k in 0..n {
                 let name = format!("script{k:02}.sh");
                 let text = std::fs::read_to_string(dir.join(&name)).unwrap();
                 mk.push_str(&format!("printf '%s' {} > {st}/scripts/{name}; ", q(&text)));
                 runner.push_str(&format!(
-                    "printf '\\036M start {k}\\n'\n( env OPSBAKE_STAGING={st} {st}/run {st}/scripts/{name} )\nrc=$?; printf '\\036M exit {k} %s\\n' \"$rc\"; [ $rc -eq 0 ] || exit $rc\n"
+                    "printf '\\036M start {k}\\n'\n( export OPSBAKE_STAGING={st}; exec {st}/scripts/{name}\n)\nrc=$?; printf '\\036M exit {k} %s\\n' \"$rc\"; [ $rc -eq 0 ] || exit $rc\n"
                 ));
             }
             mk.push_str(&format!("chmod 755 {st}/run {st}/scripts/*; id -u"));

@@ -248,9 +248,22 @@ async fn one_upload_batch_then_one_exec_per_step() {
     );
     let execs: Vec<String> = rec.execs().into_iter().skip(1).collect();
     assert_eq!(execs.len(), 4, "{execs:#?}");
-    // The two scripts of the first step: one exec running both in turn.
-    let a = format!("sudo -n env OPSBAKE_STAGING={st} {st}/run {st}/scripts/a.sh");
-    let b = format!("sudo -n env OPSBAKE_STAGING={st} {st}/run {st}/scripts/b.sh");
+    // The two scripts of the first step: one exec running both in turn,
+    // under one sudo, the wrapper's PATH and directory set once, each
+    // script started directly with the variables exported.
+    assert!(
+        execs[0].starts_with("sudo -n /bin/sh -c 'PATH="),
+        "{}",
+        execs[0]
+    );
+    assert!(
+        execs[0].contains(&format!("cd {st}/scripts || exit 125")),
+        "{}",
+        execs[0]
+    );
+    assert_eq!(execs[0].matches("sudo").count(), 1, "{}", execs[0]);
+    let a = format!("export OPSBAKE_STAGING={st}; exec {st}/scripts/a.sh");
+    let b = format!("export OPSBAKE_STAGING={st}; exec {st}/scripts/b.sh");
     let (pa, pb) = (execs[0].find(&a).unwrap(), execs[0].find(&b).unwrap());
     assert!(pa < pb, "{}", execs[0]);
     assert!(execs[0].contains(" start 0") && execs[0].contains(" start 1"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use opsbake_core::local::LocalTransport;
 use opsbake_core::template::ShellProvisioner;
-use opsbake_core::transport::{ExecRequest, ExitStatus, Transport, TransportError};
+use opsbake_core::transport::{shell_quote, ExecRequest, ExitStatus, Transport, TransportError};
 
 use super::{tv_dur, Session, DEFAULT_START_RETRY_TIMEOUT};
 use crate::error::ProvisionError;
@@ -72,9 +72,22 @@ impl Session<'_> {
         batch: Vec<(String, String, Arc<StepSink>)>,
         timeout: Option<Duration>,
     ) -> Result<(), ProvisionError> {
+        // The default `execute_command` (sudo, env, the staging wrapper,
+        // then the script: four programs and a PAM session per script) is
+        // folded into the batch: one sudo for the whole step, the wrapper's
+        // PATH and directory set once, and each script started directly in
+        // its own subshell with the step's variables exported. The script
+        // sees the same user, environment, PATH and working directory.
+        let fold = s.execute_command.is_none();
         let mut scripts = Vec::with_capacity(batch.len());
         for (l, name, sink) in batch {
-            let command = self.script_command(s, &l, &name)?;
+            let command = if fold {
+                let vars = shell::render_vars(Some(&self.staging), &s.environment_vars);
+                let path = self.staging.cpath(&format!("scripts/{name}"));
+                format!("export {vars}; exec {}", shell_quote(&path))
+            } else {
+                self.script_command(s, &l, &name)?
+            };
             scripts.push(shell::BatchScript {
                 label: l,
                 name,
@@ -84,7 +97,14 @@ impl Session<'_> {
         }
         let valid = valid_codes(s);
         let tag = format!("{:016x}", rand_tag());
-        let cmd = shell::batch_command(&tag, &scripts, &valid);
+        let mut cmd = shell::batch_command(&tag, &scripts, &valid);
+        if fold {
+            let dir = shell_quote(&self.staging.cpath("scripts"));
+            cmd = format!("PATH={dir}:\"$PATH\"; export PATH; cd {dir} || exit 125\n{cmd}");
+            if s.sudo.unwrap_or(true) && !self.root {
+                cmd = format!("sudo -n /bin/sh -c {}", shell_quote(&cmd));
+            }
+        }
         let bsink = Arc::new(shell::BatchSink::new(
             &tag,
             &scripts,
