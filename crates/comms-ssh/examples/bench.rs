@@ -235,10 +235,10 @@ fn timed(script: &str, env: &[(&str, &str)]) -> (f64, Option<u64>) {
         return (f64::NAN, None);
     }
     let traced = std::env::var_os("OPSBAKE_BENCH_TRACE").is_some();
-    for l in err
-        .lines()
-        .filter(|l| l.starts_with("opsbake: login") || (traced && !l.starts_with('\t')))
-    {
+    for l in err.lines().filter(|l| {
+        l.starts_with("opsbake: login")
+            || (traced && (!l.starts_with('\t') || l.contains("time (seconds)")))
+    }) {
         eprintln!("    {l}");
     }
     let rss = err

@@ -180,6 +180,8 @@ pub(crate) struct Conn {
     /// idle (both can be taken by someone waiting for a channel).
     freed: Notify,
     sftp_channels: usize,
+    /// The target's CPUs (`SshOptions::target_cpus`, 2 when unknown).
+    pub cpus: usize,
     sftp_timeout: Duration,
     channel_wait: Duration,
     /// The target's `tar`: 0 not tried yet, 1 there, 2 missing (learned
@@ -219,6 +221,7 @@ impl Conn {
             sftp: tokio::sync::Mutex::new(SftpSlot::Unknown),
             freed: Notify::new(),
             sftp_channels: opts.sftp_channels.max(1),
+            cpus: opts.target_cpus.unwrap_or(2).max(1),
             sftp_timeout: opts.sftp_request_timeout,
             channel_wait: opts.channel_wait,
             tar: AtomicU8::new(0),

@@ -175,6 +175,10 @@ pub struct SshOptions {
     /// `tar` (when it has one; SFTP otherwise). Big files always go over
     /// SFTP. False: SFTP only.
     pub tar_stream: bool,
+    /// The target's CPUs, when known (a VM the builder sized): a tree goes
+    /// in as many tar streams as it has CPUs (each MiB or more), more only
+    /// on a slow link. Unknown: taken as 2.
+    pub target_cpus: Option<usize>,
 }
 
 impl SshOptions {
@@ -196,6 +200,7 @@ impl SshOptions {
             sftp_request_timeout: Duration::from_secs(60),
             transfer_retries: 3,
             tar_stream: true,
+            target_cpus: None,
         }
     }
 }

@@ -84,6 +84,7 @@ pub fn options(t: &SshTarget) -> Result<SshOptions, TransportError> {
         HostKeyVerifier::new(policy(&t.host_key)),
     );
     o.login_timeout = t.login_timeout;
+    o.target_cpus = t.cpus.and_then(|c| usize::try_from(c).ok());
     // sshd's MaxSessions (10 on stemcells) counts every open channel: the
     // defaults budget 10 channels per connection (SFTP pool at most 8) and
     // learn a lower limit from the first refused channel.

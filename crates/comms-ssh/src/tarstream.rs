@@ -18,10 +18,12 @@
 //! mode). Every stream costs the target a session, a shell, a `tar` and a
 //! `sha256sum`: about 0.35 s of guest time each in a one-vCPU emulated
 //! guest, where the round trip is a millisecond and one window-limited
-//! stream is not the bottleneck. So how much a stream carries at least
-//! follows the round trip the connection measured ([`per_stream`]): 40 MiB
-//! at 1 ms, 4 MiB at 10 ms, 1 MiB (the least) from 40 ms on; a tree smaller
-//! than that is one stream.
+//! stream is not the bottleneck; on a target with several CPUs the streams
+//! are extracted and hashed side by side. So a tree goes in as many streams
+//! as the target has CPUs (each carrying 1 MiB at least), and in more only
+//! when the link is slow: how much a stream then carries at least follows
+//! the round trip the connection measured ([`per_stream`]): 40 MiB at 1 ms,
+//! 4 MiB at 10 ms, 1 MiB (the least) from 40 ms on ([`stream_count`]).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -154,18 +156,25 @@ fn stream_bytes(plan: &Plan) -> u64 {
         .sum()
 }
 
-/// Split the tar part of a plan into at most `max` plans of at least
-/// `per_stream` bytes and about the same size, each one tar stream: the
-/// first keeps the directories and symlinks, every one a contiguous run of
-/// the files (tree order). One plan when the tree is small, or when it has
-/// a read-only directory (its files must be extracted before tar applies
-/// its mode).
-pub(crate) fn parts(plan: &Plan, max: usize, per_stream: u64) -> Vec<Plan> {
+/// How many tar streams a tree of `total` bytes goes in: as many as the
+/// target has CPUs, or as the link's round trip asks for ([`per_stream`]),
+/// whichever is more; each carries [`MIN_PER_STREAM`] at least; at most
+/// `max`.
+pub(crate) fn stream_count(total: u64, rtt: Option<Duration>, cpus: usize, max: usize) -> usize {
+    let by_link = usize::try_from(total / per_stream(rtt).max(1)).unwrap_or(usize::MAX);
+    let by_size = usize::try_from(total / MIN_PER_STREAM).unwrap_or(usize::MAX);
+    by_link.max(cpus.min(by_size)).clamp(1, max.max(1))
+}
+
+/// Split the tar part of a plan into at most `n` plans of about the same
+/// size, each one tar stream: the first keeps the directories and
+/// symlinks, every one a contiguous run of the files (tree order). One plan
+/// when `n` is 1, or when the tree has a read-only directory (its files
+/// must be extracted before tar applies its mode).
+pub(crate) fn parts(plan: &Plan, n: usize) -> Vec<Plan> {
     let cost = |f: &FileItem| f.size.div_ceil(512) * 512 + 512;
     let total: u64 = stream_bytes(plan);
-    let n = usize::try_from(total / per_stream.max(1))
-        .unwrap_or(usize::MAX)
-        .clamp(1, max.max(1));
+    let n = n.max(1);
     if n == 1 || plan.dirs.iter().any(|(_, m)| m & 0o200 == 0) {
         return vec![plan.clone()];
     }
@@ -212,7 +221,8 @@ pub(crate) async fn upload_all(
         None => Some(conn.exec_channel().await?),
     };
     let rtt = conn.rtt();
-    let parts = parts(plan, max, per_stream(rtt));
+    let n = stream_count(stream_bytes(plan), rtt, conn.cpus, max);
+    let parts = parts(plan, n);
     let mut parts = parts.iter();
     let Some(head) = parts.next() else {
         return upload(conn, plan, first).await;
@@ -667,9 +677,14 @@ mod tests {
             files,
             links: vec![("/opt/t/l".into(), "d00".into())],
         };
-        let slow = per_stream(Some(Duration::from_millis(50)));
-        assert_eq!(slow, MIN_PER_STREAM, "at 50 ms a stream carries 1 MiB");
-        let ps = parts(&p, 6, slow);
+        let total = stream_bytes(&p);
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(
+            per_stream(ms(50)),
+            MIN_PER_STREAM,
+            "1 MiB a stream at 50 ms"
+        );
+        let ps = parts(&p, stream_count(total, ms(50), 1, 6));
         assert_eq!(ps.len(), 6);
         assert_eq!(ps[0].dirs, p.dirs);
         assert_eq!(ps[0].links, p.links);
@@ -684,30 +699,26 @@ mod tests {
         assert_eq!(all, want, "every file once, in tree order");
         let sizes: Vec<usize> = ps.iter().map(|x| x.files.len()).collect();
         assert!(sizes.iter().all(|&n| (300..=400).contains(&n)), "{sizes:?}");
-        assert_eq!(parts(&p, 1, slow).len(), 1);
+        assert_eq!(stream_count(total, ms(50), 1, 1), 1, "the channel budget");
         let mut small = p.clone();
         small.files.truncate(100);
-        assert_eq!(parts(&small, 6, slow).len(), 1, "400 KiB is one stream");
+        assert_eq!(
+            stream_count(stream_bytes(&small), ms(50), 8, 6),
+            1,
+            "400 KiB is one stream"
+        );
         let mut ro = p.clone();
         ro.dirs[1].1 = 0o555;
-        assert_eq!(
-            parts(&ro, 6, slow).len(),
-            1,
-            "a read-only dir keeps one stream"
-        );
-        // A fast link (an emulated guest on loopback: about 1 ms): the same
-        // 9 MiB tree is one stream; at 10 ms two.
-        let fast = per_stream(Some(Duration::from_millis(1)));
-        assert_eq!(fast, 40 << 20);
-        assert_eq!(parts(&p, 6, fast).len(), 1);
-        assert_eq!(
-            parts(&p, 6, per_stream(Some(Duration::from_millis(10)))).len(),
-            2
-        );
-        assert_eq!(
-            parts(&p, 6, per_stream(None)).len(),
-            1,
-            "not measured: one stream"
-        );
+        assert_eq!(parts(&ro, 6).len(), 1, "a read-only dir keeps one stream");
+        // A fast link (an emulated guest on loopback: about 1 ms): the 9 MiB
+        // tree goes in as many streams as the target has CPUs; at 10 ms the
+        // link asks for two.
+        assert_eq!(per_stream(ms(1)), 40 << 20);
+        assert_eq!(stream_count(total, ms(1), 1, 6), 1, "one vCPU");
+        assert_eq!(stream_count(total, ms(1), 2, 6), 2, "two CPUs");
+        assert_eq!(stream_count(total, ms(1), 64, 6), 6, "the most");
+        assert_eq!(stream_count(total, ms(10), 1, 6), 2);
+        assert_eq!(stream_count(total, None, 1, 6), 1, "not measured");
+        assert_eq!(parts(&p, 2).len(), 2);
     }
 }

@@ -219,6 +219,10 @@ pub struct SshTarget {
     pub login_timeout: Duration,
     /// Jump host.
     pub bastion: Option<Box<SshTarget>>,
+    /// The VM's CPUs, when the builder made it (`cpus` of the build): the
+    /// transport sends a big tree in that many streams at once. None for a
+    /// host it did not make (the `ssh` builder, a bastion).
+    pub cpus: Option<u32>,
 }
 
 impl HostKeyPolicy {
@@ -245,7 +249,9 @@ impl SshTarget {
         host: impl Into<String>,
         port: u16,
     ) -> SshTarget {
-        SshTarget::from_ssh_plan(&plan.ssh, auth, host, port)
+        let mut t = SshTarget::from_ssh_plan(&plan.ssh, auth, host, port);
+        t.cpus = Some(plan.cpus);
+        t
     }
 
     /// [`SshTarget::from_plan`] from the plan's `ssh` block alone.
@@ -267,6 +273,7 @@ impl SshTarget {
                 host_key: HostKeyPolicy::from_spec(&b.host_key),
                 login_timeout: ssh.login_timeout,
                 bastion: None,
+                cpus: None,
             })
         });
         SshTarget {
@@ -277,6 +284,7 @@ impl SshTarget {
             host_key: HostKeyPolicy::from_spec(&ssh.host_key),
             login_timeout: ssh.login_timeout,
             bastion,
+            cpus: None,
         }
     }
 }
