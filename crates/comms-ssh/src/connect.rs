@@ -175,9 +175,9 @@ pub struct SshOptions {
     /// `tar` (when it has one; SFTP otherwise). Big files always go over
     /// SFTP. False: SFTP only.
     pub tar_stream: bool,
-    /// The target's CPUs, when known (a VM the builder sized): a tree goes
-    /// in as many tar streams as it has CPUs (each MiB or more), more only
-    /// on a slow link. Unknown: taken as 2.
+    /// The target's CPUs, when known (a VM the builder sized): a target
+    /// with one CPU gets a big tree in one tar stream (more only on a slow
+    /// link); others in up to 6. Unknown: taken as 2.
     pub target_cpus: Option<usize>,
 }
 

@@ -220,7 +220,7 @@ pub struct SshTarget {
     /// Jump host.
     pub bastion: Option<Box<SshTarget>>,
     /// The VM's CPUs, when the builder made it (`cpus` of the build): the
-    /// transport sends a big tree in that many streams at once. None for a
+    /// transport sends a big tree to a one-CPU VM in one stream. None for a
     /// host it did not make (the `ssh` builder, a bastion).
     pub cpus: Option<u32>,
 }
