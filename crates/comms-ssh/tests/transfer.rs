@@ -256,6 +256,27 @@ async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// [`make_small_tree`] uploaded (sha256 verified) to `small` in vcap's
+/// home; the local tree's dir is kept alive by the returned tempdir.
+async fn upload_small_tree(
+    t: &SshTransport,
+    sshd: &Sshd,
+) -> (tempfile::TempDir, opsbake_core::transport::TransferReport) {
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("small");
+    make_small_tree(&src);
+    let r = t
+        .upload(vec![Upload {
+            source: UploadSource::Path(src),
+            remote: sshd.home().join("small").display().to_string(),
+            mode: None,
+            verify_sha256: true,
+        }])
+        .await
+        .unwrap();
+    (local, r)
+}
+
 /// Over a 50 ms link the same tree goes in several tar streams at once
 /// (one channel window each), and every file, mode, mtime and symlink still
 /// checks out.
@@ -272,19 +293,8 @@ async fn over_a_slow_link_a_tree_goes_in_several_tar_streams() {
     let t = SshTransport::connect(opts(proxy.addr(), &k, pinned(&sshd)))
         .await
         .unwrap();
-    let local = tempfile::tempdir().unwrap();
-    let src = local.path().join("small");
-    make_small_tree(&src);
-    let dest = sshd.home().join("small");
-    let r = t
-        .upload(vec![Upload {
-            source: UploadSource::Path(src.clone()),
-            remote: dest.display().to_string(),
-            mode: None,
-            verify_sha256: true,
-        }])
-        .await
-        .unwrap();
+    let (local, r) = upload_small_tree(&t, &sshd).await;
+    let (src, dest) = (local.path().join("small"), sshd.home().join("small"));
     assert_eq!(r.files, 2001, "{r:?}");
     assert_eq!(r.symlinks, 1, "{r:?}");
     assert!(r.tar_streams > 1, "{r:?}");
@@ -315,19 +325,8 @@ async fn without_tar_on_the_target_the_tree_goes_over_sftp() {
         0o644,
     );
     let t = connect(&sshd, &k).await;
-    let local = tempfile::tempdir().unwrap();
-    let src = local.path().join("small");
-    make_small_tree(&src);
-    let dest = sshd.home().join("small");
-    let r = t
-        .upload(vec![Upload {
-            source: UploadSource::Path(src.clone()),
-            remote: dest.display().to_string(),
-            mode: None,
-            verify_sha256: true,
-        }])
-        .await
-        .unwrap();
+    let (local, r) = upload_small_tree(&t, &sshd).await;
+    let (src, dest) = (local.path().join("small"), sshd.home().join("small"));
     assert_eq!(r.files, 2001, "{r:?}");
     assert_eq!(snapshot(&dest), snapshot(&src));
     assert!(t.channel_limits().sftp_pool > 0, "SFTP carried it");
