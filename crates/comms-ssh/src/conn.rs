@@ -187,8 +187,8 @@ pub(crate) struct Conn {
     /// The target's `tar`: 0 not tried yet, 1 there, 2 missing (learned
     /// once per connection by the first tar upload).
     tar: AtomicU8,
-    /// The round trip in microseconds (`u64::MAX`: not known yet): the
-    /// key login's estimate, then the shortest channel open seen.
+    /// The shortest channel open seen, in microseconds (`u64::MAX`: none
+    /// yet).
     rtt_us: AtomicU64,
 }
 
@@ -205,7 +205,6 @@ impl Conn {
         target: String,
         opts: &SshOptions,
         carried: Option<(usize, RefusalReason)>,
-        rtt: Option<Duration>,
     ) -> Arc<Conn> {
         // A limit learned on the previous connection to this target is kept
         // (a reboot does not change sshd_config); "none at all" is probed
@@ -225,16 +224,13 @@ impl Conn {
             sftp_timeout: opts.sftp_request_timeout,
             channel_wait: opts.channel_wait,
             tar: AtomicU8::new(0),
-            rtt_us: AtomicU64::new(
-                rtt.and_then(|d| u64::try_from(d.as_micros()).ok())
-                    .unwrap_or(u64::MAX),
-            ),
+            rtt_us: AtomicU64::new(u64::MAX),
         })
     }
 
-    /// The round trip to the server: the quickest of the key login's
-    /// estimate and every channel open; None after a password login before
-    /// the first channel was opened.
+    /// The round trip to the server as the quickest channel open showed it
+    /// (not the login's: a slow guest's key check would pass for a slow
+    /// link); None before the first channel.
     pub(crate) fn rtt(&self) -> Option<Duration> {
         match self.rtt_us.load(Ordering::Relaxed) {
             u64::MAX => None,

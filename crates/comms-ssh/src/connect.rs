@@ -265,10 +265,6 @@ pub(crate) struct Connected {
     pub handle: SshHandle,
     pub jump: Option<Arc<SshHandle>>,
     pub report: LoginReport,
-    /// The round trip as the key login showed it (service request, key
-    /// probe, signed request: one round trip each); None after a password
-    /// login.
-    pub rtt: Option<Duration>,
 }
 
 /// Why one attempt failed.
@@ -403,7 +399,7 @@ pub(crate) async fn wait_for_login(
             handshake = handshake.mul_f64(1.25).min(opts.attempt_timeout);
         }
         match res {
-            Ok((handle, rtt)) => {
+            Ok(handle) => {
                 let report = LoginReport {
                     attempts,
                     elapsed: start.elapsed(),
@@ -415,7 +411,6 @@ pub(crate) async fn wait_for_login(
                     handle,
                     jump,
                     report,
-                    rtt,
                 });
             }
             Err(AttemptError::Fatal(e)) => return Err(e),
@@ -464,7 +459,7 @@ type HedgedAttempt<'a> = std::pin::Pin<
     Box<
         dyn std::future::Future<
                 Output = (
-                    Result<(SshHandle, Option<Duration>), AttemptError>,
+                    Result<SshHandle, AttemptError>,
                     Arc<Mutex<Option<String>>>,
                     Arc<AtomicBool>,
                 ),
@@ -514,7 +509,7 @@ async fn attempt(
     seen: Arc<Mutex<Option<String>>>,
     got_bytes: Arc<AtomicBool>,
     handshake: Duration,
-) -> Result<(SshHandle, Option<Duration>), AttemptError> {
+) -> Result<SshHandle, AttemptError> {
     // Through a bastion the channel's bytes are not watched (the flag starts
     // set): no short limit.
     let phase = handshake_phase(opts, jump, seen, got_bytes.clone());
@@ -533,8 +528,8 @@ async fn attempt(
         }
     };
     let mut handle = connected?;
-    let rtt = authenticate(opts, &mut handle).await?;
-    Ok((handle, rtt))
+    authenticate(opts, &mut handle).await?;
+    Ok(handle)
 }
 
 /// A stream that notes when its first byte arrives (a port forward that
@@ -661,11 +656,7 @@ async fn handshake_phase(
     }
 }
 
-/// Log in; for a key login, the round trip it showed.
-async fn authenticate(
-    opts: &SshOptions,
-    handle: &mut SshHandle,
-) -> Result<Option<Duration>, AttemptError> {
+async fn authenticate(opts: &SshOptions, handle: &mut SshHandle) -> Result<(), AttemptError> {
     let user = opts.target.user.clone();
     let target = opts.target.to_string();
     let fatal = |reason: String| {
@@ -678,8 +669,8 @@ async fn authenticate(
     let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
     match &opts.auth {
         Auth::Key(key) => match try_key(handle, &user, key).await? {
-            (None, rtt) => Ok(Some(rtt)),
-            (Some(_), _) => Err(AttemptError::AuthRejected(format!(
+            None => Ok(()),
+            Some(_) => Err(AttemptError::AuthRejected(format!(
                 "public key {} not accepted for {user}",
                 key.fingerprint()
             ))),
@@ -690,9 +681,8 @@ async fn authenticate(
             guard,
             after,
         } => {
-            let methods = match try_key(handle, &user, key).await? {
-                (None, rtt) => return Ok(Some(rtt)),
-                (Some(methods), _) => methods,
+            let Some(methods) = try_key(handle, &user, key).await? else {
+                return Ok(());
             };
             let refused_for = guard.key_refused_for();
             if refused_for < *after || !methods.contains(&MethodKind::Password) {
@@ -717,7 +707,7 @@ async fn authenticate(
                 .map_err(russh_err)?
                 .success();
             if ok {
-                Ok(None)
+                Ok(())
             } else {
                 guard.rejected.store(true, Ordering::SeqCst);
                 Err(fatal(
@@ -740,7 +730,7 @@ async fn authenticate(
                 .await
                 .map_err(russh_err)?;
             let methods = match none {
-                russh::client::AuthResult::Success => return Ok(None),
+                russh::client::AuthResult::Success => return Ok(()),
                 russh::client::AuthResult::Failure {
                     remaining_methods, ..
                 } => remaining_methods,
@@ -799,7 +789,7 @@ async fn authenticate(
                     .success()
             };
             if ok {
-                Ok(None)
+                Ok(())
             } else {
                 guard.rejected.store(true, Ordering::SeqCst);
                 Err(fatal(
@@ -812,14 +802,11 @@ async fn authenticate(
 
 /// Offer `key`: `None` when it logged in, else the methods the server still
 /// offers.
-/// Try the key: None when it logged in, else the methods the server still
-/// offers; with the round trip it showed (a third of its time: the service
-/// request, the key probe and the signed request are one each).
 async fn try_key(
     handle: &mut SshHandle,
     user: &str,
     key: &KeyPair,
-) -> Result<(Option<Vec<MethodKind>>, Duration), AttemptError> {
+) -> Result<Option<Vec<MethodKind>>, AttemptError> {
     let russh_err = |e: russh::Error| AttemptError::Banner(format!("during authentication: {e}"));
     let hash = if key.is_rsa() {
         handle
@@ -830,7 +817,6 @@ async fn try_key(
     } else {
         None
     };
-    let asked = Instant::now();
     let res = handle
         .authenticate_publickey(
             user.to_string(),
@@ -838,13 +824,10 @@ async fn try_key(
         )
         .await
         .map_err(russh_err)?;
-    // The first authentication request also asks for the ssh-userauth
-    // service: service request, key probe, signed request.
-    let rtt = asked.elapsed() / 3;
     Ok(match res {
-        russh::client::AuthResult::Success => (None, rtt),
+        russh::client::AuthResult::Success => None,
         russh::client::AuthResult::Failure {
             remaining_methods, ..
-        } => (Some(remaining_methods.iter().copied().collect()), rtt),
+        } => Some(remaining_methods.iter().copied().collect()),
     })
 }

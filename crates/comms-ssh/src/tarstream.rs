@@ -216,12 +216,13 @@ pub(crate) async fn upload_all(
     if max == 1 || stream_bytes(plan) < 2 * MIN_PER_STREAM {
         return upload(conn, plan, None).await;
     }
-    // The round trip is known from the key login or an earlier channel;
-    // otherwise (a password login, nothing opened yet) the first stream's
-    // channel is opened before the split is chosen, and measures it.
-    let first = match conn.rtt() {
-        Some(_) => None,
-        None => Some(conn.exec_channel().await?),
+    // The round trip only counts for a one-CPU target: known from an
+    // earlier channel (the provisioner's staging exec), or else measured by
+    // the first stream's channel, opened before the split is chosen.
+    let first = if conn.cpus <= 1 && conn.rtt().is_none() {
+        Some(conn.exec_channel().await?)
+    } else {
+        None
     };
     let rtt = conn.rtt();
     let n = stream_count(stream_bytes(plan), rtt, conn.cpus, max);

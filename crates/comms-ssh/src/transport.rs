@@ -34,14 +34,7 @@ impl SshTransport {
         Ok(SshTransport {
             describe: describe.clone(),
             last_login: Mutex::new(c.report),
-            conn: RwLock::new(Conn::new(
-                c.handle,
-                c.jump,
-                describe.clone(),
-                &opts,
-                None,
-                c.rtt,
-            )),
+            conn: RwLock::new(Conn::new(c.handle, c.jump, describe.clone(), &opts, None)),
             opts,
         })
     }
@@ -93,14 +86,7 @@ impl SshTransport {
             *r = c.report;
         }
         let learned = guard.budget.learned();
-        *guard = Conn::new(
-            c.handle,
-            c.jump,
-            self.describe.clone(),
-            &self.opts,
-            learned,
-            c.rtt,
-        );
+        *guard = Conn::new(c.handle, c.jump, self.describe.clone(), &self.opts, learned);
         Ok(())
     }
 
