@@ -70,35 +70,35 @@ fn probed(works: bool) -> Accel {
     }
 }
 
+/// The choice when no probe has to run: the option or `OPSBAKE_QEMU_ACCEL`,
+/// TCG once [`KVM_BROKEN`] is set, or the cached probe; None: probe.
+fn chosen_without_probe(option: Option<&str>) -> Result<Option<Accel>, VboxError> {
+    if let Some(a) = wanted_accel(option)? {
+        return Ok(Some(a));
+    }
+    if KVM_BROKEN.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Some(Accel::Tcg));
+    }
+    Ok(KVM_WORKS.get().map(|w| probed(*w)))
+}
+
 /// The `accel` option: `auto` probes KVM (once per process, on a blocking
 /// thread); `OPSBAKE_QEMU_ACCEL` overrides `auto`.
 pub async fn choose_accel(option: Option<&str>) -> Result<Accel, VboxError> {
-    if let Some(a) = wanted_accel(option)? {
+    if let Some(a) = chosen_without_probe(option)? {
         return Ok(a);
     }
-    if KVM_BROKEN.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(Accel::Tcg);
-    }
-    let works = match KVM_WORKS.get() {
-        Some(w) => *w,
-        None => probe_kvm(KVM_PROBE_TIMEOUT).await?,
-    };
+    let works = probe_kvm(KVM_PROBE_TIMEOUT).await?;
     Ok(probed(*KVM_WORKS.get_or_init(|| works)))
 }
 
 /// [`choose_accel`] for synchronous callers (the test launcher): the same
 /// choice and the same cached probe, run on the calling thread.
 pub fn choose_accel_blocking(option: Option<&str>) -> Result<Accel, VboxError> {
-    if let Some(a) = wanted_accel(option)? {
+    if let Some(a) = chosen_without_probe(option)? {
         return Ok(a);
     }
-    if KVM_BROKEN.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(Accel::Tcg);
-    }
-    let works = match KVM_WORKS.get() {
-        Some(w) => *w,
-        None => probe_kvm_blocking(KVM_PROBE_TIMEOUT)?.works,
-    };
+    let works = probe_kvm_blocking(KVM_PROBE_TIMEOUT)?.works;
     Ok(probed(*KVM_WORKS.get_or_init(|| works)))
 }
 
