@@ -151,12 +151,15 @@ pub(crate) fn per_stream(rtt: Option<Duration>) -> u64 {
     (WINDOW.saturating_mul(stream_us) / rtt_us).max(MIN_PER_STREAM)
 }
 
-/// Tar stream bytes of a plan's files (headers included).
+/// Tar stream bytes of one file: its header and its data in 512-byte
+/// blocks.
+fn tar_bytes(f: &FileItem) -> u64 {
+    f.size.div_ceil(512) * 512 + 512
+}
+
+/// Tar stream bytes of a plan's files.
 fn stream_bytes(plan: &Plan) -> u64 {
-    plan.files
-        .iter()
-        .map(|f| f.size.div_ceil(512) * 512 + 512)
-        .sum()
+    plan.files.iter().map(tar_bytes).sum()
 }
 
 /// How many tar streams a tree of `total` bytes goes in, at most `max`:
@@ -175,7 +178,6 @@ pub(crate) fn stream_count(total: u64, rtt: Option<Duration>, cpus: usize, max: 
 /// when `n` is 1, or when the tree has a read-only directory (its files
 /// must be extracted before tar applies its mode).
 pub(crate) fn parts(plan: &Plan, n: usize) -> Vec<Plan> {
-    let cost = |f: &FileItem| f.size.div_ceil(512) * 512 + 512;
     let total: u64 = stream_bytes(plan);
     let n = n.max(1);
     if n == 1 || plan.dirs.iter().any(|(_, m)| m & 0o200 == 0) {
@@ -197,7 +199,7 @@ pub(crate) fn parts(plan: &Plan, n: usize) -> Vec<Plan> {
             });
             filled = 0;
         }
-        filled += cost(f);
+        filled += tar_bytes(f);
         if let Some(last) = out.last_mut() {
             last.files.push(f.clone());
         }
@@ -213,32 +215,26 @@ pub(crate) async fn upload_all(
 ) -> Result<TarOutcome, TransportError> {
     let room = conn.limits().allowed.saturating_sub(2).max(1);
     let max = MAX_STREAMS.min(room);
-    if max == 1 || stream_bytes(plan) < 2 * MIN_PER_STREAM {
+    let total = stream_bytes(plan);
+    if max == 1 || total < 2 * MIN_PER_STREAM {
         return upload(conn, plan, None).await;
     }
     // The round trip only counts for a one-CPU target: known from an
     // earlier channel (the provisioner's staging exec), or else measured by
     // the first stream's channel, opened before the split is chosen.
-    let first = if conn.cpus <= 1 && conn.rtt().is_none() {
+    let mut first = if conn.cpus <= 1 && conn.rtt().is_none() {
         Some(conn.exec_channel().await?)
     } else {
         None
     };
     let rtt = conn.rtt();
-    let n = stream_count(stream_bytes(plan), rtt, conn.cpus, max);
-    let parts = parts(plan, n);
-    let mut parts = parts.iter();
-    let Some(head) = parts.next() else {
+    let parts = parts(plan, stream_count(total, rtt, conn.cpus, max));
+    if parts.len() == 1 {
         return upload(conn, plan, first).await;
-    };
-    if parts.len() == 0 {
-        return upload(conn, head, first).await;
     }
-    tracing::debug!(target = %conn.target, streams = parts.len() + 1, ?rtt, "tar upload over several channels");
-    let results = futures::future::join_all(
-        std::iter::once(upload(conn, head, first)).chain(parts.map(|p| upload(conn, p, None))),
-    )
-    .await;
+    tracing::debug!(target = %conn.target, streams = parts.len(), ?rtt, "tar upload over several channels");
+    let results =
+        futures::future::join_all(parts.iter().map(|p| upload(conn, p, first.take()))).await;
     let mut rep = TransferReport::default();
     let mut no_tar = false;
     for r in results {

@@ -79,10 +79,10 @@ impl Session<'_> {
         // its own subshell with the step's variables exported. The script
         // sees the same user, environment, PATH and working directory.
         let fold = s.execute_command.is_none();
+        let vars = shell::render_vars(Some(&self.staging), &s.environment_vars);
         let mut scripts = Vec::with_capacity(batch.len());
         for (l, name, sink) in batch {
             let command = if fold {
-                let vars = shell::render_vars(Some(&self.staging), &s.environment_vars);
                 let path = self.staging.cpath(&format!("scripts/{name}"));
                 format!("export {vars}; exec {}", shell_quote(&path))
             } else {
