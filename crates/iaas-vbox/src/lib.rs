@@ -378,10 +378,20 @@ impl VboxBuilder {
         Ok(k)
     }
 
-    fn ssh_target(&self, port: u16, key: Arc<opsbake_core::builder::KeyPair>) -> ConnectTarget {
+    /// `cpus`: the guest's vCPUs when they differ from the plan's (QEMU
+    /// under TCG runs one).
+    fn ssh_target(
+        &self,
+        port: u16,
+        key: Arc<opsbake_core::builder::KeyPair>,
+        cpus: Option<u32>,
+    ) -> ConnectTarget {
         // The VM is this machine's: no jump host.
         let mut t = SshTarget::from_plan(&self.plan, SshAuth::Key(key), "127.0.0.1", port);
         t.bastion = None;
+        if cpus.is_some() {
+            t.cpus = cpus;
+        }
         ConnectTarget::Ssh(t)
     }
 
@@ -531,8 +541,11 @@ impl Builder for VboxBuilder {
         self.state.lock().await.key_fingerprint = fingerprint;
         let engine = self.engine_of(ctx).await?.engine();
         let port = engine.launch(self, ctx, base, &work, &iso, epoch).await?;
-        self.state.lock().await.password = Some(password);
-        Ok(self.ssh_target(port, key))
+        let mut st = self.state.lock().await;
+        st.password = Some(password);
+        let guest_cpus = st.vm.as_ref().map(|vm| vm.config.cpus);
+        drop(st);
+        Ok(self.ssh_target(port, key, guest_cpus))
     }
 
     async fn before_provision(
