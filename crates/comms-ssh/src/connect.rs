@@ -179,6 +179,10 @@ pub struct SshOptions {
     /// with one CPU gets a big tree in one tar stream (more only on a slow
     /// link); others in up to 6. Unknown: taken as 2.
     pub target_cpus: Option<usize>,
+    /// Big files on a slow link may use a second connection to the same
+    /// target (its channels join the first's; see
+    /// `SshTransport::second_connection`). False: one connection only.
+    pub second_connection: bool,
 }
 
 impl SshOptions {
@@ -201,6 +205,7 @@ impl SshOptions {
             transfer_retries: 3,
             tar_stream: true,
             target_cpus: None,
+            second_connection: true,
         }
     }
 }

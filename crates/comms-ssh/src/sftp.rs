@@ -6,7 +6,7 @@
 //! sshd grants each channel one 2 MiB window per round trip. Files are
 //! streamed from disk chunk by chunk, never read whole.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,11 @@ use crate::plan::{io_err, FileItem, Plan, Src};
 pub const CHUNK: usize = 64 << 10;
 /// Files at least this big are split across channels.
 pub const SPLIT_AT: u64 = 8 << 20;
+/// A split file goes in pieces of this size, each taken by the next channel
+/// with room in its window (work stealing): faster channels take more, no
+/// channel is left with a long tail of its own, and the channels of a
+/// second connection join when they are ready.
+pub const PIECE: u64 = 2 << 20;
 /// Files up to this size are read whole and sent in one pipelined burst
 /// (bounds memory: `FILE_CONCURRENCY * SMALL_FILE`).
 const SMALL_FILE: u64 = 128 << 10;
@@ -39,6 +44,11 @@ const FILE_CONCURRENCY: usize = 256;
 /// `SSH_FX_FAILURE`). Stay well below 128 per channel (range handles of big
 /// files and directory handles come on top).
 const HANDLES_PER_CHANNEL: usize = 96;
+
+/// The SFTP sessions of a second connection that big files may use, while
+/// it is being made (`None` if it could not be).
+pub(crate) type ExtraSessions =
+    futures::future::Shared<futures::future::BoxFuture<'static, Option<Arc<SftpPool>>>>;
 
 /// A pool of SFTP sessions (one channel each) on one connection.
 pub(crate) struct SftpPool {
@@ -364,27 +374,193 @@ fn attrs_for(item: &FileItem) -> FileAttributes {
     a
 }
 
+/// The pieces `[start, end)` of a file split across channels (none below
+/// [`SPLIT_AT`] or with one channel: one range, written in order).
 fn ranges(size: u64, parts: usize) -> Vec<(u64, u64)> {
     if size < SPLIT_AT || parts <= 1 {
         return vec![(0, size)];
     }
-    let n = (parts as u64).min(size.div_ceil(SPLIT_AT / 2)).max(1);
-    let step = size.div_ceil(n).div_ceil(CHUNK as u64) * CHUNK as u64;
     let mut v = Vec::new();
     let mut s = 0;
     while s < size {
-        let e = (s + step).min(size);
+        let e = (s + PIECE).min(size);
         v.push((s, e));
         s = e;
     }
     v
 }
 
-/// One file: open (truncating unless resuming), write its ranges over
-/// several sessions, set mode and times, check the size, close.
+/// Open `item` for writing on `sess`. An existing read-only file of ours (a
+/// previous upload of a 0444 file) is made writable for the owner first; a
+/// missing parent directory is made (`mkdir -p`) and the open tried again:
+/// parents are not checked before the first open, which saves a round trip
+/// when they exist, as they usually do.
+async fn open_for_write(
+    ctx: &Ctx<'_>,
+    sess: &RawSftpSession,
+    item: &FileItem,
+    flags: OpenFlags,
+) -> Result<String, TransportError> {
+    let mut init = FileAttributes::empty();
+    init.permissions = Some(0o600 | (item.mode & 0o700));
+    let mut fixed_mode = false;
+    let mut made_parent = false;
+    loop {
+        let e = match sess.open(item.remote.clone(), flags, init.clone()).await {
+            Ok(h) => return Ok(h.handle),
+            Err(e) => e,
+        };
+        if is_status(&e, StatusCode::PermissionDenied) && !fixed_mode {
+            fixed_mode = true;
+            let mut a = FileAttributes::empty();
+            a.permissions = Some(0o600 | (item.mode & 0o700));
+            if sess.setstat(item.remote.clone(), a).await.is_ok() {
+                continue;
+            }
+        } else if is_status(&e, StatusCode::NoSuchFile) && !made_parent {
+            made_parent = true;
+            if let Some(parent) = crate::plan::parent_of(&item.remote) {
+                mkdir_p(ctx, sess, &parent, &mut HashSet::new()).await?;
+                continue;
+            }
+        }
+        return Err(ctx.err("open", &item.remote, e));
+    }
+}
+
+/// One channel's share of a split file: takes pieces from `queue` while its
+/// window has room, keeps writes in flight across pieces (no pause between
+/// them), and records each piece's contiguously acknowledged offset.
+/// `handle`: the file already open on this session; otherwise it is opened
+/// (without truncating: the size is set at the end) before the first piece,
+/// or at once when `keep` (the handle that sets the attributes at the end:
+/// returned open). Other handles are closed. On error, the parts of its
+/// pieces that were not acknowledged are returned with it, so that another
+/// channel can take them.
+async fn piece_worker(
+    ctx: &Ctx<'_>,
+    sess: Arc<RawSftpSession>,
+    idx: usize,
+    item: &FileItem,
+    queue: &Mutex<VecDeque<Span>>,
+    handle: Option<String>,
+    keep: bool,
+) -> Result<Option<String>, (TransportError, Vec<Span>)> {
+    let mut handle = handle;
+    if handle.is_none() && keep {
+        handle = Some(
+            open_for_write(ctx, &sess, item, OpenFlags::WRITE | OpenFlags::CREATE)
+                .await
+                .map_err(|e| (e, Vec::new()))?,
+        );
+    }
+    // Per piece (by its start): its end, the acknowledged offset, and
+    // acknowledged writes beyond it.
+    let mut pieces: BTreeMap<u64, (u64, u64, BTreeMap<u64, u64>)> = BTreeMap::new();
+    let leftovers = |pieces: &BTreeMap<u64, (u64, u64, BTreeMap<u64, u64>)>| -> Vec<Span> {
+        pieces
+            .iter()
+            .filter(|(_, (end, acked, _))| acked < end)
+            .map(|(&range_start, &(end, acked, _))| Span {
+                range_start,
+                start: acked,
+                end,
+            })
+            .collect()
+    };
+    let mut cur: Option<(Span, Reader)> = None;
+    let mut inflight = FuturesUnordered::new();
+    let mut inflight_bytes = 0usize;
+    loop {
+        while inflight_bytes < ctx.window {
+            if cur.as_ref().is_none_or(|(sp, _)| sp.start >= sp.end) {
+                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                let Some(sp) = next else {
+                    cur = None;
+                    break;
+                };
+                pieces.insert(sp.range_start, (sp.end, sp.start, BTreeMap::new()));
+                if handle.is_none() {
+                    match open_for_write(ctx, &sess, item, OpenFlags::WRITE | OpenFlags::CREATE)
+                        .await
+                    {
+                        Ok(h) => handle = Some(h),
+                        Err(e) => return Err((e, leftovers(&pieces))),
+                    }
+                }
+                let reader = match Reader::open(&item.src, sp.start).await {
+                    Ok(r) => r,
+                    Err(e) => return Err((e, leftovers(&pieces))),
+                };
+                cur = Some((sp, reader));
+            }
+            let (Some((sp, reader)), Some(h)) = (cur.as_mut(), handle.as_ref()) else {
+                break;
+            };
+            let len = usize::try_from((sp.end - sp.start).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let data = match reader.next(len).await {
+                Ok(d) => d,
+                Err(e) => return Err((e, leftovers(&pieces))),
+            };
+            let (piece, off) = (sp.range_start, sp.start);
+            let (sess, h) = (&sess, h.clone());
+            inflight.push(async move { (piece, off, len, sess.write(h, off, data).await) });
+            sp.start += len as u64;
+            inflight_bytes += len;
+        }
+        if inflight.is_empty() {
+            break;
+        }
+        let next = tokio::select! {
+            n = inflight.next() => n,
+            _ = connection_closed(ctx.handle) => {
+                let e = TransportError::Disconnected {
+                    target: ctx.target.into(),
+                    reason: format!("connection lost while writing {}", item.remote),
+                };
+                return Err((e, leftovers(&pieces)));
+            }
+        };
+        let Some((piece, off, len, res)) = next else {
+            break;
+        };
+        if let Err(e) = res {
+            let e = ctx.err("write", &item.remote, e);
+            return Err((e, leftovers(&pieces)));
+        }
+        inflight_bytes -= len;
+        if let Some((_, acked, done)) = pieces.get_mut(&piece) {
+            done.insert(off, len as u64);
+            while let Some(l) = done.remove(acked) {
+                *acked += l;
+            }
+            if let Ok(mut st) = ctx.state.lock() {
+                st.acked.insert((idx, piece), *acked);
+                st.bytes += len as u64;
+            }
+        }
+    }
+    match handle {
+        Some(h) if !keep => {
+            sess.close(h)
+                .await
+                .map_err(|e| (ctx.err("close", &item.remote, e), Vec::new()))?;
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+/// One file. Up to [`SPLIT_AT`]: open (truncating unless resuming), write
+/// in order on one channel, set mode and times, check the size, close. A
+/// bigger file is written in pieces by every channel of the pool at once
+/// (and by the channels of `extra`, a second connection, once it is up):
+/// each opens the file without truncating, so the opens go out together,
+/// and the size is set with the mode and times at the end.
 async fn upload_file(
     ctx: &Ctx<'_>,
     pool: &SftpPool,
+    extra: Option<&ExtraSessions>,
     idx: usize,
     item: &FileItem,
 ) -> Result<(), TransportError> {
@@ -398,118 +574,180 @@ async fn upload_file(
         (st.started.contains(&idx), st.acked.clone())
     };
     let rs = ranges(item.size, n);
+    if let Ok(mut st) = ctx.state.lock() {
+        st.started.insert(idx);
+    }
+    if rs.len() > 1 {
+        return upload_split(ctx, pool, extra, idx, item, &rs, resuming, &acked).await;
+    }
     let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
     if !resuming {
         flags |= OpenFlags::TRUNCATE;
     }
-    let mut init = FileAttributes::empty();
-    init.permissions = Some(0o600 | (item.mode & 0o700));
-    let h = match first.open(item.remote.clone(), flags, init.clone()).await {
-        Ok(h) => h,
-        // An existing read-only file of ours (a previous upload of a 0444
-        // file): make it writable for the owner and try once more.
-        Err(e) if is_status(&e, StatusCode::PermissionDenied) => {
-            let mut a = FileAttributes::empty();
-            a.permissions = Some(0o600 | (item.mode & 0o700));
-            if first.setstat(item.remote.clone(), a).await.is_err() {
-                return Err(ctx.err("open", &item.remote, e));
-            }
-            first
-                .open(item.remote.clone(), flags, init)
-                .await
-                .map_err(|e| ctx.err("open", &item.remote, e))?
-        }
-        Err(e) => return Err(ctx.err("open", &item.remote, e)),
-    };
-    if let Ok(mut st) = ctx.state.lock() {
-        st.started.insert(idx);
-    }
-    let mut remote_size = None;
+    let h = open_for_write(ctx, first, item, flags).await?;
+    let mut from = 0;
     if resuming {
         let a = first
-            .fstat(h.handle.clone())
+            .fstat(h.clone())
             .await
             .map_err(|e| ctx.err("fstat", &item.remote, e))?;
-        remote_size = a.attrs.size;
-    }
-    let resume_at = |r: (u64, u64)| -> u64 {
-        let a = acked.get(&(idx, r.0)).copied().unwrap_or(r.0);
-        match remote_size {
-            Some(sz) if sz < a => r.0.max(sz.min(a)),
-            _ => a,
-        }
-    };
-    if !resuming && rs.len() == 1 && item.size <= SMALL_FILE {
+        from = resume_from(&acked, idx, (0, item.size), a.attrs.size);
+    } else if item.size <= SMALL_FILE {
         // Small file: every write, the mode, the size check and the close go
         // out back to back (sftp-server answers a channel's requests in
         // order), so the file costs two round trips: open, then the rest.
-        return small_file(ctx, first, h.handle, idx, item).await;
+        return small_file(ctx, first, h, idx, item).await;
     }
-    if rs.len() == 1 {
-        let (s, e) = rs[0];
-        let from = resume_at((s, e));
-        if resuming && from > s {
-            tracing::info!(path = %item.remote, from, size = item.size, "resuming upload");
-        }
-        write_range(
-            ctx,
-            first,
-            &h.handle,
-            idx,
-            item,
-            Span {
+    if resuming && from > 0 {
+        tracing::info!(path = %item.remote, from, size = item.size, "resuming upload");
+    }
+    write_range(
+        ctx,
+        first,
+        &h,
+        idx,
+        item,
+        Span {
+            range_start: 0,
+            start: from,
+            end: item.size,
+        },
+    )
+    .await?;
+    let (set, st, close) = futures::join!(
+        first.fsetstat(h.clone(), attrs_for(item)),
+        first.fstat(h.clone()),
+        first.close(h)
+    );
+    finish_file(ctx, idx, item, set, st, close, false)
+}
+
+/// Where a range resumes: its acknowledged offset, but not beyond what the
+/// file on the target holds (`remote_size`, when known).
+fn resume_from(
+    acked: &HashMap<(usize, u64), u64>,
+    idx: usize,
+    r: (u64, u64),
+    remote_size: Option<u64>,
+) -> u64 {
+    let a = acked.get(&(idx, r.0)).copied().unwrap_or(r.0);
+    match remote_size {
+        Some(sz) if sz < a => r.0.max(sz.min(a)),
+        _ => a,
+    }
+}
+
+/// `fut`'s output with a tag (here: whether it runs on the second connection).
+async fn tagged<F: std::future::Future>(tag: bool, fut: F) -> (bool, F::Output) {
+    (tag, fut.await)
+}
+
+/// A file of several pieces ([`upload_file`]).
+#[allow(clippy::too_many_arguments)]
+async fn upload_split(
+    ctx: &Ctx<'_>,
+    pool: &SftpPool,
+    extra: Option<&ExtraSessions>,
+    idx: usize,
+    item: &FileItem,
+    rs: &[(u64, u64)],
+    resuming: bool,
+    acked: &HashMap<(usize, u64), u64>,
+) -> Result<(), TransportError> {
+    let n = pool.sessions.len();
+    let first = &pool.sessions[idx % n];
+    // Resuming: what the target holds bounds each piece's acknowledged
+    // offset (one fstat before the pieces are handed out).
+    let mut first_handle = None;
+    let mut remote_size = None;
+    if resuming {
+        let h = open_for_write(ctx, first, item, OpenFlags::WRITE | OpenFlags::CREATE).await?;
+        let a = first
+            .fstat(h.clone())
+            .await
+            .map_err(|e| ctx.err("fstat", &item.remote, e))?;
+        remote_size = a.attrs.size;
+        first_handle = Some(h);
+    }
+    let queue: VecDeque<Span> = rs
+        .iter()
+        .filter_map(|&(s, e)| {
+            let from = resume_from(acked, idx, (s, e), remote_size);
+            (from < e).then_some(Span {
                 range_start: s,
                 start: from,
                 end: e,
-            },
-        )
-        .await?;
-    } else {
-        // One handle per session for its range.
-        let futs = rs.iter().enumerate().map(|(i, &(s, e))| {
-            let sess = pool.sessions[(idx + i) % n].clone();
-            let from = resume_at((s, e));
-            async move {
-                if from >= e {
-                    return Ok(());
+            })
+        })
+        .collect();
+    if resuming {
+        let left: u64 = queue.iter().map(|sp| sp.end - sp.start).sum();
+        tracing::info!(path = %item.remote, left, size = item.size, "resuming upload");
+    }
+    let queue = Mutex::new(queue);
+    let queue = &queue;
+    let mut workers = FuturesUnordered::new();
+    for i in 0..n {
+        let sess = pool.sessions[(idx + i) % n].clone();
+        let h = if i == 0 { first_handle.take() } else { None };
+        workers.push(tagged(
+            false,
+            piece_worker(ctx, sess, idx, item, queue, h, i == 0),
+        ));
+    }
+    let mut extra = extra.cloned();
+    let mut kept = None;
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            r = workers.next() => match r {
+                None => break,
+                Some((_, Ok(Some(h)))) => kept = Some(h),
+                Some((_, Ok(None))) => {}
+                Some((from_extra, Err((e, left)))) => {
+                    // A channel of the second connection failed while this
+                    // connection is alive: its pieces go back to the queue,
+                    // for a channel of this pool.
+                    if from_extra && !ctx.handle.is_closed() {
+                        tracing::warn!(path = %item.remote, error = %e, "a channel of the second connection failed: the first takes its pieces");
+                        if let Ok(mut q) = queue.lock() {
+                            q.extend(left);
+                        }
+                        workers.push(tagged(false, piece_worker(ctx, first.clone(), idx, item, queue, None, false)));
+                    } else {
+                        failed = Some(e);
+                        break;
+                    }
                 }
-                let hh = sess
-                    .open(
-                        item.remote.clone(),
-                        OpenFlags::WRITE,
-                        FileAttributes::empty(),
-                    )
-                    .await
-                    .map_err(|er| ctx.err("open", &item.remote, er))?;
-                let r = write_range(
-                    ctx,
-                    &sess,
-                    &hh.handle,
-                    idx,
-                    item,
-                    Span {
-                        range_start: s,
-                        start: from,
-                        end: e,
-                    },
-                )
-                .await;
-                let c = sess.close(hh.handle).await;
-                r?;
-                c.map_err(|er| ctx.err("close", &item.remote, er))?;
-                Ok::<(), TransportError>(())
+            },
+            p = async { match extra.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if extra.is_some() => {
+                extra = None;
+                let left = queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
+                if let (Some(p), true) = (p, left) {
+                    tracing::debug!(path = %item.remote, channels = p.sessions.len(), "second connection's channels join");
+                    for s in &p.sessions {
+                        workers.push(tagged(true, piece_worker(ctx, s.clone(), idx, item, queue, None, false)));
+                    }
+                }
             }
-        });
-        let results = futures::future::join_all(futs).await;
-        for r in results {
-            r?;
         }
     }
-    let hs = h.handle.clone();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let Some(h) = kept else {
+        return Err(TransportError::Other {
+            target: ctx.target.into(),
+            message: format!("{}: no handle left to finish the upload", item.remote),
+        });
+    };
+    // The size too: the pieces were written without truncating.
+    let mut attrs = attrs_for(item);
+    attrs.size = Some(item.size);
     let (set, st, close) = futures::join!(
-        first.fsetstat(hs.clone(), attrs_for(item)),
-        first.fstat(hs.clone()),
-        first.close(hs)
+        first.fsetstat(h.clone(), attrs),
+        first.fstat(h.clone()),
+        first.close(h)
     );
     finish_file(ctx, idx, item, set, st, close, false)
 }
@@ -586,6 +824,7 @@ pub(crate) async fn upload(
     target: &str,
     opts: &SshOptions,
     pool: &SftpPool,
+    extra: Option<&ExtraSessions>,
     plan: &Plan,
     state: &Mutex<UploadState>,
 ) -> Result<TransferReport, TransportError> {
@@ -600,8 +839,12 @@ pub(crate) async fn upload(
     let dirs_done = state.lock().map(|s| s.dirs_done).unwrap_or(false);
     if !dirs_done {
         let mut known = HashSet::new();
-        for p in &plan.parents {
-            mkdir_p(&ctx, s0, p, &mut known).await?;
+        // Files alone: their opens make missing parents (`open_for_write`),
+        // no stat first. Directories and links need them before.
+        if plan.files.is_empty() || !plan.dirs.is_empty() || !plan.links.is_empty() {
+            for p in &plan.parents {
+                mkdir_p(&ctx, s0, p, &mut known).await?;
+            }
         }
         // Tree directories level by level (parents exist before children).
         let mut by_depth: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
@@ -646,7 +889,7 @@ pub(crate) async fn upload(
     let mut futs = Vec::new();
     for (i, f) in plan.files.iter().enumerate() {
         if !done.contains(&i) {
-            futs.push(upload_file(&ctx, pool, i, f));
+            futs.push(upload_file(&ctx, pool, extra, i, f));
         }
     }
     let in_flight = FILE_CONCURRENCY.min(HANDLES_PER_CHANNEL * pool.sessions.len());

@@ -17,6 +17,34 @@ use crate::plan;
 use crate::sftp::{self, UploadState};
 use crate::tarstream;
 
+/// Big files worth a second connection, in all (see
+/// `SshTransport::second_connection`).
+pub const SECOND_CONNECTION_BYTES: u64 = 64 << 20;
+/// The round trip from which a second connection pays for its login.
+pub const SECOND_CONNECTION_RTT: Duration = Duration::from_millis(10);
+
+/// A second connection being made (or made) for one upload.
+struct SecondConnection {
+    sessions: sftp::ExtraSessions,
+    abort: tokio::task::AbortHandle,
+    conn: Arc<Mutex<Option<Arc<Conn>>>>,
+}
+
+impl SecondConnection {
+    /// Stop its login if it is still going, and close it.
+    async fn close(self) {
+        self.abort.abort();
+        let conn = self.conn.lock().ok().and_then(|mut c| c.take());
+        drop(self.sessions);
+        if let Some(c) = conn {
+            let _ = c
+                .handle
+                .disconnect(russh::Disconnect::ByApplication, "upload done", "en")
+                .await;
+        }
+    }
+}
+
 /// An SSH connection to a build VM.
 pub struct SshTransport {
     opts: SshOptions,
@@ -132,30 +160,113 @@ impl SshTransport {
         plan: &plan::Plan,
         state: &Mutex<UploadState>,
     ) -> Result<TransferReport, TransportError> {
-        match c.pool().await {
-            Ok(Some(pool)) => {
-                // Requests on a dead connection may never be answered:
-                // a drop ends the attempt at once (not at the request
-                // timeout) so that it can resume on a new connection.
-                let r = tokio::select! {
-                    r = sftp::upload(&c.handle, &self.describe, &self.opts, &pool, plan, state) => r,
-                    _ = sftp::connection_closed(&c.handle) => Err(TransportError::Disconnected {
-                        target: self.describe.clone(),
-                        reason: "connection lost during the upload".into(),
-                    }),
-                };
-                // Give the pool back before the sha256 command: with a
-                // tight budget that command may need one of its channels.
-                drop(pool);
-                c.pool_released();
-                match r {
-                    Ok(rep) => plan::verify_sha256(c, plan).await.map(|()| rep),
-                    Err(e) => Err(e),
+        // Before the first channel the round trip is not known: the second
+        // connection's login starts with the pool's opens, and is dropped if
+        // they show a fast link.
+        let early = self.second_connection(c, plan);
+        let pool = match c.pool().await {
+            Ok(Some(pool)) => pool,
+            other => {
+                if let Some(s) = early {
+                    s.close().await;
                 }
+                return match other {
+                    Err(e) => Err(e),
+                    // No sftp subsystem.
+                    Ok(_) => crate::scp::upload(c, plan).await,
+                };
             }
-            Ok(None) => crate::scp::upload(c, plan).await,
+        };
+        let second = match early {
+            Some(s) if c.rtt().is_some_and(|r| r < SECOND_CONNECTION_RTT) => {
+                s.close().await;
+                None
+            }
+            other => other,
+        };
+        let extra = second.as_ref().map(|s| &s.sessions);
+        // Requests on a dead connection may never be answered: a drop ends
+        // the attempt at once (not at the request timeout) so that it can
+        // resume on a new connection.
+        let r = tokio::select! {
+            r = sftp::upload(&c.handle, &self.describe, &self.opts, &pool, extra, plan, state) => r,
+            _ = sftp::connection_closed(&c.handle) => Err(TransportError::Disconnected {
+                target: self.describe.clone(),
+                reason: "connection lost during the upload".into(),
+            }),
+        };
+        if let Some(s) = second {
+            s.close().await;
+        }
+        // Give the pool back before the sha256 command: with a tight budget
+        // that command may need one of its channels.
+        drop(pool);
+        c.pool_released();
+        match r {
+            Ok(rep) => plan::verify_sha256(c, plan).await.map(|()| rep),
             Err(e) => Err(e),
         }
+    }
+
+    /// A second connection for the big files of `plan`, when they are worth
+    /// it: at least [`SECOND_CONNECTION_BYTES`] in files that are split, a
+    /// round trip of at least [`SECOND_CONNECTION_RTT`] (as channel opens
+    /// measured it; not known yet: made, and the caller drops it if the
+    /// pool's opens show a faster link), and `opts.second_connection`. sshd gives each channel a
+    /// 2 MiB window and each connection `MaxSessions` channels, so on a slow
+    /// link one connection carries at most about 16 MiB per round trip; the
+    /// second one's channels join the upload when its login is done. It is
+    /// made in a task of its own; failing to make it is not an error (the
+    /// upload goes on over the first).
+    fn second_connection(&self, c: &Arc<Conn>, plan: &plan::Plan) -> Option<SecondConnection> {
+        let big: u64 = plan
+            .files
+            .iter()
+            .filter(|f| f.size >= sftp::SPLIT_AT)
+            .map(|f| f.size)
+            .sum();
+        let rtt = c.rtt();
+        if !self.opts.second_connection
+            || big < SECOND_CONNECTION_BYTES
+            || rtt.is_some_and(|r| r < SECOND_CONNECTION_RTT)
+        {
+            return None;
+        }
+        tracing::debug!(target = %self.describe, bytes = big, rtt_ms = rtt.map(|r| r.as_millis() as u64), "a second connection for the big files");
+        let opts = self.opts.clone();
+        let describe = self.describe.clone();
+        let slot: Arc<Mutex<Option<Arc<Conn>>>> = Arc::new(Mutex::new(None));
+        let kept = slot.clone();
+        let task = tokio::spawn(async move {
+            let timeout = opts.login_timeout.min(opts.attempt_timeout);
+            let c = match wait_for_login(&opts, timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(target = %describe, error = %e, "no second connection: the upload goes on over one");
+                    return None;
+                }
+            };
+            let conn = Conn::new(c.handle, c.jump, describe.clone(), &opts, None);
+            if let Ok(mut s) = kept.lock() {
+                *s = Some(conn.clone());
+            }
+            match conn.pool().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(target = %describe, error = %e, "second connection without sftp channels");
+                    None
+                }
+            }
+        });
+        let abort = task.abort_handle();
+        let sessions: sftp::ExtraSessions =
+            futures::FutureExt::shared(Box::pin(async move { task.await.ok().flatten() })
+                as futures::future::BoxFuture<'static, _>);
+        Some(SecondConnection {
+            sessions,
+            abort,
+            conn: slot,
+        })
     }
 
     /// Send a raw SSH keepalive and wait for the answer: true if the

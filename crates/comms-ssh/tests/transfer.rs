@@ -305,6 +305,95 @@ async fn over_a_slow_link_a_tree_goes_in_several_tar_streams() {
     assert_eq!(t.channel_limits().sftp_pool, 0, "no SFTP channel");
 }
 
+/// Uploads one 80 MiB file through `proxy` over a file already at the
+/// destination that is longer and read-only; returns the data and the
+/// destination.
+async fn upload_big_file_over(
+    sshd: &Sshd,
+    k: &opsbake_comms_ssh::KeyPair,
+    proxy: &opsbake_test_support::delay_proxy::DelayProxy,
+) -> (Vec<u8>, PathBuf) {
+    let t = SshTransport::connect(opts(proxy.addr(), k, pinned(sshd)))
+        .await
+        .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let data = random_bytes(80 << 20, 11);
+    let f = local.path().join("big.img");
+    write(&f, &data, 0o644);
+    let dest = sshd.home().join("big.img");
+    write(&dest, &random_bytes(100 << 20, 12), 0o444);
+    let (uid, gid) = sshd.ids();
+    std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+    let r = t
+        .upload(vec![Upload {
+            source: UploadSource::Path(f),
+            remote: dest.to_str().unwrap().into(),
+            mode: Some(0o640),
+            verify_sha256: true,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r.bytes, 80 << 20, "{r:?}");
+    t.close().await.unwrap();
+    (data, dest)
+}
+
+fn assert_same_file(dest: &Path, data: &[u8]) {
+    let got = std::fs::read(dest).unwrap();
+    assert_eq!(got.len(), data.len(), "cut to size");
+    assert_eq!(
+        hex::encode(Sha256::digest(&got)),
+        hex::encode(Sha256::digest(data))
+    );
+    let md = std::fs::metadata(dest).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o640);
+}
+
+/// A big file over a slow link: one connection's flight is capped by
+/// sshd's 2 MiB window per channel, so a second connection's channels take
+/// pieces of the file too. The file arrives whole (sha256), cut to its
+/// size over a longer, read-only file that was there, with its mode.
+#[tokio::test]
+async fn over_a_slow_link_a_big_file_also_goes_over_a_second_connection() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start(
+        sshd.addr(),
+        Duration::from_millis(25),
+    )
+    .unwrap();
+    let (data, dest) = upload_big_file_over(&sshd, &k, &proxy).await;
+    assert_same_file(&dest, &data);
+    let sent = proxy.client_bytes();
+    assert_eq!(sent.len(), 2, "two connections: {sent:?}");
+    assert!(sent[1] > 4 << 20, "the second carried pieces: {sent:?}");
+    assert!(
+        sent.iter().sum::<u64>() > 80 << 20,
+        "every byte went once at least: {sent:?}"
+    );
+}
+
+/// The second connection cannot be made (the link takes one connection):
+/// the upload goes on over the first, nothing is lost.
+#[tokio::test]
+async fn a_refused_second_connection_leaves_the_big_file_to_the_first() {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start_limited(
+        sshd.addr(),
+        Duration::from_millis(25),
+        1,
+    )
+    .unwrap();
+    let (data, dest) = upload_big_file_over(&sshd, &k, &proxy).await;
+    assert_same_file(&dest, &data);
+    let sent = proxy.client_bytes();
+    assert_eq!(sent.len(), 1, "one connection: {sent:?}");
+    assert!(sent[0] > 80 << 20, "{sent:?}");
+}
+
 /// A target without `tar`: the upload falls back to SFTP (and the
 /// connection remembers it).
 #[tokio::test]

@@ -11,7 +11,8 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -40,6 +41,8 @@ pub enum ProxyError {
 pub struct DelayProxy {
     addr: SocketAddr,
     one_way: Duration,
+    /// Client-to-server bytes of each connection accepted, in order.
+    sent: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,6 +52,17 @@ impl DelayProxy {
     /// `target` (which must be on 127.0.0.0/8), delaying each direction by
     /// `one_way`.
     pub fn start(target: SocketAddr, one_way: Duration) -> Result<DelayProxy, ProxyError> {
+        DelayProxy::start_limited(target, one_way, usize::MAX)
+    }
+
+    /// [`DelayProxy::start`], forwarding only the first `max_connections`
+    /// connections: later ones are accepted and closed at once (as a
+    /// firewall or `MaxStartups` would refuse them).
+    pub fn start_limited(
+        target: SocketAddr,
+        one_way: Duration,
+        max_connections: usize,
+    ) -> Result<DelayProxy, ProxyError> {
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| ProxyError::Io {
                 what: "bind 127.0.0.1:0".into(),
@@ -65,6 +79,8 @@ impl DelayProxy {
             source,
         })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let sent: Arc<Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
+        let counters = sent.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -85,6 +101,18 @@ impl DelayProxy {
                             let Ok((client, _)) = listener.accept().await else {
                                 continue;
                             };
+                            let counter = Arc::new(AtomicU64::new(0));
+                            let admitted = match counters.lock() {
+                                Ok(mut c) if c.len() < max_connections => {
+                                    c.push(counter.clone());
+                                    true
+                                }
+                                _ => false,
+                            };
+                            if !admitted {
+                                drop(client);
+                                continue;
+                            }
                             tokio::spawn(async move {
                                 let Ok(server) = TokioStream::connect(target).await else {
                                     return;
@@ -93,8 +121,8 @@ impl DelayProxy {
                                 let _ = server.set_nodelay(true);
                                 let (cr, cw) = client.into_split();
                                 let (sr, sw) = server.into_split();
-                                let a = tokio::spawn(pump(cr, sw, one_way));
-                                let b = tokio::spawn(pump(sr, cw, one_way));
+                                let a = tokio::spawn(pump(cr, sw, one_way, Some(counter)));
+                                let b = tokio::spawn(pump(sr, cw, one_way, None));
                                 let _ = a.await;
                                 let _ = b.await;
                             });
@@ -114,6 +142,7 @@ impl DelayProxy {
         Ok(DelayProxy {
             addr,
             one_way,
+            sent,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -122,6 +151,15 @@ impl DelayProxy {
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Bytes each forwarded connection sent from the client to the server,
+    /// in the order they were accepted.
+    pub fn client_bytes(&self) -> Vec<u64> {
+        self.sent
+            .lock()
+            .map(|v| v.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
     }
 
     /// The configured one-way delay (RTT is twice this).
@@ -145,6 +183,7 @@ async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
+    count: Option<Arc<AtomicU64>>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Vec<u8>>)>();
     let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -177,6 +216,9 @@ async fn pump(
         if n == 0 {
             let _ = tx.send((due, None));
             break;
+        }
+        if let Some(c) = &count {
+            c.fetch_add(n as u64, Ordering::Relaxed);
         }
         let Ok(permit) = budget.acquire_many(n as u32).await else {
             break;
