@@ -97,10 +97,10 @@ async fn client(args: &[String]) {
             eprintln!("opsbake: {r:?}");
         }
         "scripts" => {
-            // What the provisioner does for one `shell` step of N scripts:
-            // make the staging dir, one upload of the wrapper and every
-            // script, one exec running them in turn (reporting each start
-            // and status), remove the staging dir.
+            // What the provisioner does for a build whose one (last)
+            // `shell` step has N scripts: make the staging dir writing the
+            // scripts, then one exec running them in turn (reporting each
+            // start and status) that also removes the staging dir.
             let dir = PathBuf::from(&args[i + 1]);
             let n: usize = args[i + 2].parse().unwrap();
             let home = arg(args, "--home").unwrap();
@@ -135,9 +135,13 @@ async fn client(args: &[String]) {
                 ));
             }
             mk.push_str(&format!("chmod 755 {st}/run {st}/scripts/*; id -u"));
+            // The last step removes the staging dir in its own exec once
+            // its scripts succeeded, as the provisioner does.
+            runner.push_str(&format!(
+                "( cd / && rm -rf {st}; test ! -e {st} ) && printf '\\036M cleaned\\n'\nexit 0\n"
+            ));
             run(mk).await;
             run(runner).await;
-            run(format!("rm -rf {st}; test ! -e {st}")).await;
         }
         _ => {
             let n: usize = args[i + 1].parse().unwrap();
@@ -678,7 +682,7 @@ fn harness(args: &[String]) {
         let title = match case {
             "a" => "(a) one 256 MiB file",
             "b" => "(b) 2000 files of 4 KiB in 20 folders",
-            _ => "(c) 20 scripts running `true`: one `shell` step (the provisioner's sequence: mkdir writing the scripts, one exec running them, rm), 20 execs on one connection, OpenSSH per script, Packer's shell provisioner",
+            _ => "(c) 20 scripts running `true`: one `shell` step (the provisioner's sequence: mkdir writing the scripts, one exec running them and removing the staging dir), 20 execs on one connection, OpenSSH per script, Packer's shell provisioner",
         };
         let rs: Vec<&Row> = rows.iter().filter(|r| r.case == case).collect();
         if rs.is_empty() {

@@ -109,8 +109,16 @@ fn marker(tag: &str) -> String {
 /// each, a start line; after each, an exit line with its status; the first
 /// status not in `valid` ends the batch with that status (as running them
 /// one by one did). Each script runs in a subshell (an `exit` in a custom
-/// `execute_command` ends only that script).
-pub fn batch_command(tag: &str, scripts: &[BatchScript], valid: &[u32]) -> String {
+/// `execute_command` ends only that script). `cleanup`: a command run
+/// (from `/`, output discarded) after the last script when every status was
+/// valid, reporting `cleaned` if it succeeded: the staging dir's removal
+/// rides on the last step's exec instead of costing one of its own.
+pub fn batch_command(
+    tag: &str,
+    scripts: &[BatchScript],
+    valid: &[u32],
+    cleanup: Option<&str>,
+) -> String {
     let m = format!("\\036OPSBAKE-{tag}");
     let valid: Vec<String> = valid.iter().map(u32::to_string).collect();
     let mut c = String::new();
@@ -120,6 +128,11 @@ pub fn batch_command(tag: &str, scripts: &[BatchScript], valid: &[u32]) -> Strin
         c.push_str(&format!(
             "rc=$?; printf '{m} exit {i} %s\\n' \"$rc\"\ncase ' {} ' in *\" $rc \"*) ;; *) exit \"$rc\";; esac\n",
             valid.join(" ")
+        ));
+    }
+    if let Some(cl) = cleanup {
+        c.push_str(&format!(
+            "( cd / && {cl}\n) >/dev/null 2>&1 && printf '{m} cleaned\n'\n"
         ));
     }
     c.push_str("exit 0\n");
@@ -143,6 +156,8 @@ pub struct BatchState {
     pub current: Option<usize>,
     /// Exit status of each finished script.
     pub exits: Vec<Option<u32>>,
+    /// The batch's `cleanup` ran and succeeded.
+    pub cleaned: bool,
 }
 
 impl BatchSink {
@@ -158,6 +173,7 @@ impl BatchSink {
             state: Mutex::new(BatchState {
                 current: None,
                 exits: vec![None; scripts.len()],
+                cleaned: false,
             }),
         }
     }
@@ -173,6 +189,12 @@ impl BatchSink {
     }
 
     fn report(&self, rest: &str) {
+        if rest.trim() == "cleaned" {
+            if let Ok(mut s) = self.state.lock() {
+                s.cleaned = true;
+            }
+            return;
+        }
         let mut words = rest.split_whitespace();
         let (Some(kind), Some(i)) = (words.next(), words.next().and_then(|i| i.parse().ok()))
         else {
@@ -281,7 +303,7 @@ mod tests {
             mk("b.sh", "echo two >&2; exit 3"),
             mk("c.sh", "echo never"),
         ];
-        let cmd = batch_command("t1", &scripts, &[0, 3]);
+        let cmd = batch_command("t1", &scripts, &[0, 3], None);
         let sink = BatchSink::new("t1", &scripts, emitter.clone());
         let out = std::process::Command::new("sh")
             .arg("-c")
@@ -300,7 +322,7 @@ mod tests {
         let a: Vec<String> = scripts[0].sink.tail().into_iter().map(|x| x.1).collect();
         assert_eq!(a, ["one", "no newline"]);
         // 3 is not valid now: the batch stops after b.sh.
-        let cmd = batch_command("t2", &scripts, &[0]);
+        let cmd = batch_command("t2", &scripts, &[0], None);
         let sink = BatchSink::new("t2", &scripts, emitter);
         let out = std::process::Command::new("sh")
             .arg("-c")

@@ -24,6 +24,53 @@ fn local(h: &Harness) -> Arc<dyn Transport> {
     Arc::new(LocalTransport::new(local_vm(h.path())))
 }
 
+/// The local transport, every command recorded.
+struct Counted {
+    inner: LocalTransport,
+    execs: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Transport for Counted {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn exec(
+        &self,
+        req: opsbake_core::transport::ExecRequest,
+        sink: Arc<dyn opsbake_core::transport::OutputSink>,
+    ) -> Result<opsbake_core::transport::ExitStatus, opsbake_core::transport::TransportError> {
+        self.execs.lock().unwrap().push(req.command.clone());
+        self.inner.exec(req, sink).await
+    }
+    async fn upload(
+        &self,
+        items: Vec<opsbake_core::transport::Upload>,
+    ) -> Result<opsbake_core::transport::TransferReport, opsbake_core::transport::TransportError>
+    {
+        self.inner.upload(items).await
+    }
+    async fn download(
+        &self,
+        items: Vec<opsbake_core::transport::Download>,
+    ) -> Result<opsbake_core::transport::TransferReport, opsbake_core::transport::TransportError>
+    {
+        self.inner.download(items).await
+    }
+    async fn reconnect(
+        &self,
+        timeout: Duration,
+    ) -> Result<(), opsbake_core::transport::TransportError> {
+        self.inner.reconnect(timeout).await
+    }
+    async fn close(&self) -> Result<(), opsbake_core::transport::TransportError> {
+        self.inner.close().await
+    }
+    fn command_path(&self, remote: &str) -> String {
+        self.inner.command_path(remote)
+    }
+}
+
 fn staging_dir(h: &Harness) -> std::path::PathBuf {
     h.path().join("vm/var/tmp/opsbake").join(h.ctx.build_id())
 }
@@ -80,6 +127,45 @@ async fn scripts_call_each_other_by_name_with_env_intact() {
     );
     // The staging dir is gone after the build.
     assert!(!staging_dir(&h).exists());
+}
+
+/// The last step removes the staging dir in its own exec (after its
+/// scripts succeeded): a build of two shell steps is three commands
+/// (staging, step 1, step 2 + removal), with nothing left behind; when the
+/// last step fails, the removal is a command of its own and still runs.
+#[tokio::test]
+async fn the_last_step_removes_the_staging_dir_in_its_own_exec() {
+    for (last, ok) in [("echo last", true), ("exit 4", false)] {
+        let yaml = format!(
+            "{HEAD}provision:\n  - type: shell\n    inline: [\"echo first\"]\n  - type: shell\n    inline: [\"{last}\"]\n"
+        );
+        let h = Harness::new(&yaml, Iaas::Localtest, &[], RunOptions::default());
+        let t = Arc::new(Counted {
+            inner: LocalTransport::new(local_vm(h.path())),
+            execs: Default::default(),
+        });
+        let r = Provision::default().run(&h.ctx, t.clone()).await;
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+        let execs = t.execs.lock().unwrap().clone();
+        let rm = format!("rm -rf {}", staging_dir(&h).display());
+        let removals: Vec<usize> = (0..execs.len())
+            .filter(|&i| execs[i].contains("rm -rf"))
+            .collect();
+        if ok {
+            assert_eq!(execs.len(), 3, "{execs:#?}");
+            assert_eq!(removals, [2], "{execs:#?}");
+            assert!(execs[2].contains("inline-02.sh"), "{}", execs[2]);
+            assert!(h
+                .output("shell")
+                .contains(&(Stream::Stdout, "last".to_string())));
+        } else {
+            // The failed step's exec carried the removal, which did not run.
+            assert_eq!(execs.len(), 4, "{execs:#?}");
+            assert_eq!(removals, [2, 3], "{execs:#?}");
+            assert!(execs[3].contains(&rm), "{}", execs[3]);
+        }
+        assert!(!staging_dir(&h).exists());
+    }
 }
 
 #[tokio::test]
@@ -271,10 +357,21 @@ async fn one_upload_batch_then_one_exec_per_step() {
         execs[1],
         format!("sudo -n env OPSBAKE_STAGING={st} K='v w' {st}/run {st}/scripts/inline-02.sh")
     );
-    assert_eq!(
-        execs[2],
-        format!("env OPSBAKE_STAGING={st} {st}/run {st}/scripts/a.sh")
+    // The last step (one script, no sudo): folded as a batch that also
+    // removes the staging dir once its script succeeded, as the login user.
+    assert!(execs[2].starts_with("PATH="), "{}", execs[2]);
+    assert!(
+        execs[2].contains(&format!("exec {st}/scripts/a.sh")),
+        "{}",
+        execs[2]
     );
+    assert!(
+        execs[2].contains(&format!("rm -rf {st} 2>/dev/null || sudo -n rm -rf {st}")),
+        "{}",
+        execs[2]
+    );
+    // The recorder prints no report, so nothing says the removal ran: it
+    // runs again as a command of its own.
     assert!(
         execs[3].starts_with(&format!("rm -rf {st} 2>/dev/null || sudo -n rm -rf {st}")),
         "{}",

@@ -117,6 +117,8 @@ struct Session<'a> {
     batch: Vec<Upload>,
     /// The batch went up with the staging dir's mkdir (no upload).
     staged_inline: bool,
+    /// The last step's exec removed the staging dir.
+    staging_removed: bool,
     chef: Vec<Option<chef::ChefStage>>,
     handoff: Option<HandoffConfig>,
     /// The login user is root: no sudo.
@@ -202,6 +204,7 @@ impl Provision {
             scripts,
             batch,
             staged_inline: false,
+            staging_removed: false,
             chef,
             handoff,
             root: false,
@@ -246,7 +249,7 @@ impl Provision {
                 "keeping the staging dir {} on the VM (--keep-staging)",
                 s.staging.cdir
             ));
-        } else if !handoff_done {
+        } else if !handoff_done && !(r.is_ok() && s.staging_removed) {
             // The hand-off removes it itself (and vcap's sudo is gone then).
             let sink = Arc::new(StepSink::new(None, "staging"));
             let cmd = s.staging.remove_command(!s.root);
@@ -408,8 +411,16 @@ impl Session<'_> {
                 // Several scripts: one exec runs them in turn (a round trip
                 // and an sshd session per step, not per script). A step that
                 // reboots keeps one exec per script (the drop is expected).
-                if batch.len() > 1 && !s.expect_disconnect {
-                    return self.shell_batch(s, &label, batch, timeout).await;
+                // The last step of a build removes the staging dir in the
+                // same exec (one script too), unless it is kept or the
+                // hand-off removes it.
+                let remove_staging = index + 1 == self.ctx.plan.provision.len()
+                    && !self.ctx.options.keep_staging
+                    && self.handoff.is_none();
+                if !s.expect_disconnect && (batch.len() > 1 || remove_staging) {
+                    return self
+                        .shell_batch(s, &label, batch, timeout, remove_staging)
+                        .await;
                 }
                 for (l, name, sink) in batch {
                     self.shell_script(s, &l, &name, &sink, timeout).await?;

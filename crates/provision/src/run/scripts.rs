@@ -65,12 +65,15 @@ impl Session<'_> {
     /// Every script of a step in one exec ([`shell::batch_command`]): each
     /// is named as it starts, its output goes to its own label, and the
     /// first status not in `valid_exit_codes` fails the step naming it.
+    /// `remove_staging` (the last step): the staging dir is removed by the
+    /// same exec once every script succeeded (`staging_removed` says it was).
     pub(super) async fn shell_batch(
-        &self,
+        &mut self,
         s: &ShellProvisioner,
         label: &str,
         batch: Vec<(String, String, Arc<StepSink>)>,
         timeout: Option<Duration>,
+        remove_staging: bool,
     ) -> Result<(), ProvisionError> {
         // The default `execute_command` (sudo, env, the staging wrapper,
         // then the script: four programs and a PAM session per script) is
@@ -97,7 +100,11 @@ impl Session<'_> {
         }
         let valid = valid_codes(s);
         let tag = format!("{:016x}", rand_tag());
-        let mut cmd = shell::batch_command(&tag, &scripts, &valid);
+        // The runner is root when the folded batch runs under sudo: its
+        // removal needs no sudo of its own then.
+        let as_root = self.root || (fold && s.sudo.unwrap_or(true));
+        let cleanup = remove_staging.then(|| self.staging.remove_command(!as_root));
+        let mut cmd = shell::batch_command(&tag, &scripts, &valid, cleanup.as_deref());
         if fold {
             let dir = shell_quote(&self.staging.cpath("scripts"));
             cmd = format!("PATH={dir}:\"$PATH\"; export PATH; cd {dir} || exit 125\n{cmd}");
@@ -114,6 +121,7 @@ impl Session<'_> {
         req.timeout = timeout;
         let r = self.transport.exec(req, bsink.clone()).await;
         let state = bsink.state();
+        self.staging_removed = state.cleaned;
         let at = |i: Option<usize>| {
             let sc = scripts.get(i.unwrap_or(0)).or(scripts.first());
             sc.map(|x| (x.label.as_str(), x.sink.clone()))
