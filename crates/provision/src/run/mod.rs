@@ -249,7 +249,7 @@ impl Provision {
                 "keeping the staging dir {} on the VM (--keep-staging)",
                 s.staging.cdir
             ));
-        } else if !handoff_done && !(r.is_ok() && s.staging_removed) {
+        } else if !(handoff_done || s.staging_removed) {
             // The hand-off removes it itself (and vcap's sudo is gone then).
             let sink = Arc::new(StepSink::new(None, "staging"));
             let cmd = s.staging.remove_command(!s.root);
