@@ -303,6 +303,9 @@ pub(crate) fn client_config(opts: &SshOptions) -> Arc<client::Config> {
         inactivity_timeout: None,
         window_size: 8 << 20,
         nodelay: true,
+        // Our russh patch (vendor/README.md): the signed key request at
+        // once, right behind the service request: two round trips fewer.
+        pipelined_publickey_auth: true,
         preferred: Preferred {
             cipher: Cow::Borrowed(CIPHERS),
             mac: Cow::Borrowed(MACS),

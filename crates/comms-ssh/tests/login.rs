@@ -55,6 +55,34 @@ async fn login_with_rsa_key() {
     );
 }
 
+/// A key login sends the signed request at once, right behind the service
+/// request (our russh patch, vendor/README.md): sshd sees no unsigned query
+/// for the key first, for an ed25519 and an RSA key alike, and the login
+/// works.
+#[tokio::test]
+async fn a_key_login_sends_the_signed_request_without_a_probe() {
+    init_tracing();
+    for k in [
+        key(),
+        KeyPair::generate(KeyKind::Rsa(2048), "opsbake-rsa").unwrap(),
+    ] {
+        let sshd = sshd_with(
+            &k,
+            SshdOptions {
+                extra_config: vec!["LogLevel DEBUG2".into()],
+                ..SshdOptions::default()
+            },
+        );
+        let t = SshTransport::connect(opts(sshd.addr(), &k, pinned(&sshd)))
+            .await
+            .unwrap();
+        assert_eq!(whoami(&t).await, "vcap");
+        let log = sshd.log_text();
+        assert_eq!(sshd.log_count("attempting public key"), 1, "{log}");
+        assert_eq!(sshd.log_count("querying public key"), 0, "{log}");
+    }
+}
+
 #[tokio::test]
 async fn restricted_algorithms_negotiate() {
     let k = key();
