@@ -27,4 +27,9 @@ if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ]; then
     export TMPDIR=/dev/shm
 fi
 cargo build --release -q -p opsbake-comms-ssh --example bench
+# The CLI too, for the `opsbake build` rows (the `ssh` builder with a `file`
+# or `shell` step, as a user runs it). OPSBAKE_BENCH_NO_CLI=1 leaves them out.
+if [ -z "${OPSBAKE_BENCH_NO_CLI:-}" ]; then
+    cargo build --release -q -p opsbake
+fi
 exec target/release/examples/bench "$@"

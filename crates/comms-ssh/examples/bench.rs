@@ -408,6 +408,46 @@ fn packer_template(c: &Ctx, port: u16, method: &str, prov: serde_json::Value) ->
     p
 }
 
+/// An opsbake template for the `ssh` builder against the bench's sshd (the
+/// host keys pinned), with `provision` as its steps: the CLI as a user runs
+/// it. JSON is YAML.
+fn opsbake_template(c: &Ctx, port: u16, name: &str, provision: serde_json::Value) -> PathBuf {
+    let pins: Vec<String> = std::fs::read_to_string(&c.host_keys)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let tpl = serde_json::json!({
+        "name": "bench",
+        "builds": {"ssh": {
+            "ssh": {
+                "host": "127.0.0.1",
+                "port": port,
+                "user": USER,
+                "private_key_file": c.opsbake_key.display().to_string(),
+                "host_key": {"pin": pins},
+            },
+            // The bench's sshd is on this host (in its own namespace).
+            "options": {"allow_loopback": true},
+        }},
+        "provision": provision,
+    });
+    let p = c.work.join(format!("opsbake-{name}-{port}.yml"));
+    std::fs::write(&p, serde_json::to_vec_pretty(&tpl).unwrap()).unwrap();
+    p
+}
+
+/// `opsbake build TEMPLATE --iaas ssh` with its own state dir.
+fn opsbake_build(c: &Ctx, cli: &Path, tpl: &Path) -> String {
+    let state = c.work.join("opsbake-state");
+    format!(
+        "OPSBAKE_STATE_DIR={} {} build {} --iaas ssh",
+        state.display(),
+        cli.display(),
+        tpl.display()
+    )
+}
+
 fn harness(args: &[String]) {
     let reps: usize = arg(args, "--reps").map(|r| r.parse().unwrap()).unwrap_or(3);
     let rtts: Vec<u64> = arg(args, "--rtt-ms")
@@ -428,6 +468,12 @@ fn harness(args: &[String]) {
     let load_before = loadavg();
     let started_at = utc_now();
     let only_ours = args.iter().any(|a| a == "--only-opsbake");
+    // The CLI (`opsbake build` with the `ssh` builder), when built
+    // (run.sh builds it): the same work as a user writes it.
+    let cli = Path::new("target/release/opsbake")
+        .canonicalize()
+        .ok()
+        .filter(|_| std::env::var_os("OPSBAKE_BENCH_NO_CLI").is_none());
 
     let work =
         PathBuf::from(arg(args, "--work").unwrap_or_else(|| "/var/tmp/opsbake-bench".into()));
@@ -510,6 +556,24 @@ fn harness(args: &[String]) {
             rows.push(measure(&c, "a", rtt, "opsbake", reps, |d| {
                 (ops(&format!("upload {src} {d}")), vec![])
             }));
+            if let Some(cli) = &cli {
+                rows.push(measure(
+                    &c,
+                    "a",
+                    rtt,
+                    "opsbake build (ssh builder, file step)",
+                    reps,
+                    |d| {
+                        let tpl = opsbake_template(
+                            &c,
+                            port,
+                            "a",
+                            serde_json::json!([{"type": "file", "source": src, "destination": d}]),
+                        );
+                        (opsbake_build(&c, cli, &tpl), vec![])
+                    },
+                ));
+            }
             if !only_ours {
                 rows.push(measure(&c, "a", rtt, "scp (sftp protocol)", reps, |d| {
                     (format!("scp -q {so} {src} {host}:{d}"), vec![])
@@ -561,6 +625,12 @@ fn harness(args: &[String]) {
             rows.push(measure(&c, "b", rtt, "opsbake", reps, |d| {
                 (ops(&format!("upload {src} {d}")), vec![])
             }));
+            if let Some(cli) = &cli {
+                rows.push(measure(&c, "b", rtt, "opsbake build (ssh builder, file step)", reps, |d| {
+                    let tpl = opsbake_template(&c, port, "b", serde_json::json!([{"type": "file", "source": format!("{src}/"), "destination": d}]));
+                    (opsbake_build(&c, cli, &tpl), vec![])
+                }));
+            }
             if !only_ours {
                 let slow = quick && rtt > 0;
                 if !slow {
@@ -626,6 +696,21 @@ fn harness(args: &[String]) {
                 reps,
                 |_| (ops(&format!("--home {home} scripts {cdir} 20")), vec![]),
             ));
+            if let Some(cli) = &cli {
+                let scripts: Vec<String> = (0..20)
+                    .map(|i| {
+                        work.join(format!("c/script{i:02}.sh"))
+                            .display()
+                            .to_string()
+                    })
+                    .collect();
+                rows.push(measure(&c, "c", rtt, "opsbake build (ssh builder, shell step)", reps, |_| {
+                    // No sudo: the bench's vcap has none (Packer's shell
+                    // provisioner runs without it too).
+                    let tpl = opsbake_template(&c, port, "c", serde_json::json!([{"type": "shell", "scripts": scripts, "sudo": false}]));
+                    (opsbake_build(&c, cli, &tpl), vec![])
+                }));
+            }
             rows.push(measure(
                 &c,
                 "c",
