@@ -227,7 +227,13 @@ pub(crate) async fn upload_all(
     } else {
         None
     };
-    let rtt = conn.rtt();
+    let mut rtt = conn.rtt();
+    if conn.cpus <= 1 && stream_count(total, rtt, conn.cpus, max) > 1 {
+        // A slow link to a one-CPU target, as channel opens saw it: they
+        // also wait for the target itself, so a ping says whether the link
+        // is slow (one round trip, only in this case).
+        rtt = conn.measure_rtt().await.or(rtt);
+    }
     let parts = parts(plan, stream_count(total, rtt, conn.cpus, max));
     if parts.len() == 1 {
         return upload(conn, plan, first).await;
