@@ -696,14 +696,14 @@ fn harness(args: &[String]) {
                 reps,
                 |_| (ops(&format!("--home {home} scripts {cdir} 20")), vec![]),
             ));
+            let scripts: Vec<String> = (0..20)
+                .map(|i| {
+                    work.join(format!("c/script{i:02}.sh"))
+                        .display()
+                        .to_string()
+                })
+                .collect();
             if let Some(cli) = &cli {
-                let scripts: Vec<String> = (0..20)
-                    .map(|i| {
-                        work.join(format!("c/script{i:02}.sh"))
-                            .display()
-                            .to_string()
-                    })
-                    .collect();
                 rows.push(measure(&c, "c", rtt, "opsbake build (ssh builder, shell step)", reps, |_| {
                     // No sudo: the bench's vcap has none (Packer's shell
                     // provisioner runs without it too).
@@ -731,13 +731,6 @@ fn harness(args: &[String]) {
                 (format!("ssh {so} -o ControlMaster=yes -o ControlPath={cps} -o ControlPersist=60 -fN {host} && for i in $(seq 20); do ssh {so} -o ControlPath={cps} {host} true || exit 1; done; ssh {so} -o ControlPath={cps} -O exit {host} 2>/dev/null"), vec![])
             }));
             if packer {
-                let scripts: Vec<String> = (0..20)
-                    .map(|i| {
-                        work.join(format!("c/script{i:02}.sh"))
-                            .display()
-                            .to_string()
-                    })
-                    .collect();
                 rows.push(measure(
                     &c,
                     "c",

@@ -614,10 +614,23 @@ async fn upload_file(
         },
     )
     .await?;
+    finish_handle(ctx, first, h, idx, item, attrs_for(item)).await
+}
+
+/// Set `attrs` on the open handle, read its size back and close it (one
+/// round trip: the three go out back to back), then [`finish_file`].
+async fn finish_handle(
+    ctx: &Ctx<'_>,
+    sess: &RawSftpSession,
+    h: String,
+    idx: usize,
+    item: &FileItem,
+    attrs: FileAttributes,
+) -> Result<(), TransportError> {
     let (set, st, close) = futures::join!(
-        first.fsetstat(h.clone(), attrs_for(item)),
-        first.fstat(h.clone()),
-        first.close(h)
+        sess.fsetstat(h.clone(), attrs),
+        sess.fstat(h.clone()),
+        sess.close(h)
     );
     finish_file(ctx, idx, item, set, st, close, false)
 }
@@ -744,12 +757,7 @@ async fn upload_split(
     // The size too: the pieces were written without truncating.
     let mut attrs = attrs_for(item);
     attrs.size = Some(item.size);
-    let (set, st, close) = futures::join!(
-        first.fsetstat(h.clone(), attrs),
-        first.fstat(h.clone()),
-        first.close(h)
-    );
-    finish_file(ctx, idx, item, set, st, close, false)
+    finish_handle(ctx, first, h, idx, item, attrs).await
 }
 
 /// The end of one file's upload: the answers to fsetstat, fstat and close,

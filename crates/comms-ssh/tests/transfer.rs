@@ -305,15 +305,21 @@ async fn over_a_slow_link_a_tree_goes_in_several_tar_streams() {
     assert_eq!(t.channel_limits().sftp_pool, 0, "no SFTP channel");
 }
 
-/// Uploads one 80 MiB file through `proxy` over a file already at the
-/// destination that is longer and read-only; returns the data and the
-/// destination.
-async fn upload_big_file_over(
-    sshd: &Sshd,
-    k: &opsbake_comms_ssh::KeyPair,
-    proxy: &opsbake_test_support::delay_proxy::DelayProxy,
-) -> (Vec<u8>, PathBuf) {
-    let t = SshTransport::connect(opts(proxy.addr(), k, pinned(sshd)))
+/// Uploads one 80 MiB file over a link of 25 ms each way that takes at most
+/// `max_connections` connections, over a file already at the destination
+/// that is longer and read-only; checks what arrived (sha256, cut to size,
+/// mode) and returns the client-to-server bytes of each connection.
+async fn upload_big_file_over_a_slow_link(max_connections: usize) -> Vec<u64> {
+    init_tracing();
+    let k = key();
+    let sshd = sshd_with(&k, SshdOptions::default());
+    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start_limited(
+        sshd.addr(),
+        Duration::from_millis(25),
+        max_connections,
+    )
+    .unwrap();
+    let t = SshTransport::connect(opts(proxy.addr(), &k, pinned(&sshd)))
         .await
         .unwrap();
     let local = tempfile::tempdir().unwrap();
@@ -335,18 +341,14 @@ async fn upload_big_file_over(
         .unwrap();
     assert_eq!(r.bytes, 80 << 20, "{r:?}");
     t.close().await.unwrap();
-    (data, dest)
-}
-
-fn assert_same_file(dest: &Path, data: &[u8]) {
-    let got = std::fs::read(dest).unwrap();
+    let got = std::fs::read(&dest).unwrap();
     assert_eq!(got.len(), data.len(), "cut to size");
     assert_eq!(
         hex::encode(Sha256::digest(&got)),
-        hex::encode(Sha256::digest(data))
+        hex::encode(Sha256::digest(&data))
     );
-    let md = std::fs::metadata(dest).unwrap();
-    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, 0o640);
+    proxy.client_bytes()
 }
 
 /// A big file over a slow link: one connection's flight is capped by
@@ -355,17 +357,7 @@ fn assert_same_file(dest: &Path, data: &[u8]) {
 /// size over a longer, read-only file that was there, with its mode.
 #[tokio::test]
 async fn over_a_slow_link_a_big_file_also_goes_over_a_second_connection() {
-    init_tracing();
-    let k = key();
-    let sshd = sshd_with(&k, SshdOptions::default());
-    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start(
-        sshd.addr(),
-        Duration::from_millis(25),
-    )
-    .unwrap();
-    let (data, dest) = upload_big_file_over(&sshd, &k, &proxy).await;
-    assert_same_file(&dest, &data);
-    let sent = proxy.client_bytes();
+    let sent = upload_big_file_over_a_slow_link(usize::MAX).await;
     assert_eq!(sent.len(), 2, "two connections: {sent:?}");
     assert!(sent[1] > 4 << 20, "the second carried pieces: {sent:?}");
     assert!(
@@ -378,18 +370,7 @@ async fn over_a_slow_link_a_big_file_also_goes_over_a_second_connection() {
 /// the upload goes on over the first, nothing is lost.
 #[tokio::test]
 async fn a_refused_second_connection_leaves_the_big_file_to_the_first() {
-    init_tracing();
-    let k = key();
-    let sshd = sshd_with(&k, SshdOptions::default());
-    let proxy = opsbake_test_support::delay_proxy::DelayProxy::start_limited(
-        sshd.addr(),
-        Duration::from_millis(25),
-        1,
-    )
-    .unwrap();
-    let (data, dest) = upload_big_file_over(&sshd, &k, &proxy).await;
-    assert_same_file(&dest, &data);
-    let sent = proxy.client_bytes();
+    let sent = upload_big_file_over_a_slow_link(1).await;
     assert_eq!(sent.len(), 1, "one connection: {sent:?}");
     assert!(sent[0] > 80 << 20, "{sent:?}");
 }
