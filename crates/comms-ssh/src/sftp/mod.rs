@@ -6,11 +6,11 @@
 //! sshd grants each channel one 2 MiB window per round trip. Files are
 //! streamed from disk chunk by chunk, never read whole.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt as _};
+use futures::stream::StreamExt as _;
 use opsbake_core::transport::{TransferReport, TransportError};
 use russh::ChannelMsg;
 use russh_sftp::client::error::Error as SftpError;
@@ -22,6 +22,8 @@ use crate::conn::{Leased, PermitStream};
 use crate::connect::{SshHandle, SshOptions};
 use crate::exec::disconnected;
 use crate::plan::{io_err, FileItem, Plan, Src};
+
+mod pieces;
 
 /// Bytes per SFTP write request (OpenSSH's sftp-server takes up to 256 KiB).
 pub const CHUNK: usize = 64 << 10;
@@ -297,66 +299,6 @@ struct Span {
     end: u64,
 }
 
-/// Write `[start, end)` of a file through `handle_id`, keeping up to
-/// `ctx.window` bytes in flight; records the contiguously acknowledged offset.
-async fn write_range(
-    ctx: &Ctx<'_>,
-    sess: &RawSftpSession,
-    handle_id: &str,
-    idx: usize,
-    item: &FileItem,
-    span: Span,
-) -> Result<(), TransportError> {
-    let Span {
-        range_start,
-        start,
-        end,
-    } = span;
-    let mut reader = Reader::open(&item.src, start).await?;
-    let mut offset = start;
-    let mut acked = start;
-    let mut done: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut inflight = FuturesUnordered::new();
-    let mut inflight_bytes = 0usize;
-    while offset < end || !inflight.is_empty() {
-        while offset < end && inflight_bytes < ctx.window {
-            let len = usize::try_from((end - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let data = reader.next(len).await?;
-            let off = offset;
-            let h = handle_id.to_string();
-            inflight.push(async move { (off, len, sess.write(h, off, data).await) });
-            offset += len as u64;
-            inflight_bytes += len;
-        }
-        // Requests of a dead connection may never be answered: watch the
-        // connection too, so that a drop is seen at once, not at the
-        // request timeout.
-        let next = tokio::select! {
-            n = inflight.next() => n,
-            _ = connection_closed(ctx.handle) => {
-                return Err(TransportError::Disconnected {
-                    target: ctx.target.into(),
-                    reason: format!("connection lost while writing {}", item.remote),
-                });
-            }
-        };
-        let Some((off, len, res)) = next else {
-            break;
-        };
-        res.map_err(|e| ctx.err("write", &item.remote, e))?;
-        inflight_bytes -= len;
-        done.insert(off, len as u64);
-        while let Some(l) = done.remove(&acked) {
-            acked += l;
-        }
-        if let Ok(mut st) = ctx.state.lock() {
-            st.acked.insert((idx, range_start), acked);
-            st.bytes += len as u64;
-        }
-    }
-    Ok(())
-}
-
 /// Resolves once the SSH connection is gone.
 pub(crate) async fn connection_closed(handle: &SshHandle) {
     while !handle.is_closed() {
@@ -372,22 +314,6 @@ fn attrs_for(item: &FileItem) -> FileAttributes {
         a.mtime = Some(m);
     }
     a
-}
-
-/// The pieces `[start, end)` of a file split across channels (none below
-/// [`SPLIT_AT`] or with one channel: one range, written in order).
-fn ranges(size: u64, parts: usize) -> Vec<(u64, u64)> {
-    if size < SPLIT_AT || parts <= 1 {
-        return vec![(0, size)];
-    }
-    let mut v = Vec::new();
-    let mut s = 0;
-    while s < size {
-        let e = (s + PIECE).min(size);
-        v.push((s, e));
-        s = e;
-    }
-    v
 }
 
 /// Open `item` for writing on `sess`. An existing read-only file of ours (a
@@ -428,129 +354,6 @@ async fn open_for_write(
     }
 }
 
-/// One channel's share of a split file: takes pieces from `queue` while its
-/// window has room, keeps writes in flight across pieces (no pause between
-/// them), and records each piece's contiguously acknowledged offset.
-/// `handle`: the file already open on this session; otherwise it is opened
-/// (without truncating: the size is set at the end) before the first piece,
-/// or at once when `keep` (the handle that sets the attributes at the end:
-/// returned open). Other handles are closed. On error, the parts of its
-/// pieces that were not acknowledged are returned with it, so that another
-/// channel can take them.
-async fn piece_worker(
-    ctx: &Ctx<'_>,
-    sess: Arc<RawSftpSession>,
-    idx: usize,
-    item: &FileItem,
-    queue: &Mutex<VecDeque<Span>>,
-    handle: Option<String>,
-    keep: bool,
-) -> Result<Option<String>, (TransportError, Vec<Span>)> {
-    let mut handle = handle;
-    if handle.is_none() && keep {
-        handle = Some(
-            open_for_write(ctx, &sess, item, OpenFlags::WRITE | OpenFlags::CREATE)
-                .await
-                .map_err(|e| (e, Vec::new()))?,
-        );
-    }
-    // Per piece (by its start): its end, the acknowledged offset, and
-    // acknowledged writes beyond it.
-    let mut pieces: BTreeMap<u64, (u64, u64, BTreeMap<u64, u64>)> = BTreeMap::new();
-    let leftovers = |pieces: &BTreeMap<u64, (u64, u64, BTreeMap<u64, u64>)>| -> Vec<Span> {
-        pieces
-            .iter()
-            .filter(|(_, (end, acked, _))| acked < end)
-            .map(|(&range_start, &(end, acked, _))| Span {
-                range_start,
-                start: acked,
-                end,
-            })
-            .collect()
-    };
-    let mut cur: Option<(Span, Reader)> = None;
-    let mut inflight = FuturesUnordered::new();
-    let mut inflight_bytes = 0usize;
-    loop {
-        while inflight_bytes < ctx.window {
-            if cur.as_ref().is_none_or(|(sp, _)| sp.start >= sp.end) {
-                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-                let Some(sp) = next else {
-                    cur = None;
-                    break;
-                };
-                pieces.insert(sp.range_start, (sp.end, sp.start, BTreeMap::new()));
-                if handle.is_none() {
-                    match open_for_write(ctx, &sess, item, OpenFlags::WRITE | OpenFlags::CREATE)
-                        .await
-                    {
-                        Ok(h) => handle = Some(h),
-                        Err(e) => return Err((e, leftovers(&pieces))),
-                    }
-                }
-                let reader = match Reader::open(&item.src, sp.start).await {
-                    Ok(r) => r,
-                    Err(e) => return Err((e, leftovers(&pieces))),
-                };
-                cur = Some((sp, reader));
-            }
-            let (Some((sp, reader)), Some(h)) = (cur.as_mut(), handle.as_ref()) else {
-                break;
-            };
-            let len = usize::try_from((sp.end - sp.start).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let data = match reader.next(len).await {
-                Ok(d) => d,
-                Err(e) => return Err((e, leftovers(&pieces))),
-            };
-            let (piece, off) = (sp.range_start, sp.start);
-            let (sess, h) = (&sess, h.clone());
-            inflight.push(async move { (piece, off, len, sess.write(h, off, data).await) });
-            sp.start += len as u64;
-            inflight_bytes += len;
-        }
-        if inflight.is_empty() {
-            break;
-        }
-        let next = tokio::select! {
-            n = inflight.next() => n,
-            _ = connection_closed(ctx.handle) => {
-                let e = TransportError::Disconnected {
-                    target: ctx.target.into(),
-                    reason: format!("connection lost while writing {}", item.remote),
-                };
-                return Err((e, leftovers(&pieces)));
-            }
-        };
-        let Some((piece, off, len, res)) = next else {
-            break;
-        };
-        if let Err(e) = res {
-            let e = ctx.err("write", &item.remote, e);
-            return Err((e, leftovers(&pieces)));
-        }
-        inflight_bytes -= len;
-        if let Some((_, acked, done)) = pieces.get_mut(&piece) {
-            done.insert(off, len as u64);
-            while let Some(l) = done.remove(acked) {
-                *acked += l;
-            }
-            if let Ok(mut st) = ctx.state.lock() {
-                st.acked.insert((idx, piece), *acked);
-                st.bytes += len as u64;
-            }
-        }
-    }
-    match handle {
-        Some(h) if !keep => {
-            sess.close(h)
-                .await
-                .map_err(|e| (ctx.err("close", &item.remote, e), Vec::new()))?;
-            Ok(None)
-        }
-        other => Ok(other),
-    }
-}
-
 /// One file. Up to [`SPLIT_AT`]: open (truncating unless resuming), write
 /// in order on one channel, set mode and times, check the size, close. A
 /// bigger file is written in pieces by every channel of the pool at once
@@ -573,12 +376,12 @@ async fn upload_file(
         })?;
         (st.started.contains(&idx), st.acked.clone())
     };
-    let rs = ranges(item.size, n);
+    let rs = pieces::ranges(item.size, n);
     if let Ok(mut st) = ctx.state.lock() {
         st.started.insert(idx);
     }
     if rs.len() > 1 {
-        return upload_split(ctx, pool, extra, idx, item, &rs, resuming, &acked).await;
+        return pieces::upload_split(ctx, pool, extra, idx, item, &rs, resuming, &acked).await;
     }
     let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
     if !resuming {
@@ -601,19 +404,20 @@ async fn upload_file(
     if resuming && from > 0 {
         tracing::info!(path = %item.remote, from, size = item.size, "resuming upload");
     }
-    write_range(
-        ctx,
-        first,
-        &h,
-        idx,
-        item,
-        Span {
-            range_start: 0,
-            start: from,
-            end: item.size,
-        },
-    )
-    .await?;
+    // One range, written in order by this channel (the split file's
+    // writer with one piece).
+    let span = Span {
+        range_start: 0,
+        start: from,
+        end: item.size,
+    };
+    let queue = Mutex::new((from < item.size).then_some(span).into_iter().collect());
+    let h = pieces::piece_worker(ctx, first.clone(), idx, item, &queue, Some(h), true)
+        .await
+        .map_err(|(e, _)| e)?;
+    let Some(h) = h else {
+        return Err(no_handle(ctx, item));
+    };
     finish_handle(ctx, first, h, idx, item, attrs_for(item)).await
 }
 
@@ -635,6 +439,15 @@ async fn finish_handle(
     finish_file(ctx, idx, item, set, st, close, false)
 }
 
+/// The error for a file whose writers ended without the handle that sets
+/// its attributes (cannot happen: that writer returns it or an error).
+fn no_handle(ctx: &Ctx<'_>, item: &FileItem) -> TransportError {
+    TransportError::Other {
+        target: ctx.target.into(),
+        message: format!("{}: no handle left to finish the upload", item.remote),
+    }
+}
+
 /// Where a range resumes: its acknowledged offset, but not beyond what the
 /// file on the target holds (`remote_size`, when known).
 fn resume_from(
@@ -648,116 +461,6 @@ fn resume_from(
         Some(sz) if sz < a => r.0.max(sz.min(a)),
         _ => a,
     }
-}
-
-/// `fut`'s output with a tag (here: whether it runs on the second connection).
-async fn tagged<F: std::future::Future>(tag: bool, fut: F) -> (bool, F::Output) {
-    (tag, fut.await)
-}
-
-/// A file of several pieces ([`upload_file`]).
-#[allow(clippy::too_many_arguments)]
-async fn upload_split(
-    ctx: &Ctx<'_>,
-    pool: &SftpPool,
-    extra: Option<&ExtraSessions>,
-    idx: usize,
-    item: &FileItem,
-    rs: &[(u64, u64)],
-    resuming: bool,
-    acked: &HashMap<(usize, u64), u64>,
-) -> Result<(), TransportError> {
-    let n = pool.sessions.len();
-    let first = &pool.sessions[idx % n];
-    // Resuming: what the target holds bounds each piece's acknowledged
-    // offset (one fstat before the pieces are handed out).
-    let mut first_handle = None;
-    let mut remote_size = None;
-    if resuming {
-        let h = open_for_write(ctx, first, item, OpenFlags::WRITE | OpenFlags::CREATE).await?;
-        let a = first
-            .fstat(h.clone())
-            .await
-            .map_err(|e| ctx.err("fstat", &item.remote, e))?;
-        remote_size = a.attrs.size;
-        first_handle = Some(h);
-    }
-    let queue: VecDeque<Span> = rs
-        .iter()
-        .filter_map(|&(s, e)| {
-            let from = resume_from(acked, idx, (s, e), remote_size);
-            (from < e).then_some(Span {
-                range_start: s,
-                start: from,
-                end: e,
-            })
-        })
-        .collect();
-    if resuming {
-        let left: u64 = queue.iter().map(|sp| sp.end - sp.start).sum();
-        tracing::info!(path = %item.remote, left, size = item.size, "resuming upload");
-    }
-    let queue = Mutex::new(queue);
-    let queue = &queue;
-    let mut workers = FuturesUnordered::new();
-    for i in 0..n {
-        let sess = pool.sessions[(idx + i) % n].clone();
-        let h = if i == 0 { first_handle.take() } else { None };
-        workers.push(tagged(
-            false,
-            piece_worker(ctx, sess, idx, item, queue, h, i == 0),
-        ));
-    }
-    let mut extra = extra.cloned();
-    let mut kept = None;
-    let mut failed = None;
-    loop {
-        tokio::select! {
-            r = workers.next() => match r {
-                None => break,
-                Some((_, Ok(Some(h)))) => kept = Some(h),
-                Some((_, Ok(None))) => {}
-                Some((from_extra, Err((e, left)))) => {
-                    // A channel of the second connection failed while this
-                    // connection is alive: its pieces go back to the queue,
-                    // for a channel of this pool.
-                    if from_extra && !ctx.handle.is_closed() {
-                        tracing::warn!(path = %item.remote, error = %e, "a channel of the second connection failed: the first takes its pieces");
-                        if let Ok(mut q) = queue.lock() {
-                            q.extend(left);
-                        }
-                        workers.push(tagged(false, piece_worker(ctx, first.clone(), idx, item, queue, None, false)));
-                    } else {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            },
-            p = async { match extra.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if extra.is_some() => {
-                extra = None;
-                let left = queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
-                if let (Some(p), true) = (p, left) {
-                    tracing::debug!(path = %item.remote, channels = p.sessions.len(), "second connection's channels join");
-                    for s in &p.sessions {
-                        workers.push(tagged(true, piece_worker(ctx, s.clone(), idx, item, queue, None, false)));
-                    }
-                }
-            }
-        }
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    let Some(h) = kept else {
-        return Err(TransportError::Other {
-            target: ctx.target.into(),
-            message: format!("{}: no handle left to finish the upload", item.remote),
-        });
-    };
-    // The size too: the pieces were written without truncating.
-    let mut attrs = attrs_for(item);
-    attrs.size = Some(item.size);
-    finish_handle(ctx, first, h, idx, item, attrs).await
 }
 
 /// The end of one file's upload: the answers to fsetstat, fstat and close,
