@@ -7,6 +7,7 @@
 #
 #   crates/comms-ssh/bench/run.sh [--reps 3] [--rtt-ms 0,50] [--cases a,b,c] \
 #       [--no-packer] [--no-packer-sftp] [--out results.md] [--quick] [--docs FILE]
+#       [--serve]   (sshd and proxies kept up, commands printed, until stdin closes)
 #
 # The issue-18 table in a few minutes, written into docs/benchmarks.md:
 #   crates/comms-ssh/bench/run.sh --quick --docs docs/benchmarks.md

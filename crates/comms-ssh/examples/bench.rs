@@ -261,6 +261,9 @@ fn fresh_dest(c: &Ctx, name: &str) -> String {
 }
 
 fn clean(c: &Ctx) {
+    // The CLI rows' manifest (the templates' `out/`): each build appends
+    // its entry, so a run would read and write a larger one than the last.
+    let _ = std::fs::remove_dir_all(c.work.join("out"));
     for e in std::fs::read_dir(c.sshd.home()).unwrap() {
         let p = e.unwrap().path();
         if p.file_name()
@@ -306,6 +309,7 @@ fn measure(
             .chars()
             .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
             .collect();
+        clean(c);
         let dest = fresh_dest(c, &format!("dest-{safe}"));
         warm(&c.work.join(case));
         let (script, env) = make(&dest);
@@ -512,6 +516,62 @@ fn harness(args: &[String]) {
         known_hosts,
         self_exe: std::env::current_exe().unwrap(),
     };
+
+    // --serve: the same sshd (and a delay proxy per RTT) kept up, with the
+    // commands of each case printed, until stdin closes: for tracing or
+    // profiling one run by hand.
+    if args.iter().any(|a| a == "--serve") {
+        let mut proxies = Vec::new();
+        for &rtt in &rtts {
+            let proxy = DelayProxy::start(c.sshd.addr(), Duration::from_millis(rtt / 2)).unwrap();
+            let port = if rtt == 0 {
+                c.sshd.port()
+            } else {
+                proxy.addr().port()
+            };
+            let d = c.sshd.home().join("dest-serve").display().to_string();
+            let big = work.join("a/big.img").display().to_string();
+            let tree = work.join("b/tree").display().to_string();
+            let scripts: Vec<String> = (0..20)
+                .map(|i| {
+                    work.join(format!("c/script{i:02}.sh"))
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            println!("# RTT {rtt} ms (port {port}); remove {d} between runs");
+            println!(
+                "{} client --port {port} --key {} --host-keys {} upload {big} {d}",
+                c.self_exe.display(),
+                c.opsbake_key.display(),
+                c.host_keys.display()
+            );
+            if let Some(cli) = &cli {
+                for (name, prov) in [
+                    (
+                        "a",
+                        serde_json::json!([{"type": "file", "source": big, "destination": d}]),
+                    ),
+                    (
+                        "b",
+                        serde_json::json!([{"type": "file", "source": format!("{tree}/"), "destination": d}]),
+                    ),
+                    (
+                        "c",
+                        serde_json::json!([{"type": "shell", "scripts": scripts, "sudo": false}]),
+                    ),
+                ] {
+                    let tpl = opsbake_template(&c, port, &format!("{name}-serve"), prov);
+                    println!("{}", opsbake_build(&c, cli, &tpl));
+                }
+            }
+            proxies.push(proxy);
+        }
+        println!("# serving until stdin closes");
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        drop(proxies);
+        return;
+    }
 
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {} cores, `{}`; OpenSSH {}; sshd hardened as a stemcell (AES-GCM/CTR, HMAC-SHA2, MaxAuthTries 3, MaxSessions 10); uploads land in its home under `{}`; every tool's source files are read into the page cache before each run.", num_cpus(), uname(), openssh_version(), std::env::temp_dir().display());

@@ -166,17 +166,21 @@ pub(crate) fn walk(
     Ok(())
 }
 
-/// sha256 of a local source, streamed.
+/// sha256 of a local source, streamed (a file unchanged since the build's
+/// input digests read it is not read again: [`opsbake_core::digest`]).
 pub(crate) async fn local_sha256(src: &Src) -> Result<String, TransportError> {
     match src {
         Src::Bytes(b) => Ok(hex::encode(Sha256::digest(b.as_slice()))),
         Src::Path(p) => {
             let p = p.clone();
             tokio::task::spawn_blocking(move || {
-                let mut f = std::fs::File::open(&p).map_err(io_err(&p))?;
-                let mut h = Sha256::new();
-                std::io::copy(&mut f, &mut h).map_err(io_err(&p))?;
-                Ok(hex::encode(h.finalize()))
+                opsbake_core::digest::sha256_file(&p).map_err(|e| match e {
+                    opsbake_core::digest::DigestError::Io { source, .. } => io_err(&p)(source),
+                    e => TransportError::Other {
+                        target: "local".into(),
+                        message: e.to_string(),
+                    },
+                })
             })
             .await
             .map_err(|e| TransportError::Other {

@@ -4,6 +4,7 @@
 //! implement.
 
 pub mod builder;
+pub mod digest;
 pub mod endpoint;
 pub mod events;
 pub mod exec;

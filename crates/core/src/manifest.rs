@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
@@ -30,9 +32,75 @@ pub struct InputDigests {
     pub provisioning: BTreeMap<String, String>,
 }
 
-/// Hex SHA-256 of a file, streamed.
+/// A build's [`InputDigests`], made in the background: reading a stemcell
+/// and every provisioning file takes seconds that the build's first steps
+/// (validation, the base image, the login) need not wait for. The manifest
+/// waits for them; a build that ends first stops the reading.
+pub struct Inputs {
+    state: Option<InputsState>,
+    stop: Arc<AtomicBool>,
+}
+
+enum InputsState {
+    Ready(Box<InputDigests>),
+    Pending(tokio::task::JoinHandle<Result<InputDigests, BuildError>>),
+}
+
+impl Inputs {
+    /// Start digesting the inputs of `plan` on the blocking pool (needs a
+    /// Tokio runtime).
+    pub fn start(plan: &BuildPlan, vars: &Vars) -> Inputs {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (plan, vars, flag) = (plan.clone(), vars.clone(), stop.clone());
+        let task = tokio::task::spawn_blocking(move || input_digests_until(&plan, &vars, &flag));
+        Inputs {
+            state: Some(InputsState::Pending(task)),
+            stop,
+        }
+    }
+
+    /// The digests, once made.
+    pub async fn get(mut self) -> Result<InputDigests, BuildError> {
+        match self.state.take() {
+            Some(InputsState::Ready(d)) => Ok(*d),
+            Some(InputsState::Pending(t)) => t
+                .await
+                .map_err(|e| BuildError::Other(format!("digesting the build's inputs: {e}")))?,
+            None => Err(BuildError::Other(
+                "the build's input digests were already taken".into(),
+            )),
+        }
+    }
+}
+
+impl From<InputDigests> for Inputs {
+    fn from(d: InputDigests) -> Inputs {
+        Inputs {
+            state: Some(InputsState::Ready(Box::new(d))),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Drop for Inputs {
+    /// A build that ended without its manifest: the reading stops (the
+    /// runtime's shutdown waits for blocking tasks).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Hex SHA-256 of a file, streamed (read once per process while the file is
+/// unchanged: [`crate::digest`]).
 pub fn sha256_file(path: &Path) -> Result<String, BuildError> {
-    digest_file::<Sha256>(path)
+    sha256_until(path, &AtomicBool::new(false))
+}
+
+fn sha256_until(path: &Path, stop: &AtomicBool) -> Result<String, BuildError> {
+    crate::digest::sha256_file_until(path, stop).map_err(|e| match e {
+        crate::digest::DigestError::Io { source, .. } => BuildError::io(path)(source),
+        crate::digest::DigestError::Stopped { .. } => BuildError::Cancelled,
+    })
 }
 
 fn digest_file<D: Digest>(path: &Path) -> Result<String, BuildError> {
@@ -68,7 +136,17 @@ fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildError> {
 
 /// Digest every input of a build.
 pub fn input_digests(plan: &BuildPlan, vars: &Vars) -> Result<InputDigests, BuildError> {
-    let template = sha256_file(&plan.template_path)?;
+    input_digests_until(plan, vars, &AtomicBool::new(false))
+}
+
+/// [`input_digests`] that stops (with [`BuildError::Cancelled`]) when `stop`
+/// is raised.
+fn input_digests_until(
+    plan: &BuildPlan,
+    vars: &Vars,
+    stop: &AtomicBool,
+) -> Result<InputDigests, BuildError> {
+    let template = sha256_until(&plan.template_path, stop)?;
     let redacted = vars.redacted();
     let mut h = Sha256::new();
     for (k, v) in &redacted {
@@ -76,7 +154,7 @@ pub fn input_digests(plan: &BuildPlan, vars: &Vars) -> Result<InputDigests, Buil
     }
     let variables = hex::encode(h.finalize());
     let stemcell = match plan.stemcell.as_ref().and_then(|s| s.path.as_ref()) {
-        Some(p) => Some(sha256_file(Path::new(p))?),
+        Some(p) => Some(sha256_until(Path::new(p), stop)?),
         None => None,
     };
     let mut paths: Vec<String> = Vec::new();
@@ -109,7 +187,7 @@ pub fn input_digests(plan: &BuildPlan, vars: &Vars) -> Result<InputDigests, Buil
                 .strip_prefix(&plan.template_dir)
                 .map(|r| r.display().to_string())
                 .unwrap_or_else(|_| f.display().to_string());
-            provisioning.insert(rel, sha256_file(&f)?);
+            provisioning.insert(rel, sha256_until(&f, stop)?);
         }
     }
     Ok(InputDigests {

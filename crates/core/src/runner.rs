@@ -16,7 +16,7 @@ use crate::builder::{
 use crate::events::{Emitter, EventKind, EventSink};
 use crate::journal::{Header, Journal, Outcome, ProcessIdentity, Resource};
 use crate::local::LocalTransport;
-use crate::manifest::InputDigests;
+use crate::manifest::Inputs;
 use crate::plan::BuildPlan;
 use crate::transport::Transport;
 
@@ -114,8 +114,8 @@ pub struct BuildJob {
     pub plan: BuildPlan,
     /// The IaaS's builder.
     pub builder: Arc<dyn Builder>,
-    /// Digests of the inputs (for the manifest).
-    pub inputs: InputDigests,
+    /// Digests of the inputs (for the manifest), made while the build runs.
+    pub inputs: Inputs,
 }
 
 /// How one build ended.
@@ -257,7 +257,7 @@ impl Runner {
             options: self.options.clone(),
         };
         let result = self
-            .steps(&ctx, job.builder.as_ref(), &job.inputs, gate, started)
+            .steps(&ctx, job.builder.as_ref(), job.inputs, gate, started)
             .await;
         let (outcome, artifact, error) = match result {
             Ok(a) => (Outcome::Succeeded, Some(a), None),
@@ -322,7 +322,7 @@ impl Runner {
         &self,
         ctx: &BuildContext,
         builder: &dyn Builder,
-        inputs: &InputDigests,
+        inputs: Inputs,
         gate: &ValidationGate,
         started: Instant,
     ) -> Result<Artifact, BuildError> {
@@ -424,7 +424,7 @@ impl Runner {
         };
         let sums = crate::manifest::write_checksums(&artifact.files, &types)?;
         artifact.files.extend(sums);
-        let mut entry = crate::manifest::entry(plan, &artifact, inputs.clone());
+        let mut entry = crate::manifest::entry(plan, &artifact, inputs.get().await?);
         entry.build_seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
         {
             let _g = self.manifest_lock.lock().await;

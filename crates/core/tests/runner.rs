@@ -125,7 +125,7 @@ fn jobs(dir: &Path, builders: Vec<TestBuilder>) -> Vec<BuildJob> {
             BuildJob {
                 plan,
                 builder: Arc::new(b),
-                inputs: InputDigests::default(),
+                inputs: InputDigests::default().into(),
             }
         })
         .collect()

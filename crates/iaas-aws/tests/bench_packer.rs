@@ -122,7 +122,7 @@ async fn bench_opsbake_vs_packer_amazon_ebs() {
                 vec![BuildJob {
                     plan,
                     builder,
-                    inputs: Default::default(),
+                    inputs: opsbake_core::manifest::InputDigests::default().into(),
                 }],
                 CancellationToken::new(),
             )

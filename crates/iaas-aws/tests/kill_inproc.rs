@@ -102,7 +102,7 @@ fn job(s: &Setup, id: &str, options: &str) -> BuildJob {
     BuildJob {
         plan: p,
         builder: b,
-        inputs: InputDigests::default(),
+        inputs: InputDigests::default().into(),
     }
 }
 

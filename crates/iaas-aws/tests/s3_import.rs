@@ -194,7 +194,7 @@ async fn import_s3_uploads_then_fails_at_import_snapshot_and_unwinds() {
             vec![BuildJob {
                 plan: p,
                 builder: b,
-                inputs: InputDigests::default(),
+                inputs: InputDigests::default().into(),
             }],
             tokio_util::sync::CancellationToken::new(),
         )
@@ -277,7 +277,7 @@ async fn killed_before_import_snapshot_then_cleanup_empties_the_bucket() {
             vec![BuildJob {
                 plan: p,
                 builder: b,
-                inputs: InputDigests::default(),
+                inputs: InputDigests::default().into(),
             }],
             tokio_util::sync::CancellationToken::new(),
         )

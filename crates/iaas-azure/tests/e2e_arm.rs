@@ -108,7 +108,7 @@ async fn run_with(
     let job = BuildJob {
         plan,
         builder: Arc::new(b),
-        inputs,
+        inputs: inputs.into(),
     };
     let r = build::run_one(runner, job, CancellationToken::new()).await;
     (r, log.lines())

@@ -516,8 +516,9 @@ async fn cmd_build(cli: &Cli, a: &BuildArgs) -> Result<i32, Fail> {
         }
         let builder = dispatch::builder(&plan, &sd)
             .map_err(|e| Fail::from(validate::construction_error(&loaded, i, e)))?;
-        let inputs = opsbake_core::manifest::input_digests(&plan, &vars)
-            .map_err(|e| bad(format!("[{i}] {e}")))?;
+        // Read while the build runs (a stemcell takes seconds); the
+        // manifest waits for them.
+        let inputs = opsbake_core::manifest::Inputs::start(&plan, &vars);
         jobs.push(BuildJob {
             plan,
             builder,

@@ -64,7 +64,7 @@ async fn the_ssh_builder_provisions_an_existing_host_through_the_runner() {
             vec![BuildJob {
                 plan,
                 builder,
-                inputs,
+                inputs: inputs.into(),
             }],
             CancellationToken::new(),
         ),

@@ -94,7 +94,7 @@ pub fn job(
     BuildJob {
         plan,
         builder,
-        inputs,
+        inputs: inputs.into(),
     }
 }
 
