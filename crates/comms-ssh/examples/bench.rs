@@ -32,7 +32,14 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("client") {
-        let rt = tokio::runtime::Runtime::new().unwrap();
+        let rt = if std::env::var_os("OPSBAKE_BENCH_CURRENT_THREAD").is_some() {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        } else {
+            tokio::runtime::Runtime::new().unwrap()
+        };
         rt.block_on(client(&args));
         return;
     }

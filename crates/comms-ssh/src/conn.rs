@@ -628,9 +628,7 @@ impl Conn {
         };
         let others = futures::future::join_all(permits.into_iter().map(|p| async move {
             match self.try_open(p).await {
-                Ok(l) => sftp::open_session(&self.handle, &self.target, l, self.sftp_timeout)
-                    .await
-                    .map(|s| s.map(Arc::new)),
+                Ok(l) => sftp::open_session(&self.handle, &self.target, l, self.sftp_timeout).await,
                 Err(Ok(_)) => Ok(None),
                 Err(Err(e)) => Err(e),
             }
@@ -641,7 +639,7 @@ impl Conn {
             // closes their channels.
             return Ok(None);
         };
-        let mut sessions = vec![Arc::new(first)];
+        let mut sessions = vec![first];
         for s in opened {
             match s {
                 Ok(Some(s)) => sessions.push(s),

@@ -16,7 +16,7 @@ use russh::ChannelMsg;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use std::path::PathBuf;
 
 use crate::conn::{Leased, PermitStream};
 use crate::connect::{SshHandle, SshOptions};
@@ -26,7 +26,14 @@ use crate::plan::{io_err, FileItem, Plan, Src};
 mod pieces;
 
 /// Bytes per SFTP write request (OpenSSH's sftp-server takes up to 256 KiB).
-pub const CHUNK: usize = 64 << 10;
+pub const CHUNK: usize = 128 << 10;
+/// What a write request adds to its data in the channel's window: the SSH
+/// string length, type, id, handle (OpenSSH's are 4 bytes; up to 256 by the
+/// protocol), offset and data length.
+pub(crate) const WRITE_OVERHEAD: usize = WRITE_HEADER + 256;
+/// A write request's bytes besides its handle and data: length, type, id,
+/// the handle's length, offset, the data's length.
+pub(crate) const WRITE_HEADER: usize = 4 + 1 + 4 + 4 + 8 + 4;
 /// Files at least this big are split across channels.
 pub const SPLIT_AT: u64 = 8 << 20;
 /// A split file goes in pieces of this size, each taken by the next channel
@@ -64,7 +71,7 @@ pub(crate) async fn open_session(
     target: &str,
     leased: Leased,
     timeout: Duration,
-) -> Result<Option<RawSftpSession>, TransportError> {
+) -> Result<Option<Arc<RawSftpSession>>, TransportError> {
     let Leased { mut ch, permit } = leased;
     ch.request_subsystem(true, "sftp")
         .await
@@ -89,11 +96,30 @@ pub(crate) async fn open_session(
             }
         }
     }
-    let sess = RawSftpSession::new(PermitStream::new(Leased { ch, permit }));
+    let sess = Arc::new(RawSftpSession::new(PermitStream::new(Leased {
+        ch,
+        permit,
+    })));
     sess.set_timeout(timeout.as_secs().max(1));
-    sess.init()
-        .await
-        .map_err(|e| disconnected(target, "sftp init", e))?;
+    // The first poll of `init` queues the INIT; its VERSION is awaited in
+    // the background. Requests queued behind it leave behind it and the
+    // server reads them in order, so the first OPEN goes out with the INIT
+    // instead of a round trip later. A failed INIT fails them too.
+    let s = sess.clone();
+    let mut init = Box::pin(async move { s.init().await });
+    match futures::poll!(&mut init) {
+        std::task::Poll::Ready(r) => {
+            r.map_err(|e| disconnected(target, "sftp init", e))?;
+        }
+        std::task::Poll::Pending => {
+            let target = target.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = init.await {
+                    tracing::debug!(%target, error = %e, "sftp init");
+                }
+            });
+        }
+    }
     Ok(Some(sess))
 }
 
@@ -229,54 +255,64 @@ async fn ensure_dir(ctx: &Ctx<'_>, sess: &RawSftpSession, dir: &str) -> Result<(
 /// Read up to `len` bytes at `offset` of a source.
 struct Reader {
     src: Src,
-    file: Option<tokio::fs::File>,
+    file: Option<Arc<std::fs::File>>,
+    /// File offset of the next byte handed out.
     pos: u64,
+    /// Where reading stops (the end of the piece or file).
+    end: u64,
+    /// Read ahead: `buf[at..len]` are the bytes from `pos` on.
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
 }
 
+/// How much a [`Reader`] reads at a time: one trip to the blocking pool
+/// per this many bytes, not per write request (on two cores the thread
+/// hand-offs of 64 KiB reads cost more than the copies).
+const READ_AHEAD: usize = 1 << 20;
+
 impl Reader {
-    async fn open(src: &Src, offset: u64) -> Result<Reader, TransportError> {
+    /// A reader of `src` from `offset` up to `end`.
+    async fn open(src: &Src, offset: u64, end: u64) -> Result<Reader, TransportError> {
         let mut r = Reader {
             src: src.clone(),
             file: None,
             pos: offset,
+            end,
+            buf: Vec::new(),
+            at: 0,
+            len: 0,
         };
         if let Src::Path(p) = src {
-            let mut f = tokio::fs::File::open(p).await.map_err(io_err(p))?;
-            f.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(io_err(p))?;
-            r.file = Some(f);
+            let path = p.clone();
+            let f = tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path).map_err(io_err(&path))
+            })
+            .await
+            .map_err(|e| TransportError::LocalIo {
+                path: p.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+            r.file = Some(Arc::new(f));
         }
         Ok(r)
     }
 
+    /// The next `len` bytes.
     async fn next(&mut self, len: usize) -> Result<Vec<u8>, TransportError> {
-        let out = match (&self.src, self.file.as_mut()) {
+        let out = match (&self.src, self.file.as_ref()) {
             (Src::Bytes(b), _) => {
                 let start = usize::try_from(self.pos).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(len).min(b.len());
                 b[start..end].to_vec()
             }
             (Src::Path(p), Some(f)) => {
-                let mut buf = vec![0u8; len];
-                let mut got = 0;
-                while got < len {
-                    let n = f.read(&mut buf[got..]).await.map_err(io_err(p))?;
-                    if n == 0 {
-                        break;
-                    }
-                    got += n;
+                if self.len - self.at < len {
+                    self.fill(p.clone(), f.clone(), len).await?;
                 }
-                if got < len {
-                    return Err(TransportError::LocalIo {
-                        path: p.clone(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "file shrank during upload",
-                        ),
-                    });
-                }
-                buf
+                let out = self.buf[self.at..self.at + len].to_vec();
+                self.at += len;
+                out
             }
             (Src::Path(p), None) => {
                 return Err(TransportError::LocalIo {
@@ -287,6 +323,51 @@ impl Reader {
         };
         self.pos += out.len() as u64;
         Ok(out)
+    }
+
+    /// Read from `pos` up to [`READ_AHEAD`] (at least `want`) bytes, not
+    /// past `end`, in one blocking task; the buffer is reused.
+    async fn fill(
+        &mut self,
+        p: PathBuf,
+        f: Arc<std::fs::File>,
+        want: usize,
+    ) -> Result<(), TransportError> {
+        let left = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        let n = left.min(READ_AHEAD).max(want);
+        let mut buf = std::mem::take(&mut self.buf);
+        let pos = self.pos;
+        let (buf, r) = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let r = f.read_exact_at(&mut buf[..n], pos);
+            (buf, r)
+        })
+        .await
+        .map_err(|e| TransportError::LocalIo {
+            path: p.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.buf = buf;
+        match r {
+            Ok(()) => {
+                self.at = 0;
+                self.len = n;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(TransportError::LocalIo {
+                    path: p,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shrank during upload",
+                    ),
+                })
+            }
+            Err(e) => Err(io_err(&p)(e)),
+        }
     }
 }
 
@@ -504,7 +585,7 @@ async fn small_file(
     idx: usize,
     item: &FileItem,
 ) -> Result<(), TransportError> {
-    let mut reader = Reader::open(&item.src, 0).await?;
+    let mut reader = Reader::open(&item.src, 0, item.size).await?;
     let mut writes = Vec::new();
     let mut off = 0u64;
     while off < item.size {
@@ -673,4 +754,56 @@ pub(crate) async fn upload(
         bytes,
         tar_streams: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 4099) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_reader_hands_out_the_file_across_its_read_ahead() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let all = data(3 * READ_AHEAD + 12345);
+        std::fs::write(&p, &all).unwrap();
+        // From an offset inside the file to an end short of its size, in
+        // requests that straddle each read-ahead boundary.
+        let (from, to) = (1000u64, all.len() as u64 - 77);
+        let mut r = Reader::open(&Src::Path(p.clone()), from, to).await.unwrap();
+        let mut got = Vec::new();
+        let mut at = from;
+        while at < to {
+            let len = (to - at).min(CHUNK as u64 - 29) as usize;
+            let b = r.next(len).await.unwrap();
+            assert_eq!(b.len(), len);
+            got.extend_from_slice(&b);
+            at += len as u64;
+        }
+        assert_eq!(got, &all[from as usize..to as usize]);
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_planned_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, data(100_000)).unwrap();
+        // Planned at 200 000 bytes: it shrank after the plan was made.
+        let mut r = Reader::open(&Src::Path(p.clone()), 0, 200_000)
+            .await
+            .unwrap();
+        let e = loop {
+            match r.next(65_536).await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("shrank"), "{msg}");
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+    }
 }

@@ -13,7 +13,7 @@ use russh_sftp::protocol::OpenFlags;
 
 use super::{
     attrs_for, connection_closed, finish_handle, no_handle, open_for_write, resume_from, Ctx,
-    ExtraSessions, Reader, SftpPool, Span, CHUNK, PIECE, SPLIT_AT,
+    ExtraSessions, Reader, SftpPool, Span, CHUNK, PIECE, SPLIT_AT, WRITE_HEADER, WRITE_OVERHEAD,
 };
 use crate::plan::FileItem;
 
@@ -77,7 +77,10 @@ pub(super) async fn piece_worker(
     let mut inflight = FuturesUnordered::new();
     let mut inflight_bytes = 0usize;
     loop {
-        while inflight_bytes < ctx.window {
+        // Whole writes only, headers counted: a write that does not fit the
+        // channel's window goes out as a header-sized SSH packet and waits
+        // for the window (more packets to encrypt on both ends).
+        while inflight_bytes + CHUNK + WRITE_OVERHEAD <= ctx.window.max(CHUNK + WRITE_OVERHEAD) {
             if cur.as_ref().is_none_or(|(sp, _)| sp.start >= sp.end) {
                 let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                 let Some(sp) = next else {
@@ -93,7 +96,7 @@ pub(super) async fn piece_worker(
                         Err(e) => return Err((e, leftovers(&pieces))),
                     }
                 }
-                let reader = match Reader::open(&item.src, sp.start).await {
+                let reader = match Reader::open(&item.src, sp.start, sp.end).await {
                     Ok(r) => r,
                     Err(e) => return Err((e, leftovers(&pieces))),
                 };
@@ -102,7 +105,10 @@ pub(super) async fn piece_worker(
             let (Some((sp, reader)), Some(h)) = (cur.as_mut(), handle.as_ref()) else {
                 break;
             };
-            let len = usize::try_from((sp.end - sp.start).min(CHUNK as u64)).unwrap_or(CHUNK);
+            // The request, header included, fills whole SSH packets
+            // (sshd's 32 KiB): a 128 KiB write would leave a 29-byte fifth.
+            let most = CHUNK - WRITE_HEADER - h.len();
+            let len = usize::try_from((sp.end - sp.start).min(most as u64)).unwrap_or(most);
             let data = match reader.next(len).await {
                 Ok(d) => d,
                 Err(e) => return Err((e, leftovers(&pieces))),
@@ -111,7 +117,7 @@ pub(super) async fn piece_worker(
             let (sess, h) = (&sess, h.clone());
             inflight.push(async move { (piece, off, len, sess.write(h, off, data).await) });
             sp.start += len as u64;
-            inflight_bytes += len;
+            inflight_bytes += len + WRITE_OVERHEAD;
         }
         if inflight.is_empty() {
             break;
@@ -133,7 +139,7 @@ pub(super) async fn piece_worker(
             let e = ctx.err("write", &item.remote, e);
             return Err((e, leftovers(&pieces)));
         }
-        inflight_bytes -= len;
+        inflight_bytes -= len + WRITE_OVERHEAD;
         if let Some((_, acked, done)) = pieces.get_mut(&piece) {
             done.insert(off, len as u64);
             while let Some(l) = done.remove(acked) {
