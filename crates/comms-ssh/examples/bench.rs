@@ -448,6 +448,17 @@ fn opsbake_template(c: &Ctx, port: u16, name: &str, provision: serde_json::Value
     p
 }
 
+/// Case (c)'s 20 scripts.
+fn case_c_scripts(work: &Path) -> Vec<String> {
+    (0..20)
+        .map(|i| {
+            work.join(format!("c/script{i:02}.sh"))
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
 /// `opsbake build TEMPLATE --iaas ssh` with its own state dir.
 fn opsbake_build(c: &Ctx, cli: &Path, tpl: &Path) -> String {
     let state = c.work.join("opsbake-state");
@@ -539,13 +550,7 @@ fn harness(args: &[String]) {
             let d = c.sshd.home().join("dest-serve").display().to_string();
             let big = work.join("a/big.img").display().to_string();
             let tree = work.join("b/tree").display().to_string();
-            let scripts: Vec<String> = (0..20)
-                .map(|i| {
-                    work.join(format!("c/script{i:02}.sh"))
-                        .display()
-                        .to_string()
-                })
-                .collect();
+            let scripts = case_c_scripts(&work);
             println!("# RTT {rtt} ms (port {port}); remove {d} between runs");
             println!(
                 "{} client --port {port} --key {} --host-keys {} upload {big} {d}",
@@ -763,13 +768,7 @@ fn harness(args: &[String]) {
                 reps,
                 |_| (ops(&format!("--home {home} scripts {cdir} 20")), vec![]),
             ));
-            let scripts: Vec<String> = (0..20)
-                .map(|i| {
-                    work.join(format!("c/script{i:02}.sh"))
-                        .display()
-                        .to_string()
-                })
-                .collect();
+            let scripts = case_c_scripts(&work);
             if let Some(cli) = &cli {
                 rows.push(measure(&c, "c", rtt, "opsbake build (ssh builder, shell step)", reps, |_| {
                     // No sudo: the bench's vcap has none (Packer's shell
