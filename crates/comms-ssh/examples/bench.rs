@@ -569,6 +569,10 @@ fn harness(args: &[String]) {
                         serde_json::json!([{"type": "file", "source": format!("{tree}/"), "destination": d}]),
                     ),
                     (
+                        "b-verify",
+                        serde_json::json!([{"type": "file", "source": format!("{tree}/"), "destination": d, "verify": true}]),
+                    ),
+                    (
                         "c",
                         serde_json::json!([{"type": "shell", "scripts": scripts, "sudo": false}]),
                     ),
@@ -700,6 +704,12 @@ fn harness(args: &[String]) {
             if let Some(cli) = &cli {
                 rows.push(measure(&c, "b", rtt, "opsbake build (ssh builder, file step)", reps, |d| {
                     let tpl = opsbake_template(&c, port, "b", serde_json::json!([{"type": "file", "source": format!("{src}/"), "destination": d}]));
+                    (opsbake_build(&c, cli, &tpl), vec![])
+                }));
+                // Issue 18 asks for the tree "verified by sha256": the same
+                // step with `verify: true` (`sha256sum -c` in the same exec).
+                rows.push(measure(&c, "b", rtt, "opsbake build (file step, verify: true)", reps, |d| {
+                    let tpl = opsbake_template(&c, port, "b-verify", serde_json::json!([{"type": "file", "source": format!("{src}/"), "destination": d, "verify": true}]));
                     (opsbake_build(&c, cli, &tpl), vec![])
                 }));
             }
