@@ -8,6 +8,8 @@
 #   crates/comms-ssh/bench/run.sh [--reps 3] [--rtt-ms 0,50] [--cases a,b,c] \
 #       [--no-packer] [--no-packer-sftp] [--out results.md] [--quick] [--docs FILE]
 #       [--serve]   (sshd and proxies kept up, commands printed, until stdin closes)
+# OPSBAKE_BENCH_TRACE=russh=debug: the transport rows' log with times on stderr;
+# OPSBAKE_BENCH_CURRENT_THREAD=1: the transport rows on a current-thread runtime.
 #
 # The issue-18 table in a few minutes, written into docs/benchmarks.md:
 #   crates/comms-ssh/bench/run.sh --quick --docs docs/benchmarks.md
