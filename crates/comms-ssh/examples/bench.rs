@@ -448,6 +448,18 @@ fn opsbake_template(c: &Ctx, port: u16, name: &str, provision: serde_json::Value
     p
 }
 
+/// The port to reach the bench's sshd at `rtt`: 0 ms goes straight to
+/// sshd, anything else through a delay proxy (kept alive by the caller).
+fn link(c: &Ctx, rtt: u64) -> (DelayProxy, u16) {
+    let proxy = DelayProxy::start(c.sshd.addr(), Duration::from_millis(rtt / 2)).unwrap();
+    let port = if rtt == 0 {
+        c.sshd.port()
+    } else {
+        proxy.addr().port()
+    };
+    (proxy, port)
+}
+
 /// Case (c)'s 20 scripts.
 fn case_c_scripts(work: &Path) -> Vec<String> {
     (0..20)
@@ -541,12 +553,7 @@ fn harness(args: &[String]) {
     if args.iter().any(|a| a == "--serve") {
         let mut proxies = Vec::new();
         for &rtt in &rtts {
-            let proxy = DelayProxy::start(c.sshd.addr(), Duration::from_millis(rtt / 2)).unwrap();
-            let port = if rtt == 0 {
-                c.sshd.port()
-            } else {
-                proxy.addr().port()
-            };
+            let (proxy, port) = link(&c, rtt);
             let d = c.sshd.home().join("dest-serve").display().to_string();
             let big = work.join("a/big.img").display().to_string();
             let tree = work.join("b/tree").display().to_string();
@@ -608,13 +615,7 @@ fn harness(args: &[String]) {
 
     let mut rows: Vec<Row> = Vec::new();
     for &rtt in &rtts {
-        let proxy = DelayProxy::start(c.sshd.addr(), Duration::from_millis(rtt / 2)).unwrap();
-        // 0 ms goes straight to sshd; 50 ms through the proxy.
-        let port = if rtt == 0 {
-            c.sshd.port()
-        } else {
-            proxy.addr().port()
-        };
+        let (proxy, port) = link(&c, rtt);
         let so = sh_join(&ssh_opts(&c, port));
         let extra = arg(args, "--client-args").unwrap_or_default();
         let ops = |what: &str| {
