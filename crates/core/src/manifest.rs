@@ -42,19 +42,26 @@ pub struct Inputs {
 }
 
 enum InputsState {
-    Ready(Box<InputDigests>),
+    Done(Box<Result<InputDigests, BuildError>>),
     Pending(tokio::task::JoinHandle<Result<InputDigests, BuildError>>),
 }
 
 impl Inputs {
-    /// Start digesting the inputs of `plan` on the blocking pool (needs a
-    /// Tokio runtime).
+    /// Start digesting the inputs of `plan` on the blocking pool of the
+    /// current Tokio runtime (outside one: at once, on this thread).
     pub fn start(plan: &BuildPlan, vars: &Vars) -> Inputs {
         let stop = Arc::new(AtomicBool::new(false));
-        let (plan, vars, flag) = (plan.clone(), vars.clone(), stop.clone());
-        let task = tokio::task::spawn_blocking(move || input_digests_until(&plan, &vars, &flag));
+        let state = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (plan, vars, flag) = (plan.clone(), vars.clone(), stop.clone());
+                InputsState::Pending(
+                    rt.spawn_blocking(move || input_digests_until(&plan, &vars, &flag)),
+                )
+            }
+            Err(_) => InputsState::Done(Box::new(input_digests_until(plan, vars, &stop))),
+        };
         Inputs {
-            state: Some(InputsState::Pending(task)),
+            state: Some(state),
             stop,
         }
     }
@@ -62,7 +69,7 @@ impl Inputs {
     /// The digests, once made.
     pub async fn get(mut self) -> Result<InputDigests, BuildError> {
         match self.state.take() {
-            Some(InputsState::Ready(d)) => Ok(*d),
+            Some(InputsState::Done(r)) => *r,
             Some(InputsState::Pending(t)) => t
                 .await
                 .map_err(|e| BuildError::Other(format!("digesting the build's inputs: {e}")))?,
@@ -76,7 +83,7 @@ impl Inputs {
 impl From<InputDigests> for Inputs {
     fn from(d: InputDigests) -> Inputs {
         Inputs {
-            state: Some(InputsState::Ready(Box::new(d))),
+            state: Some(InputsState::Done(Box::new(Ok(d)))),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
