@@ -90,21 +90,11 @@ pub fn sha256_file_until(path: &Path, stop: &AtomicBool) -> Result<String, Diges
     if let Some(d) = held.as_ref() {
         return Ok(d.clone());
     }
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(DigestError::Stopped {
-                path: path.display().to_string(),
-            });
-        }
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let d = hex::encode(h.finalize());
+    let Some(d) = hex_digest::<Sha256>(&mut f, stop).map_err(io)? else {
+        return Err(DigestError::Stopped {
+            path: path.display().to_string(),
+        });
+    };
     // Written while it was read: the digest is of no one version; it is
     // returned but not kept.
     let after = f.metadata().map_err(io)?;
@@ -112,6 +102,26 @@ pub fn sha256_file_until(path: &Path, stop: &AtomicBool) -> Result<String, Diges
         *held = Some(d.clone());
     }
     Ok(d)
+}
+
+/// Hex digest `D` of all that `r` yields, read 1 MiB at a time; `None` if
+/// `stop` was raised before the end.
+pub(crate) fn hex_digest<D: Digest>(
+    r: &mut impl Read,
+    stop: &AtomicBool,
+) -> std::io::Result<Option<String>> {
+    let mut h = D::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Some(hex::encode(h.finalize())));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! input of the build.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -122,16 +121,9 @@ fn sha256_until(path: &Path, stop: &AtomicBool) -> Result<String, BuildError> {
 
 fn digest_file<D: Digest>(path: &Path) -> Result<String, BuildError> {
     let mut f = std::fs::File::open(path).map_err(BuildError::io(path))?;
-    let mut h = D::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(BuildError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::digest::hex_digest::<D>(&mut f, &AtomicBool::new(false))
+        .map_err(BuildError::io(path))?
+        .ok_or(BuildError::Cancelled)
 }
 
 fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildError> {
