@@ -286,7 +286,7 @@ fn sigint_during_a_four_cloud_build_unwinds_every_build_and_says_what_it_deleted
         let outcome = check_journal(&c.state(), id);
         assert!(
             matches!(outcome, Outcome::Succeeded | Outcome::Cancelled),
-            "{i}: {outcome:?}"
+            "{i}: {outcome:?}: {f}\n{stderr}"
         );
         let art = (outcome == Outcome::Succeeded)
             .then(|| f["artifact_id"].as_str())

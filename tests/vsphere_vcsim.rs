@@ -449,6 +449,10 @@ enum Stop {
 enum Point {
     /// The base import's intent recorded (lease and upload under way).
     DuringImport,
+    /// The same, with vcsim answering ImportVApp 1.5 s late (it makes the
+    /// VM at the end of the delay), so that the signal lands while the call
+    /// is under way, before the VM exists.
+    ImportUnderWay,
     /// The base template imported and kept.
     AfterImport,
     /// The build VM cloned.
@@ -472,7 +476,9 @@ impl Point {
     fn reached(self, e: &serde_json::Value) -> bool {
         let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
         match self {
-            Point::DuringImport => e["event"] == "resource_intent" && e["kind"] == "vsphere_base",
+            Point::DuringImport | Point::ImportUnderWay => {
+                e["event"] == "resource_intent" && e["kind"] == "vsphere_base"
+            }
             Point::AfterImport => e["event"] == "resource_kept" && e["kind"] == "vsphere_base",
             Point::AfterClone => created("vsphere_vm")(e),
             Point::AfterIso => created("vsphere_file")(e),
@@ -491,6 +497,7 @@ impl Point {
     /// milliseconds.
     fn vcsim_flags(self) -> &'static [&'static str] {
         match self {
+            Point::ImportUnderWay => &["-method-delay", "ImportVApp:1500"],
             Point::AfterShutdown => &["-method-delay", "ReconfigVM_Task:1500"],
             Point::MakingTemplate => &["-method-delay", "MarkAsTemplate:1500"],
             _ => &[],
@@ -570,12 +577,16 @@ fn stop_at(point: Point, stop: Stop) {
     let label = format!("{point:?}/{stop:?}");
     b.wait_for(&label, |e| point.reached(e));
     let id = b.build_id();
-    if point != Point::DuringImport && point != Point::AfterImport {
+    if !matches!(
+        point,
+        Point::DuringImport | Point::ImportUnderWay | Point::AfterImport
+    ) {
         assert!(
             !everything_of(&v, &id).is_empty(),
             "{label}: the build has made nothing yet"
         );
     }
+    let stopped_at = std::time::Instant::now();
     match stop {
         Stop::Kill => {
             b.child.kill().unwrap();
@@ -603,6 +614,16 @@ fn stop_at(point: Point, stop: Stop) {
         }
     }
     assert!(!b.stderr().contains(PASSWORD), "{label}: password printed");
+    if point == Point::ImportUnderWay {
+        // vcsim makes the VM when its 1.5 s delay, begun before the signal,
+        // ends, whether or not the build still waits for the answer: look
+        // for leftovers only after that (a fixed time of the scenario, not
+        // a readiness wait)
+        let after = std::time::Duration::from_millis(2000);
+        if let Some(rest) = after.checked_sub(stopped_at.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
     let left = everything_of(&v, &id);
     assert!(
         left.is_empty(),
@@ -624,6 +645,23 @@ fn stop_at(point: Point, stop: Stop) {
             is_template(&v, &p) && info.extra_config.contains_key("opsbake.stemcell-sha1"),
             "{label}: a half-made base is left: {p} {:?}",
             info.extra_config
+        );
+    }
+    if point == Point::ImportUnderWay {
+        // the VM the server made after the stop was learnt, journaled and
+        // removed by id (not left for a lookup by name that came too early)
+        let base = |ev: &str| {
+            b.seen
+                .iter()
+                .any(|e| e["event"] == ev && e["kind"] == "vsphere_base")
+        };
+        assert!(
+            base("resource_created") && base("resource_deleted"),
+            "{label}: the import's VM was not journaled and removed: {:#?}",
+            b.seen
+                .iter()
+                .filter(|e| e["event"] != "output")
+                .collect::<Vec<_>>()
         );
     }
     let j = opsbake_core::journal::Journal::open(&dir.path().join("state"), &id).unwrap();
@@ -648,6 +686,7 @@ macro_rules! kill_matrix {
 kill_matrix! {
     sigkill_during_import_then_cleanup: DuringImport, Kill;
     sigint_during_import: DuringImport, Int;
+    sigint_while_import_vapp_is_under_way: ImportUnderWay, Int;
     sigkill_after_import_then_cleanup: AfterImport, Kill;
     sigint_after_import: AfterImport, Int;
     sigkill_after_clone_then_cleanup: AfterClone, Kill;

@@ -359,6 +359,54 @@ pub struct BuildContext {
     pub cancel: CancellationToken,
     /// Run options.
     pub options: RunOptions,
+    /// Create calls under way: a stopped build lets them finish and record
+    /// what they made ([`crate::runner::step`]).
+    pub creating: CreatesInFlight,
+}
+
+/// The create calls of a build under way ([`BuildContext::create_resource`]).
+/// A stop (Ctrl-C, `--fail-fast`) drops a step's future at its next await;
+/// dropped inside a create call, the resource may exist (the request reached
+/// the IaaS) with no id in the journal, left for a lookup by name or tag that
+/// can come before the IaaS has made it. So the runner lets a stopped step
+/// run on while a create call is under way, for a bounded time.
+#[derive(Clone, Debug)]
+pub struct CreatesInFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for CreatesInFlight {
+    fn default() -> CreatesInFlight {
+        CreatesInFlight(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl CreatesInFlight {
+    /// How many create calls are under way.
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Count one create call until the guard is dropped.
+    pub fn enter(&self) -> CreateGuard {
+        self.0.send_modify(|n| *n += 1);
+        CreateGuard(self.0.clone())
+    }
+
+    /// Resolves once no create call is under way.
+    pub async fn settled(&self) {
+        let mut rx = self.0.subscribe();
+        // the sender lives in `self`: `wait_for` fails only if it is gone
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One create call under way ([`CreatesInFlight::enter`]).
+#[derive(Debug)]
+pub struct CreateGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl BuildContext {
@@ -427,6 +475,12 @@ impl BuildContext {
     /// returns. The IaaS error converts through `From` (each IaaS crate
     /// implements `From<ItsError> for BuildError`). Returns the journal
     /// sequence number and the create call's value.
+    ///
+    /// A build stopped while `create` runs lets it finish (for at most
+    /// [`crate::runner::CREATE_STOP_GRACE`]) so that what it made is
+    /// recorded and unwound by id; `create`'s own waits may still end early
+    /// on the stop (they watch `ctx.cancel`), and should then learn the
+    /// resource's id if the IaaS has already taken the request.
     pub async fn create_resource<T, E, F, Fut>(
         &self,
         kind: &str,
@@ -439,7 +493,13 @@ impl BuildContext {
         Fut: std::future::Future<Output = Result<Made<T>, E>>,
         BuildError: From<E>,
     {
+        // once stopped, no new create call begins
+        if self.cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
         let seq = self.intent(kind, name, intent)?;
+        // counted until the id is recorded: a stop waits for it
+        let _creating = self.creating.enter();
         let made = create(self.token(seq)).await?;
         self.created(seq, kind, &made.id, made.data)?;
         Ok((seq, made.value))

@@ -50,16 +50,6 @@ impl Inputs {
     /// current Tokio runtime (outside one: at once, on this thread).
     pub fn start(plan: &BuildPlan, vars: &Vars) -> Inputs {
         let stop = Arc::new(AtomicBool::new(false));
-        // The stemcell's digest is made at once, before the build starts,
-        // as it always was (the background task finds it in the cache): read
-        // beside an import, it moved the import's timing, and a SIGINT that
-        // lands before vSphere's import lease is ready can then leave a
-        // half-made base (tests/vsphere_vcsim.rs `sigint_during_import`, an
-        // open fault of the import's cancel path). Its error, if any, is the
-        // background task's to report.
-        if let Some(p) = plan.stemcell.as_ref().and_then(|s| s.path.as_ref()) {
-            let _ = crate::digest::sha256_file(Path::new(p));
-        }
         let state = match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let (plan, vars, flag) = (plan.clone(), vars.clone(), stop.clone());

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -255,6 +255,7 @@ impl Runner {
             events: events.clone(),
             cancel: cancel.clone(),
             options: self.options.clone(),
+            creating: Default::default(),
         };
         let result = self
             .steps(&ctx, job.builder.as_ref(), job.inputs, gate, started)
@@ -466,10 +467,15 @@ pub async fn step<T>(
     let started = Instant::now();
     ctx.events
         .emit(EventKind::StepStarted { step: name.into() });
+    let mut fut = std::pin::pin!(fut);
     let r = tokio::select! {
         biased;
-        _ = ctx.cancel.cancelled() => Err(BuildError::Cancelled),
-        r = fut => r,
+        _ = ctx.cancel.cancelled() => None,
+        r = &mut fut => Some(r),
+    };
+    let r = match r {
+        Some(r) => r,
+        None => finish_creates(ctx, name, fut).await,
     };
     match &r {
         Ok(_) => ctx.events.emit(EventKind::StepFinished {
@@ -482,6 +488,51 @@ pub async fn step<T>(
         }),
     }
     r
+}
+
+/// How long a stopped step may run on to finish the create calls it has
+/// under way ([`BuildContext::create_resource`]); a second Ctrl-C stops at
+/// once.
+pub const CREATE_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A stopped step: dropped at once, unless a create call is under way; then
+/// it runs on until no create call is (its resource recorded or its call
+/// failed), it ends, or [`CREATE_STOP_GRACE`] has passed.
+async fn finish_creates<T>(
+    ctx: &BuildContext,
+    name: &str,
+    mut fut: std::pin::Pin<&mut impl std::future::Future<Output = Result<T, BuildError>>>,
+) -> Result<T, BuildError> {
+    let n = ctx.creating.count();
+    if n == 0 {
+        return Err(BuildError::Cancelled);
+    }
+    ctx.events.info(format!(
+        "stopping: {name} has {n} create call(s) under way; waiting up to {}s to record what they made",
+        CREATE_STOP_GRACE.as_secs()
+    ));
+    tokio::select! {
+        biased;
+        // the build was stopped: whatever the step ends with, it is
+        // cancelled (a create call's wait that saw the stop fails in the
+        // IaaS's own words)
+        r = &mut fut => {
+            if let Err(e) = r {
+                if !matches!(e, BuildError::Cancelled) {
+                    ctx.events.info(format!("stopping: {name} ended with: {e}"));
+                }
+            }
+            Err(BuildError::Cancelled)
+        },
+        _ = ctx.creating.settled() => Err(BuildError::Cancelled),
+        _ = tokio::time::sleep(CREATE_STOP_GRACE) => {
+            ctx.events.warn(format!(
+                "stopping: {name}'s create call(s) did not finish in {}s; the unwind looks for what they made by name and tag",
+                CREATE_STOP_GRACE.as_secs()
+            ));
+            Err(BuildError::Cancelled)
+        }
+    }
 }
 
 /// Delete every live resource of a journal in reverse creation order (one

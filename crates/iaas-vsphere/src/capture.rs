@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TASK_TIMEOUT;
 use crate::error::VsphereError;
-use crate::import::{device_urls, lease_abort, lease_ready, with_progress, DeviceUrl};
+use crate::import::{device_urls, lease_abort, lease_ready, with_progress, DeviceUrl, LEASE_READY};
 use crate::inventory::{self, KEY_ROLE};
 use crate::vim::xml::el;
 use crate::vim::{this, MoRef, Vim};
@@ -238,7 +238,7 @@ pub async fn export_lease(
     cancel: &CancellationToken,
 ) -> Result<(MoRef, Vec<DeviceUrl>), VsphereError> {
     let lease = vim.call_moref("ExportVm", &this(vm), what).await?;
-    let info = match lease_ready(vim, &lease, "export lease", cancel).await {
+    let info = match lease_ready(vim, &lease, "export lease", LEASE_READY, cancel).await {
         Ok(i) => i,
         Err(e) => {
             lease_abort(vim, &lease, &e.to_string()).await;

@@ -16,11 +16,12 @@ use crate::cleanup::BASE;
 use crate::config::{Config, TASK_TIMEOUT};
 use crate::error::VsphereError;
 use crate::inventory::{self, Place, KEY_BUILD_ID, KEY_ROLE, KEY_STEMCELL_SHA1};
+use crate::vim::wait::TASK_STOP_GRACE;
 use crate::vim::xml::{el, esc, moref_el, Node};
 use crate::vim::{this, MoRef, Vim};
 
 /// How long a lease may take to become ready.
-const LEASE_READY: Duration = Duration::from_secs(600);
+pub const LEASE_READY: Duration = Duration::from_secs(600);
 
 /// The base template's name for a stemcell.
 pub fn base_name(prefix: &str, sha1: &str) -> String {
@@ -97,14 +98,15 @@ pub struct DeviceUrl {
     pub disk: bool,
 }
 
-/// Wait until a lease is ready; its `info` element.
+/// Wait until a lease is ready (at most `timeout`); its `info` element.
 pub async fn lease_ready(
     vim: &Vim,
     lease: &MoRef,
     what: &str,
+    timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Node, VsphereError> {
-    vim.wait_for(lease, &["state"], what, LEASE_READY, cancel, |p| {
+    vim.wait_for(lease, &["state"], what, timeout, cancel, |p| {
         match p.get("state").map(|s| s.text.as_str()) {
             Some("ready") => Some(Ok(())),
             Some("error") => Some(Err(VsphereError::WaitFailed {
@@ -360,8 +362,32 @@ pub async fn import(
     let (seq, (vm, lease, info)) = ctx
         .create_resource(BASE, name, intent, |_token| async {
             let lease = vim.call_moref("ImportVApp", &import_body, name).await?;
-            let info = match lease_ready(vim, &lease, "import lease", &cancel).await {
+            let info = match lease_ready(vim, &lease, "import lease", LEASE_READY, &cancel).await {
                 Ok(i) => i,
+                // Stopped while the lease is `initializing`: the server makes
+                // the VM after ImportVApp has returned (vCenter and vcsim
+                // alike). Aborted now, the VM could appear after the unwind
+                // looked for it by name, and stay. So wait a little longer,
+                // stop or not, to learn the VM: it is then journaled as made
+                // and removed by id (the stop is seen right after).
+                Err(e) if cancel.is_cancelled() => {
+                    match lease_ready(
+                        vim,
+                        &lease,
+                        "import lease (settling after the stop)",
+                        TASK_STOP_GRACE,
+                        &CancellationToken::new(),
+                    )
+                    .await
+                    {
+                        Ok(i) => i,
+                        Err(settle) => {
+                            tracing::debug!("import lease {lease} after the stop: {settle}");
+                            lease_abort(vim, &lease, &e.to_string()).await;
+                            return Err(e);
+                        }
+                    }
+                }
                 Err(e) => {
                     lease_abort(vim, &lease, &e.to_string()).await;
                     return Err(e);
@@ -377,6 +403,12 @@ pub async fn import(
             Ok::<_, VsphereError>(Made::new(vm.value.clone(), (vm, lease, info)))
         })
         .await?;
+    if ctx.cancel.is_cancelled() {
+        // stopped while the lease settled: the VM is journaled, the unwind
+        // destroys it
+        lease_abort(vim, &lease, "the build was stopped").await;
+        return Err(VsphereError::Cancelled(format!("importing {name}")).into());
+    }
     let urls = device_urls(&info, vim.base());
     let mut total = 0u64;
     let mut uploads = Vec::new();

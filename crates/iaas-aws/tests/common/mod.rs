@@ -163,6 +163,7 @@ pub fn context(
             events,
             cancel: tokio_util::sync::CancellationToken::new(),
             options: RunOptions::default(),
+            creating: Default::default(),
         },
         sink,
     )

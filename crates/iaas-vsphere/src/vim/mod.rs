@@ -16,7 +16,7 @@
 
 mod datastore;
 pub mod tls;
-mod wait;
+pub mod wait;
 pub mod xml;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,11 @@ use super::xml::{el, Node};
 use super::{filter_spec, short, this, typed_fault, MoRef, Props, Vim};
 use crate::error::VsphereError;
 
+/// How long a stopped build still waits for a task it started (after
+/// `CancelTask`) or an import lease, to learn what it made: under the
+/// runner's bound for a create call under way (`CREATE_STOP_GRACE`, 30 s).
+pub const TASK_STOP_GRACE: Duration = Duration::from_secs(20);
+
 impl Vim {
     /// Wait with `WaitForUpdatesEx` until `check` says done. `check` gets
     /// the object's current values of `paths` after every update and returns
@@ -154,6 +159,14 @@ impl Vim {
     }
 
     /// Run a `*_Task` method and wait for it.
+    ///
+    /// Stopped (`cancel`) while the task runs, the server's task does not
+    /// stop with us: it is asked to (`CancelTask`, best effort: not every
+    /// task can be cancelled, and vcsim has no `CancelTask`), then waited
+    /// for a little longer ([`TASK_STOP_GRACE`]), so that a VM a clone made
+    /// anyway is returned and recorded rather than appearing after the
+    /// unwind looked for it. This only matters where the caller is still
+    /// polled after the stop: inside a create call (`create_resource`).
     pub async fn run_task(
         &self,
         op: &str,
@@ -163,6 +176,29 @@ impl Vim {
         cancel: &CancellationToken,
     ) -> Result<Option<Node>, VsphereError> {
         let task = self.call_moref(op, body, object).await?;
-        self.wait_task(&task, op, object, timeout, cancel).await
+        match self.wait_task(&task, op, object, timeout, cancel).await {
+            Err(stopped @ VsphereError::Cancelled(_)) => {
+                if let Err(e) = self.call("CancelTask", &this(&task), object).await {
+                    tracing::debug!("CancelTask {task} ({op} of {object}): {e}");
+                }
+                match self
+                    .wait_task(
+                        &task,
+                        op,
+                        object,
+                        TASK_STOP_GRACE,
+                        &CancellationToken::new(),
+                    )
+                    .await
+                {
+                    Ok(r) => Ok(r),
+                    Err(e) => {
+                        tracing::debug!("{op} of {object} after the stop: {e}");
+                        Err(stopped)
+                    }
+                }
+            }
+            r => r,
+        }
     }
 }

@@ -77,6 +77,7 @@ impl Harness {
             events: Emitter::for_build(sink.clone(), iaas.as_str(), &build_id),
             cancel: CancellationToken::new(),
             options,
+            creating: Default::default(),
         };
         Harness { dir, ctx, sink }
     }
