@@ -29,9 +29,24 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// As the opsbake binary does (crates/opsbake/src/main.rs `tune_malloc`):
+/// freed upload buffers stay in the heap instead of going back to the kernel.
+#[allow(unsafe_code)]
+fn tune_malloc() {
+    if std::env::var_os("OPSBAKE_BENCH_DEFAULT_MALLOC").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets allocator parameters; no other thread yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("client") {
+        tune_malloc();
         let rt = if std::env::var_os("OPSBAKE_BENCH_CURRENT_THREAD").is_some() {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
