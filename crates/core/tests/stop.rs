@@ -68,10 +68,14 @@ async fn one_create(
     Ok(())
 }
 
-#[tokio::test]
-async fn a_stop_lets_a_create_call_under_way_finish_and_record_its_resource() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, sink) = context(dir.path());
+/// A "launch" step running [`one_create`], stopped once its create call
+/// has begun; the sender answers the call.
+async fn stopped_in_create(
+    ctx: &BuildContext,
+) -> (
+    tokio::task::JoinHandle<Result<(), BuildError>>,
+    oneshot::Sender<()>,
+) {
     let (started_tx, started) = oneshot::channel();
     let (answer, answer_rx) = oneshot::channel();
     let run = {
@@ -82,6 +86,14 @@ async fn a_stop_lets_a_create_call_under_way_finish_and_record_its_resource() {
     };
     started.await.unwrap();
     ctx.cancel.cancel();
+    (run, answer)
+}
+
+#[tokio::test]
+async fn a_stop_lets_a_create_call_under_way_finish_and_record_its_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, sink) = context(dir.path());
+    let (run, answer) = stopped_in_create(&ctx).await;
     // the step is still running: its create call is under way
     tokio::task::yield_now().await;
     assert!(
@@ -136,17 +148,8 @@ async fn a_stop_drops_a_step_with_no_create_call_under_way_at_once() {
 async fn a_create_call_that_hangs_is_given_up_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let (ctx, sink) = context(dir.path());
-    let (started_tx, started) = oneshot::channel();
-    let (_answer, answer_rx) = oneshot::channel();
     let t0 = tokio::time::Instant::now();
-    let run = {
-        let ctx = ctx.clone();
-        tokio::spawn(
-            async move { step(&ctx, "launch", one_create(&ctx, started_tx, answer_rx)).await },
-        )
-    };
-    started.await.unwrap();
-    ctx.cancel.cancel();
+    let (run, _answer) = stopped_in_create(&ctx).await;
     let r = run.await.unwrap();
     assert!(matches!(r, Err(BuildError::Cancelled)), "{r:?}");
     let waited = t0.elapsed();
