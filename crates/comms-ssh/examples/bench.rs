@@ -29,7 +29,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-/// As the opsbake binary does (crates/opsbake/src/main.rs `tune_malloc`):
+/// As the opsbake binary does (crates/opsbake/src/malloc.rs):
 /// freed upload buffers stay in the heap instead of going back to the kernel.
 #[allow(unsafe_code)]
 fn tune_malloc() {

@@ -8,6 +8,7 @@ mod cmd {
 }
 mod dispatch;
 mod localtest;
+mod malloc;
 mod manifest_cmd;
 mod matrix;
 mod output;
@@ -44,7 +45,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
     name = "opsbake",
     version,
     about = "Bake one appliance image on BOSH stemcells for AWS, GCP, Azure, vSphere and VirtualBox",
-    after_help = "Exit codes: 0 ok, 1 build failed, 2 bad input, 3 cleanup incomplete, 130 interrupted."
+    after_help = "Exit codes: 0 ok, 1 build failed, 2 bad input, 3 cleanup incomplete, 130 interrupted.\nCtrl-C once: every build deletes what it made (a create call under way is let finish first, up to 30 s); twice: stop at once, then run `opsbake cleanup --all`."
 )]
 struct Cli {
     /// One JSON event per line on stdout instead of human output.
@@ -809,28 +810,8 @@ fn init_tracing() {
         .try_init();
 }
 
-/// glibc's malloc, left to its defaults, hands an upload's 128 KiB buffers
-/// (an SFTP write and its serialised packet) back to the kernel and takes
-/// them again (the heap trimmed past 256 KiB, mmap above 128 KiB): page
-/// faults and zeroed pages for every write, about a sixth of the client's
-/// CPU on a 256 MiB upload. Keep up to 64 MiB of freed heap and serve up to
-/// 4 MiB from it.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn tune_malloc() {
-    // SAFETY: mallopt only sets allocator parameters (its result, 0 on an
-    // unknown parameter, changes nothing); called before any other thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
-
 fn main() {
-    tune_malloc();
+    malloc::tune();
     let cli = Cli::parse();
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
