@@ -14,8 +14,8 @@
 //! its own channel ([`parts`]): sshd gives every channel its own window
 //! (2 MiB), so at 50 ms one channel carries at most about 40 MiB/s; the
 //! first stream carries the directories and symlinks, the others only files
-//! (tar makes a missing parent itself; the directory's own entry sets its
-//! mode). Every stream costs the target a session, a shell, a `tar` and a
+//! and make their directories with `mkdir -p` before their tar starts (the
+//! directory's own entry, in the first stream, sets its mode). Every stream costs the target a session, a shell, a `tar` and a
 //! `sha256sum`: about 0.35 s of guest time each in a one-vCPU emulated
 //! guest, where the round trip is a millisecond and one window-limited
 //! stream is not the bottleneck. A target with several CPUs extracts and
@@ -135,7 +135,7 @@ pub(crate) fn split(plan: &Plan) -> Option<(Plan, Plan)> {
     if small.files.is_empty() && small.links.is_empty() && small.dirs.is_empty() {
         return None;
     }
-    if command(&small, "x").len() > MAX_COMMAND {
+    if command(&small, "x", true).len() > MAX_COMMAND {
         return None;
     }
     Some((small, big))
@@ -204,6 +204,22 @@ pub(crate) fn parts(plan: &Plan, n: usize) -> Vec<Plan> {
             last.files.push(f.clone());
         }
     }
+    // The other streams make their files' directories with `mkdir -p`
+    // before their `tar` starts (see `command`): left to tar, a directory
+    // the first stream makes between another tar's failed open and its
+    // own mkdir fails that tar ("Cannot open: No such file or directory").
+    for part in out.iter_mut().skip(1) {
+        let mut need: Vec<String> = part
+            .files
+            .iter()
+            .filter_map(|f| parent_of(&f.remote))
+            .collect();
+        need.sort();
+        need.dedup();
+        part.parents.extend(need);
+        part.parents.sort();
+        part.parents.dedup();
+    }
     out
 }
 
@@ -217,7 +233,7 @@ pub(crate) async fn upload_all(
     let max = MAX_STREAMS.min(room);
     let total = stream_bytes(plan);
     if max == 1 || total < 2 * MIN_PER_STREAM {
-        return upload(conn, plan, None).await;
+        return upload(conn, plan, None, false).await;
     }
     // The round trip only counts for a one-CPU target: known from an
     // earlier channel (the provisioner's staging exec), or else measured by
@@ -236,11 +252,11 @@ pub(crate) async fn upload_all(
     }
     let parts = parts(plan, stream_count(total, rtt, conn.cpus, max));
     if parts.len() == 1 {
-        return upload(conn, plan, first).await;
+        return upload(conn, plan, first, false).await;
     }
     tracing::debug!(target = %conn.target, streams = parts.len(), ?rtt, "tar upload over several channels");
     let results =
-        futures::future::join_all(parts.iter().map(|p| upload(conn, p, first.take()))).await;
+        futures::future::join_all(parts.iter().map(|p| upload(conn, p, first.take(), true))).await;
     let mut rep = TransferReport::default();
     let mut no_tar = false;
     for r in results {
@@ -263,9 +279,22 @@ pub(crate) async fn upload_all(
 }
 
 /// The remote command for `plan` with the sha256 list at `/tmp/.opsbake-sha256-<tag>`.
-fn command(plan: &Plan, tag: &str) -> String {
+/// `shared`: one of several streams extracting into the same tree at once;
+/// the plan's `parents` are then made (`mkdir -p`, which another stream
+/// making the same directory cannot fail) before `tar` runs. GNU tar makes
+/// a missing parent itself, but gives up on a file when another process
+/// made that directory between its failed open and its own mkdir.
+fn command(plan: &Plan, tag: &str, shared: bool) -> String {
     let list = format!("/tmp/.opsbake-sha256-{tag}");
     let mut c = format!("command -v tar >/dev/null 2>&1 || exit {NO_TAR}\n");
+    if shared && !plan.parents.is_empty() {
+        c.push_str("mkdir -p --");
+        for d in &plan.parents {
+            c.push(' ');
+            c.push_str(&shell_quote(d));
+        }
+        c.push_str(&format!(" || exit {TAR_FAILED}\n"));
+    }
     // An earlier upload may have left read-only directories (their mode is
     // applied last): the owner gets write access back until tar sets the
     // mode again. Only the tree's own directories, only when they exist.
@@ -442,15 +471,17 @@ fn build(plan: &Plan, list: &str, w: ChanWriter) -> Result<(), BuildErr> {
 }
 
 /// Extract `plan` on the target through its `tar` over one exec channel.
-/// `leased`: a channel opened for it already.
+/// `leased`: a channel opened for it already; `shared`: other streams
+/// extract into the same tree at once (see [`command`]).
 pub(crate) async fn upload(
     conn: &Arc<Conn>,
     plan: &Plan,
     leased: Option<Leased>,
+    shared: bool,
 ) -> Result<TarOutcome, TransportError> {
     let target = conn.target.as_str();
     let tag = hex::encode(rand::random::<[u8; 8]>());
-    let cmd = command(plan, &tag);
+    let cmd = command(plan, &tag, shared);
     let list = format!("/tmp/.opsbake-sha256-{tag}");
     let Leased { ch, permit } = match leased {
         Some(l) => l,
@@ -726,5 +757,51 @@ mod tests {
         assert_eq!(stream_count(total, ms(1), 2, 6), 6, "two CPUs");
         assert_eq!(stream_count(total, None, 2, 4), 4, "the channel budget");
         assert_eq!(parts(&p, 2).len(), 2);
+    }
+
+    /// Several tars extract into one tree at once: every stream but the
+    /// first makes its files' directories with `mkdir -p` before its tar
+    /// runs (never tar's own parent-making, which loses a race with the
+    /// first stream's mkdir of the same directory); one stream alone does
+    /// not spend a `mkdir` on it.
+    #[test]
+    fn streams_side_by_side_make_their_directories_before_tar() {
+        let files: Vec<FileItem> = (0..600)
+            .map(|i| file(&format!("/opt/t/d{:02}/f{i:04}", i / 100), 4096))
+            .collect();
+        let dirs = (0..6).map(|d| (format!("/opt/t/d{d:02}"), 0o750));
+        let p = Plan {
+            parents: vec!["/opt".into()],
+            dirs: std::iter::once(("/opt/t".to_string(), 0o755))
+                .chain(dirs)
+                .collect(),
+            files,
+            links: vec![],
+        };
+        let ps = parts(&p, 3);
+        assert_eq!(ps.len(), 3);
+        assert_eq!(
+            ps[0].parents,
+            ["/opt"],
+            "the first stream's tar makes the tree's dirs"
+        );
+        for x in &ps[1..] {
+            for f in &x.files {
+                let dir = parent_of(&f.remote).unwrap_or_default();
+                assert!(
+                    x.parents.contains(&dir),
+                    "{dir} of {} not made first",
+                    f.remote
+                );
+            }
+            let c = command(x, "t", true);
+            let (mkdir, tar) = (c.find("mkdir -p --"), c.find("tar -x"));
+            assert!(mkdir.is_some() && mkdir < tar, "{c}");
+        }
+        assert_eq!(ps[1].parents, ["/opt", "/opt/t/d02", "/opt/t/d03"]);
+        assert!(
+            !command(&p, "t", false).contains("mkdir"),
+            "one stream: tar alone"
+        );
     }
 }
