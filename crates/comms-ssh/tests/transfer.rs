@@ -349,6 +349,19 @@ async fn streams_side_by_side_into_a_new_tree_of_many_directories() {
 /// that is longer and read-only; checks what arrived (sha256, cut to size,
 /// mode) and returns the client-to-server bytes of each connection.
 async fn upload_big_file_over_a_slow_link(max_connections: usize) -> Vec<u64> {
+    upload_big_file_over_a_slow_link_with(max_connections, None)
+        .await
+        .0
+}
+
+/// [`upload_big_file_over_a_slow_link`]; `stall_second`: the second
+/// connection goes silent once it has carried that many bytes (keepalives
+/// every 300 ms then). Also returns how long the upload took and whether
+/// the second connection did go silent.
+async fn upload_big_file_over_a_slow_link_with(
+    max_connections: usize,
+    stall_second: Option<u64>,
+) -> (Vec<u64>, Duration, bool) {
     init_tracing();
     let k = key();
     let sshd = sshd_with(&k, SshdOptions::default());
@@ -358,9 +371,12 @@ async fn upload_big_file_over_a_slow_link(max_connections: usize) -> Vec<u64> {
         max_connections,
     )
     .unwrap();
-    let t = SshTransport::connect(opts(proxy.addr(), &k, pinned(&sshd)))
-        .await
-        .unwrap();
+    let mut o = opts(proxy.addr(), &k, pinned(&sshd));
+    if let Some(bytes) = stall_second {
+        proxy.stall_after(1, bytes);
+        o.keepalive = Some(Duration::from_millis(300));
+    }
+    let t = SshTransport::connect(o).await.unwrap();
     let local = tempfile::tempdir().unwrap();
     let data = random_bytes(80 << 20, 11);
     let f = local.path().join("big.img");
@@ -369,6 +385,7 @@ async fn upload_big_file_over_a_slow_link(max_connections: usize) -> Vec<u64> {
     write(&dest, &random_bytes(100 << 20, 12), 0o444);
     let (uid, gid) = sshd.ids();
     std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+    let started = std::time::Instant::now();
     let r = t
         .upload(vec![Upload {
             source: UploadSource::Path(f),
@@ -378,6 +395,7 @@ async fn upload_big_file_over_a_slow_link(max_connections: usize) -> Vec<u64> {
         }])
         .await
         .unwrap();
+    let took = started.elapsed();
     assert_eq!(r.bytes, 80 << 20, "{r:?}");
     t.close().await.unwrap();
     let got = std::fs::read(&dest).unwrap();
@@ -387,7 +405,7 @@ async fn upload_big_file_over_a_slow_link(max_connections: usize) -> Vec<u64> {
         hex::encode(Sha256::digest(&data))
     );
     assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, 0o640);
-    proxy.client_bytes()
+    (proxy.client_bytes(), took, proxy.stalled(1))
 }
 
 /// A big file over a slow link: one connection's flight is capped by
@@ -412,6 +430,24 @@ async fn a_refused_second_connection_leaves_the_big_file_to_the_first() {
     let sent = upload_big_file_over_a_slow_link(1).await;
     assert_eq!(sent.len(), 1, "one connection: {sent:?}");
     assert!(sent[0] > 80 << 20, "{sent:?}");
+}
+
+/// The second connection goes silent in the middle of the upload (no FIN,
+/// no RST: a dead NAT): when its keepalive gives up (3 x 300 ms) its
+/// session ends, its channels' SFTP requests fail at once (not at the SFTP
+/// request timeout, 60 s: its writers watch the first connection, alive
+/// all along, for a drop), and the first connection takes their pieces;
+/// the file arrives whole.
+#[tokio::test]
+async fn a_second_connection_gone_silent_leaves_its_pieces_to_the_first() {
+    let (sent, took, stalled) =
+        upload_big_file_over_a_slow_link_with(usize::MAX, Some(3 << 20)).await;
+    assert!(stalled, "the second connection went silent: {sent:?}");
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the pieces of the silent connection waited {took:?} (the SFTP request timeout is 60 s)"
+    );
 }
 
 /// A target without `tar`: the upload falls back to SFTP (and the

@@ -9,9 +9,10 @@
 //! The proxy runs on its own thread with its own Tokio runtime, so it serves
 //! sync and async tests alike, and stops when dropped.
 
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ pub struct DelayProxy {
     one_way: Duration,
     /// Client-to-server bytes of each connection accepted, in order.
     sent: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+    /// When each connection goes silent ([`DelayProxy::stall_after`]).
+    stalls: Arc<Stalls>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -81,6 +84,8 @@ impl DelayProxy {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let sent: Arc<Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
         let counters = sent.clone();
+        let stalls: Arc<Stalls> = Arc::default();
+        let stall_rules = stalls.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -105,14 +110,16 @@ impl DelayProxy {
                             let admitted = match counters.lock() {
                                 Ok(mut c) if c.len() < max_connections => {
                                     c.push(counter.clone());
-                                    true
+                                    Some(c.len() - 1)
                                 }
-                                _ => false,
+                                _ => None,
                             };
-                            if !admitted {
+                            let Some(index) = admitted else {
                                 drop(client);
                                 continue;
-                            }
+                            };
+                            let stall = stall_rules.for_connection(index);
+                            let stall_back = stall.clone();
                             tokio::spawn(async move {
                                 let Ok(server) = TokioStream::connect(target).await else {
                                     return;
@@ -121,8 +128,8 @@ impl DelayProxy {
                                 let _ = server.set_nodelay(true);
                                 let (cr, cw) = client.into_split();
                                 let (sr, sw) = server.into_split();
-                                let a = tokio::spawn(pump(cr, sw, one_way, Some(counter)));
-                                let b = tokio::spawn(pump(sr, cw, one_way, None));
+                                let a = tokio::spawn(pump(cr, sw, one_way, Some(counter), stall));
+                                let b = tokio::spawn(pump(sr, cw, one_way, None, stall_back));
                                 let _ = a.await;
                                 let _ = b.await;
                             });
@@ -143,6 +150,7 @@ impl DelayProxy {
             addr,
             one_way,
             sent,
+            stalls,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -166,6 +174,87 @@ impl DelayProxy {
     pub fn one_way(&self) -> Duration {
         self.one_way
     }
+
+    /// From the moment connection `connection` (0-based, in the order
+    /// accepted; it may not exist yet) has carried `bytes` from the client,
+    /// the proxy drops everything it reads on it, both ways, and keeps both
+    /// sockets open: a link gone silent (no FIN, no RST), as behind a dead
+    /// NAT or a pulled cable. Only a keepalive or a timeout notices.
+    pub fn stall_after(&self, connection: usize, bytes: u64) {
+        self.stalls.set(connection, bytes);
+    }
+
+    /// Whether connection `connection` has gone silent.
+    pub fn stalled(&self, connection: usize) -> bool {
+        self.stalls.is_on(connection)
+    }
+}
+
+/// One connection's silence: from `after` client bytes on (`u64::MAX`:
+/// never).
+#[derive(Debug)]
+struct Stall {
+    after: AtomicU64,
+    on: AtomicBool,
+}
+
+/// The stall rules, by connection index, and the connections' stalls.
+#[derive(Debug, Default)]
+struct Stalls {
+    rules: Mutex<HashMap<usize, u64>>,
+    conns: Mutex<Vec<Arc<Stall>>>,
+}
+
+impl Stalls {
+    fn set(&self, connection: usize, bytes: u64) {
+        if let Ok(mut r) = self.rules.lock() {
+            r.insert(connection, bytes);
+        }
+        if let Some(c) = self
+            .conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(connection).cloned())
+        {
+            c.after.store(bytes, Ordering::SeqCst);
+        }
+    }
+
+    fn is_on(&self, connection: usize) -> bool {
+        self.conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(connection).cloned())
+            .is_some_and(|c| c.on.load(Ordering::SeqCst))
+    }
+
+    /// The stall of the connection just accepted as `index`.
+    fn for_connection(&self, index: usize) -> Arc<Stall> {
+        let after = self
+            .rules
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&index).copied())
+            .unwrap_or(u64::MAX);
+        let stall = Arc::new(Stall {
+            after: AtomicU64::new(after),
+            on: AtomicBool::new(false),
+        });
+        if let Ok(mut c) = self.conns.lock() {
+            while c.len() < index {
+                c.push(Arc::new(Stall {
+                    after: AtomicU64::new(u64::MAX),
+                    on: AtomicBool::new(false),
+                }));
+            }
+            if c.len() == index {
+                c.push(stall.clone());
+            } else if let Some(slot) = c.get_mut(index) {
+                *slot = stall.clone();
+            }
+        }
+        stall
+    }
 }
 
 impl Drop for DelayProxy {
@@ -184,6 +273,7 @@ async fn pump(
     mut w: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
     count: Option<Arc<AtomicU64>>,
+    stall: Arc<Stall>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Vec<u8>>)>();
     let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -220,7 +310,14 @@ async fn pump(
             break;
         }
         if let Some(c) = &count {
-            c.fetch_add(n as u64, Ordering::Relaxed);
+            let total = c.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            if total >= stall.after.load(Ordering::SeqCst) {
+                stall.on.store(true, Ordering::SeqCst);
+            }
+        }
+        if stall.on.load(Ordering::SeqCst) {
+            // Silent: read and dropped, never forwarded, never closed.
+            continue;
         }
         let Ok(permit) = budget.acquire_many(n as u32).await else {
             break;
