@@ -205,13 +205,38 @@ fn mtimes(root: &Path) -> BTreeMap<String, i64> {
     m
 }
 
-#[tokio::test]
-async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
+/// The local tree `src` uploaded to `dest`, sha256 verified.
+async fn upload_dir(
+    t: &SshTransport,
+    src: &Path,
+    dest: &Path,
+) -> Result<opsbake_core::transport::TransferReport, TransportError> {
+    t.upload(vec![Upload {
+        source: UploadSource::Path(src.to_path_buf()),
+        remote: dest.display().to_string(),
+        mode: None,
+        verify_sha256: true,
+    }])
+    .await
+}
+
+/// A test sshd, a connection to it, and a local temp dir.
+async fn tree_test() -> (
+    opsbake_comms_ssh::KeyPair,
+    Sshd,
+    SshTransport,
+    tempfile::TempDir,
+) {
     init_tracing();
     let k = key();
     let sshd = sshd_with(&k, SshdOptions::default());
     let t = connect(&sshd, &k).await;
-    let local = tempfile::tempdir().unwrap();
+    (k, sshd, t, tempfile::tempdir().unwrap())
+}
+
+#[tokio::test]
+async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
+    let (_k, sshd, t, local) = tree_test().await;
     let src = local.path().join("small");
     make_small_tree(&src);
     // Old mtimes, so that "kept" differs from "now".
@@ -223,15 +248,7 @@ async fn a_tree_of_small_files_is_one_tar_stream_without_sftp() {
         .set_modified(old)
         .unwrap();
     let dest = sshd.home().join("small");
-    let r = t
-        .upload(vec![Upload {
-            source: UploadSource::Path(src.clone()),
-            remote: dest.display().to_string(),
-            mode: None,
-            verify_sha256: true,
-        }])
-        .await
-        .unwrap();
+    let r = upload_dir(&t, &src, &dest).await.unwrap();
     assert_eq!(r.files, 2001, "{r:?}");
     assert_eq!(r.symlinks, 1, "{r:?}");
     assert!(r.tar_streams >= 1, "{r:?}");
@@ -265,13 +282,7 @@ async fn upload_small_tree(
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("small");
     make_small_tree(&src);
-    let r = t
-        .upload(vec![Upload {
-            source: UploadSource::Path(src),
-            remote: sshd.home().join("small").display().to_string(),
-            mode: None,
-            verify_sha256: true,
-        }])
+    let r = upload_dir(t, &src, &sshd.home().join("small"))
         .await
         .unwrap();
     (local, r)
@@ -314,11 +325,7 @@ async fn over_a_slow_link_a_tree_goes_in_several_tar_streams() {
 /// its failed open and its own mkdir); every upload must now arrive whole.
 #[tokio::test]
 async fn streams_side_by_side_into_a_new_tree_of_many_directories() {
-    init_tracing();
-    let k = key();
-    let sshd = sshd_with(&k, SshdOptions::default());
-    let t = connect(&sshd, &k).await;
-    let local = tempfile::tempdir().unwrap();
+    let (_k, sshd, t, local) = tree_test().await;
     let src = local.path().join("many");
     for d in 0..600 {
         for f in 0..4 {
@@ -329,13 +336,7 @@ async fn streams_side_by_side_into_a_new_tree_of_many_directories() {
     }
     for round in 0..6 {
         let dest = sshd.home().join(format!("many-{round}"));
-        let r = t
-            .upload(vec![Upload {
-                source: UploadSource::Path(src.clone()),
-                remote: dest.display().to_string(),
-                mode: None,
-                verify_sha256: true,
-            }])
+        let r = upload_dir(&t, &src, &dest)
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(r.tar_streams > 1, "round {round}: {r:?}");
