@@ -30,6 +30,18 @@ pub enum ProvisionError {
         /// The last lines of its output, formatted for the message.
         tail: String,
     },
+    /// A step's script runner (one exec for its scripts, under `sudo -n`
+    /// by default) ended before its first script started: `sudo` wanted a
+    /// password, the staging dir was gone, the shell failed.
+    #[error("step `{step}` failed: {status} before its first script started{tail}")]
+    NotStarted {
+        /// The step.
+        step: String,
+        /// How the runner ended.
+        status: Box<ExitStatus>,
+        /// The last lines of its output (sudo's words, for one).
+        tail: String,
+    },
     /// A step took longer than allowed.
     #[error("step `{step}` timed out after {after:?}{tail}")]
     Timeout {
@@ -115,16 +127,26 @@ impl From<ProvisionError> for BuildError {
                 let step = match &other {
                     ProvisionError::Transport { step, .. }
                     | ProvisionError::Command { step, .. }
+                    | ProvisionError::NotStarted { step, .. }
                     | ProvisionError::Timeout { step, .. } => step.clone(),
                     ProvisionError::Refused { .. } | ProvisionError::Handoff { .. } => {
                         "handoff".to_string()
                     }
                     _ => "provision".to_string(),
                 };
-                BuildError::Step {
-                    step,
-                    message: other.to_string(),
-                }
+                // The build error says "step `x` failed: " itself: the
+                // message is said once, without the step's own prefix.
+                let text = other.to_string();
+                let message = [
+                    format!("step `{step}` failed: "),
+                    format!("step `{step}`: "),
+                    format!("step `{step}` "),
+                ]
+                .iter()
+                .find_map(|p| text.strip_prefix(p.as_str()))
+                .unwrap_or(&text)
+                .to_string();
+                BuildError::Step { step, message }
             }
         }
     }

@@ -145,6 +145,9 @@ pub fn batch_command(
 pub struct BatchSink {
     marker: String,
     scripts: Vec<(String, String, Arc<StepSink>)>,
+    /// Lines before the first script starts (the runner's own: `sudo`'s
+    /// complaint, for one), under the step's label.
+    before: Arc<StepSink>,
     events: Emitter,
     state: Mutex<BatchState>,
 }
@@ -161,10 +164,17 @@ pub struct BatchState {
 }
 
 impl BatchSink {
-    /// A sink for `scripts` of a batch run with `tag`.
-    pub fn new(tag: &str, scripts: &[BatchScript], events: Emitter) -> BatchSink {
+    /// A sink for `scripts` of a batch run with `tag`; `before`: the step's
+    /// sink, for what the runner prints before the first script starts.
+    pub fn new(
+        tag: &str,
+        scripts: &[BatchScript],
+        before: Arc<StepSink>,
+        events: Emitter,
+    ) -> BatchSink {
         BatchSink {
             marker: marker(tag),
+            before,
             scripts: scripts
                 .iter()
                 .map(|s| (s.label.clone(), s.name.clone(), s.sink.clone()))
@@ -244,11 +254,7 @@ impl OutputSink for BatchSink {
         }
         match self.current_sink() {
             Some(s) => s.line(stream, line),
-            None => {
-                if let Some((_, _, s)) = self.scripts.first() {
-                    s.line(stream, line)
-                }
-            }
+            None => self.before.line(stream, line),
         }
     }
 }
@@ -304,7 +310,8 @@ mod tests {
             mk("c.sh", "echo never"),
         ];
         let cmd = batch_command("t1", &scripts, &[0, 3], None);
-        let sink = BatchSink::new("t1", &scripts, emitter.clone());
+        let step = Arc::new(StepSink::new(None, "shell"));
+        let sink = BatchSink::new("t1", &scripts, step.clone(), emitter.clone());
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
@@ -323,7 +330,7 @@ mod tests {
         assert_eq!(a, ["one", "no newline"]);
         // 3 is not valid now: the batch stops after b.sh.
         let cmd = batch_command("t2", &scripts, &[0], None);
-        let sink = BatchSink::new("t2", &scripts, emitter);
+        let sink = BatchSink::new("t2", &scripts, step.clone(), emitter);
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)

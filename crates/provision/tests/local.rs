@@ -233,7 +233,10 @@ async fn timeout_and_retries() {
     let started = std::time::Instant::now();
     let e = p.run(&h.ctx, local(&h)).await.unwrap_err().to_string();
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
-    assert!(e.contains("step `slow` timed out after 1s"), "{e}");
+    assert!(
+        e.starts_with("step `slow` failed: timed out after 1s"),
+        "{e}"
+    );
     assert!(e.contains("stdout| started"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(20));
     let warns = h

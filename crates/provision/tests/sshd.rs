@@ -30,6 +30,14 @@ struct Fakes {
 
 impl Fakes {
     fn new() -> Fakes {
+        // sudo: records its arguments, drops -n, runs the rest as vcap.
+        Fakes::with_sudo(
+            "#!/bin/sh\nprintf '%s\\n' \"sudo $*\" >> {log}/sudo.log\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n",
+        )
+    }
+
+    /// With this `sudo` (`{log}` in it: the log dir).
+    fn with_sudo(sudo: &str) -> Fakes {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.path().join("bin");
@@ -42,14 +50,7 @@ impl Fakes {
             std::fs::write(&p, text).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         };
-        // sudo: records its arguments, drops -n, runs the rest as vcap.
-        write(
-            "sudo",
-            format!(
-                "#!/bin/sh\nprintf '%s\\n' \"sudo $*\" >> {log}/sudo.log\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n",
-                log = log.display()
-            ),
-        );
+        write("sudo", sudo.replace("{log}", &log.display().to_string()));
         // chef-solo: records argv, the files it was given and the cookbooks it sees.
         write(
             "chef-solo",
@@ -189,8 +190,8 @@ async fn over_ssh_a_bad_exit_code_fails_with_the_output_tail() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("step `fails` failed: exit code 42 (valid exit codes: [0, 1])"),
-        "{e}"
+        e.starts_with("step `fails` failed: exit code 42 (valid exit codes: [0, 1])"),
+        "the step named once: {e}"
     );
     assert!(e.contains("last 20 line(s)"), "{e}");
     assert!(
@@ -200,6 +201,52 @@ async fn over_ssh_a_bad_exit_code_fails_with_the_output_tail() {
     assert!(!e.contains("stdout| 21\n"), "{e}");
     assert!(e.ends_with("stderr| boom"), "{e}");
     assert!(!staging(&h).exists());
+}
+
+/// The login user's `sudo -n` wants a password (no NOPASSWD rule, as
+/// sudo says it): the step's runner fails before its first script starts.
+/// The error says so and carries sudo's words; it used to read as the
+/// first script's failure ("exit code 1 (valid exit codes: [0])"), and the
+/// build error said "step `x` failed: " twice.
+#[tokio::test]
+async fn over_ssh_a_sudo_that_wants_a_password_fails_the_step_not_its_first_script() {
+    let fakes = Fakes::with_sudo("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n");
+    let Some((_sshd, t)) = connect(Some(&fakes)).await else {
+        return;
+    };
+    let yaml = format!(
+        "{HEAD}provision:\n  - type: shell\n    scripts: [provisioning/a.sh, provisioning/b.sh]\n"
+    );
+    let h = Harness::new(
+        &yaml,
+        Iaas::Ssh,
+        &[
+            ("provisioning/a.sh", "#!/bin/sh\necho a\n", 0o755),
+            ("provisioning/b.sh", "#!/bin/sh\necho b\n", 0o755),
+        ],
+        RunOptions::default(),
+    );
+    let e = Provision::default()
+        .run(&h.ctx, t)
+        .await
+        .unwrap_err()
+        .to_string();
+    // The step is labelled after its first script (`shell a.sh`); the
+    // error says the script never ran, and shows no script's exit code.
+    assert!(
+        e.starts_with(
+            "step `shell a.sh` failed: exit code 1 before its first script started; last 1 line(s) of output:"
+        ),
+        "{e}"
+    );
+    assert!(e.ends_with("stderr| sudo: a password is required"), "{e}");
+    assert!(!e.contains("valid exit codes"), "{e}");
+    assert_eq!(
+        h.output("shell a.sh"),
+        [(Stream::Stderr, "sudo: a password is required".to_string())]
+    );
+    let m = h.messages();
+    assert!(!m.iter().any(|l| l.contains("running a.sh")), "{m:?}");
 }
 
 #[tokio::test]

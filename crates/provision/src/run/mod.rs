@@ -419,7 +419,7 @@ impl Session<'_> {
                     && self.handoff.is_none();
                 if !s.expect_disconnect && (batch.len() > 1 || remove_staging) {
                     return self
-                        .shell_batch(s, &label, batch, timeout, remove_staging)
+                        .shell_batch(s, &label, sink, batch, timeout, remove_staging)
                         .await;
                 }
                 for (l, name, sink) in batch {

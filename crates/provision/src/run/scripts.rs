@@ -67,10 +67,15 @@ impl Session<'_> {
     /// first status not in `valid_exit_codes` fails the step naming it.
     /// `remove_staging` (the last step): the staging dir is removed by the
     /// same exec once every script succeeded (`staging_removed` says it was).
+    /// A runner that ends before its first script starts (`sudo -n` wanting
+    /// a password) fails the step under its own label (`step_sink`), not
+    /// the first script.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn shell_batch(
         &mut self,
         s: &ShellProvisioner,
         label: &str,
+        step_sink: &Arc<StepSink>,
         batch: Vec<(String, String, Arc<StepSink>)>,
         timeout: Option<Duration>,
         remove_staging: bool,
@@ -115,6 +120,7 @@ impl Session<'_> {
         let bsink = Arc::new(shell::BatchSink::new(
             &tag,
             &scripts,
+            step_sink.clone(),
             self.ctx.events.clone(),
         ));
         let mut req = ExecRequest::new(cmd);
@@ -122,10 +128,12 @@ impl Session<'_> {
         let r = self.transport.exec(req, bsink.clone()).await;
         let state = bsink.state();
         self.staging_removed = state.cleaned;
+        // Where a failure belongs: the script running (or the one that
+        // ended), else the step itself.
         let at = |i: Option<usize>| {
-            let sc = scripts.get(i.unwrap_or(0)).or(scripts.first());
-            sc.map(|x| (x.label.as_str(), x.sink.clone()))
-                .unwrap_or((label, Arc::new(StepSink::new(None, label))))
+            i.and_then(|i| scripts.get(i))
+                .map(|x| (x.label.as_str(), x.sink.clone()))
+                .unwrap_or((label, step_sink.clone()))
         };
         let st = match r {
             Ok(st) => st,
@@ -144,11 +152,19 @@ impl Session<'_> {
                 // The runner ends 0 only after the last script: a
                 // transport that delivers no output at all still agrees.
                 None if st.success() && state.current.is_none() => return Ok(()),
+                // The runner ended before the first script started.
+                None if state.current.is_none() => {
+                    return Err(ProvisionError::NotStarted {
+                        step: label.to_string(),
+                        status: Box::new(st),
+                        tail: step_sink.tail_message(),
+                    });
+                }
                 None => {
                     // Started and ended without a report (killed, or an
                     // `exit` that ended the runner): the channel's status
-                    // is its own. Never started: the runner failed first.
-                    let (l, sink) = at(state.current.or(Some(i)));
+                    // is its own.
+                    let (l, sink) = at(state.current);
                     return check_status(l, st, &[], &sink);
                 }
             }
