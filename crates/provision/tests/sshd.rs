@@ -103,6 +103,27 @@ async fn connect(fakes: Option<&Fakes>) -> Option<(Sshd, Arc<dyn Transport>)> {
     Some((sshd, Arc::new(t)))
 }
 
+/// [`connect`] with `fakes` on PATH, and a harness for `yaml` with
+/// `files`; None only when the peer is missing and skipped.
+async fn over_ssh(
+    fakes: &Fakes,
+    yaml: &str,
+    files: &[(&str, &str, u32)],
+) -> Option<(Sshd, Arc<dyn Transport>, Harness)> {
+    let (sshd, t) = connect(Some(fakes)).await?;
+    let h = Harness::new(yaml, Iaas::Ssh, files, RunOptions::default());
+    Some((sshd, t, h))
+}
+
+/// The build error of provisioning `h` over `t` (it must fail), as text.
+async fn run_err(h: &Harness, t: Arc<dyn Transport>) -> String {
+    Provision::default()
+        .run(&h.ctx, t)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 const HEAD: &str = "name: t\nbuilds:\n  ssh:\n    ssh: {host: 127.0.0.1, password: unused}\n    options: {allow_loopback: true}\n";
 
 fn staging(h: &Harness) -> PathBuf {
@@ -112,15 +133,12 @@ fn staging(h: &Harness) -> PathBuf {
 #[tokio::test]
 async fn over_ssh_scripts_call_each_other_through_the_staging_dir_with_env_intact() {
     let fakes = Fakes::new();
-    let Some((_sshd, t)) = connect(Some(&fakes)).await else {
-        return;
-    };
     let yaml = format!(
         "{HEAD}provision:\n  - type: shell\n    scripts: [provisioning/setup.sh]\n    environment_vars:\n      GREETING: \"it's a \\\"quoted\\\" value  with  spaces $HOME `x` \\\\ end\"\n      EMPTY: \"\"\n  - type: shell\n    inline: [\"echo user=$(id -un) dir=$(basename $(pwd))\", \"common.sh inline\"]\n    sudo: false\n  - type: shell\n    script: provisioning/lib/common.sh\n    sudo: false\n"
     );
-    let h = Harness::new(
+    let Some((_sshd, t, h)) = over_ssh(
+        &fakes,
         &yaml,
-        Iaas::Ssh,
         &[
             (
                 "provisioning/setup.sh",
@@ -129,8 +147,11 @@ async fn over_ssh_scripts_call_each_other_through_the_staging_dir_with_env_intac
             ),
             ("provisioning/lib/common.sh", "#!/bin/sh\necho \"common $1\"\n", 0o755),
         ],
-        RunOptions::default(),
-    );
+    )
+    .await
+    else {
+        return;
+    };
     Provision::default().run(&h.ctx, t.clone()).await.unwrap();
 
     let out = h.output("shell setup.sh");
@@ -184,11 +205,7 @@ async fn over_ssh_a_bad_exit_code_fails_with_the_output_tail() {
         "{HEAD}provision:\n  - type: shell\n    name: fails\n    sudo: false\n    inline: [\"seq 1 40\", \"echo boom >&2\", \"exit 42\"]\n    valid_exit_codes: [0, 1]\n"
     );
     let h = Harness::new(&yaml, Iaas::Ssh, &[], RunOptions::default());
-    let e = Provision::default()
-        .run(&h.ctx, t)
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = run_err(&h, t).await;
     assert!(
         e.starts_with("step `fails` failed: exit code 42 (valid exit codes: [0, 1])"),
         "the step named once: {e}"
@@ -211,26 +228,17 @@ async fn over_ssh_a_bad_exit_code_fails_with_the_output_tail() {
 #[tokio::test]
 async fn over_ssh_a_sudo_that_wants_a_password_fails_the_step_not_its_first_script() {
     let fakes = Fakes::with_sudo("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n");
-    let Some((_sshd, t)) = connect(Some(&fakes)).await else {
-        return;
-    };
     let yaml = format!(
         "{HEAD}provision:\n  - type: shell\n    scripts: [provisioning/a.sh, provisioning/b.sh]\n"
     );
-    let h = Harness::new(
-        &yaml,
-        Iaas::Ssh,
-        &[
-            ("provisioning/a.sh", "#!/bin/sh\necho a\n", 0o755),
-            ("provisioning/b.sh", "#!/bin/sh\necho b\n", 0o755),
-        ],
-        RunOptions::default(),
-    );
-    let e = Provision::default()
-        .run(&h.ctx, t)
-        .await
-        .unwrap_err()
-        .to_string();
+    let files = [
+        ("provisioning/a.sh", "#!/bin/sh\necho a\n", 0o755),
+        ("provisioning/b.sh", "#!/bin/sh\necho b\n", 0o755),
+    ];
+    let Some((_sshd, t, h)) = over_ssh(&fakes, &yaml, &files).await else {
+        return;
+    };
+    let e = run_err(&h, t).await;
     // The step is labelled after its first script (`shell a.sh`); the
     // error says the script never ran, and shows no script's exit code.
     assert!(
