@@ -15,8 +15,9 @@
 //! (2 MiB), so at 50 ms one channel carries at most about 40 MiB/s; the
 //! first stream carries the directories and symlinks, the others only files
 //! and make their directories with `mkdir -p` before their tar starts (the
-//! directory's own entry, in the first stream, sets its mode). Every stream costs the target a session, a shell, a `tar` and a
-//! `sha256sum`: about 0.35 s of guest time each in a one-vCPU emulated
+//! directory's own entry, in the first stream, sets its mode). Every stream
+//! costs the target a session, a shell, a `tar` and a `sha256sum`: about
+//! 0.35 s of guest time each in a one-vCPU emulated
 //! guest, where the round trip is a millisecond and one window-limited
 //! stream is not the bottleneck. A target with several CPUs extracts and
 //! hashes the streams side by side (and the build host reads and hashes
@@ -209,13 +210,11 @@ pub(crate) fn parts(plan: &Plan, n: usize) -> Vec<Plan> {
     // the first stream makes between another tar's failed open and its
     // own mkdir fails that tar ("Cannot open: No such file or directory").
     for part in out.iter_mut().skip(1) {
-        let mut need: Vec<String> = part
+        let need: Vec<String> = part
             .files
             .iter()
             .filter_map(|f| parent_of(&f.remote))
             .collect();
-        need.sort();
-        need.dedup();
         part.parents.extend(need);
         part.parents.sort();
         part.parents.dedup();

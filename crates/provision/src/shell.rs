@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(a, ["one", "no newline"]);
         // 3 is not valid now: the batch stops after b.sh.
         let cmd = batch_command("t2", &scripts, &[0], None);
-        let sink = BatchSink::new("t2", &scripts, step.clone(), emitter);
+        let sink = BatchSink::new("t2", &scripts, step, emitter);
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)

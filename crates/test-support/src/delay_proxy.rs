@@ -42,10 +42,11 @@ pub enum ProxyError {
 pub struct DelayProxy {
     addr: SocketAddr,
     one_way: Duration,
-    /// Client-to-server bytes of each connection accepted, in order.
-    sent: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
-    /// When each connection goes silent ([`DelayProxy::stall_after`]).
-    stalls: Arc<Stalls>,
+    /// Each connection accepted, in order.
+    links: Arc<Mutex<Vec<Arc<Link>>>>,
+    /// After how many client bytes a connection goes silent, by its index
+    /// ([`DelayProxy::stall_after`]; read when it is accepted).
+    silence: Arc<Mutex<HashMap<usize, u64>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -82,10 +83,10 @@ impl DelayProxy {
             source,
         })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let sent: Arc<Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
-        let counters = sent.clone();
-        let stalls: Arc<Stalls> = Arc::default();
-        let stall_rules = stalls.clone();
+        let links: Arc<Mutex<Vec<Arc<Link>>>> = Arc::default();
+        let accepted = links.clone();
+        let silence: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
+        let silence_rules = silence.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -106,20 +107,27 @@ impl DelayProxy {
                             let Ok((client, _)) = listener.accept().await else {
                                 continue;
                             };
-                            let counter = Arc::new(AtomicU64::new(0));
-                            let admitted = match counters.lock() {
+                            let admitted = match accepted.lock() {
                                 Ok(mut c) if c.len() < max_connections => {
-                                    c.push(counter.clone());
-                                    Some(c.len() - 1)
+                                    let after = silence_rules
+                                        .lock()
+                                        .ok()
+                                        .and_then(|r| r.get(&c.len()).copied())
+                                        .unwrap_or(u64::MAX);
+                                    let link = Arc::new(Link {
+                                        sent: AtomicU64::new(0),
+                                        silent_after: AtomicU64::new(after),
+                                        silent: AtomicBool::new(false),
+                                    });
+                                    c.push(link.clone());
+                                    Some(link)
                                 }
                                 _ => None,
                             };
-                            let Some(index) = admitted else {
+                            let Some(link) = admitted else {
                                 drop(client);
                                 continue;
                             };
-                            let stall = stall_rules.for_connection(index);
-                            let stall_back = stall.clone();
                             tokio::spawn(async move {
                                 let Ok(server) = TokioStream::connect(target).await else {
                                     return;
@@ -128,8 +136,8 @@ impl DelayProxy {
                                 let _ = server.set_nodelay(true);
                                 let (cr, cw) = client.into_split();
                                 let (sr, sw) = server.into_split();
-                                let a = tokio::spawn(pump(cr, sw, one_way, Some(counter), stall));
-                                let b = tokio::spawn(pump(sr, cw, one_way, None, stall_back));
+                                let a = tokio::spawn(pump(cr, sw, one_way, link.clone(), true));
+                                let b = tokio::spawn(pump(sr, cw, one_way, link, false));
                                 let _ = a.await;
                                 let _ = b.await;
                             });
@@ -149,8 +157,8 @@ impl DelayProxy {
         Ok(DelayProxy {
             addr,
             one_way,
-            sent,
-            stalls,
+            links,
+            silence,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -164,10 +172,15 @@ impl DelayProxy {
     /// Bytes each forwarded connection sent from the client to the server,
     /// in the order they were accepted.
     pub fn client_bytes(&self) -> Vec<u64> {
-        self.sent
+        self.links
             .lock()
-            .map(|v| v.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .map(|v| v.iter().map(|l| l.sent.load(Ordering::Relaxed)).collect())
             .unwrap_or_default()
+    }
+
+    /// Connection `connection`, once accepted.
+    fn link(&self, connection: usize) -> Option<Arc<Link>> {
+        self.links.lock().ok()?.get(connection).cloned()
     }
 
     /// The configured one-way delay (RTT is twice this).
@@ -181,80 +194,28 @@ impl DelayProxy {
     /// sockets open: a link gone silent (no FIN, no RST), as behind a dead
     /// NAT or a pulled cable. Only a keepalive or a timeout notices.
     pub fn stall_after(&self, connection: usize, bytes: u64) {
-        self.stalls.set(connection, bytes);
+        if let Ok(mut r) = self.silence.lock() {
+            r.insert(connection, bytes);
+        }
+        if let Some(l) = self.link(connection) {
+            l.silent_after.store(bytes, Ordering::SeqCst);
+        }
     }
 
     /// Whether connection `connection` has gone silent.
     pub fn stalled(&self, connection: usize) -> bool {
-        self.stalls.is_on(connection)
+        self.link(connection)
+            .is_some_and(|l| l.silent.load(Ordering::SeqCst))
     }
 }
 
-/// One connection's silence: from `after` client bytes on (`u64::MAX`:
-/// never).
+/// One forwarded connection: its client-to-server bytes, and from how many
+/// of them on it is silent (`u64::MAX`: never).
 #[derive(Debug)]
-struct Stall {
-    after: AtomicU64,
-    on: AtomicBool,
-}
-
-/// The stall rules, by connection index, and the connections' stalls.
-#[derive(Debug, Default)]
-struct Stalls {
-    rules: Mutex<HashMap<usize, u64>>,
-    conns: Mutex<Vec<Arc<Stall>>>,
-}
-
-impl Stalls {
-    fn set(&self, connection: usize, bytes: u64) {
-        if let Ok(mut r) = self.rules.lock() {
-            r.insert(connection, bytes);
-        }
-        if let Some(c) = self
-            .conns
-            .lock()
-            .ok()
-            .and_then(|c| c.get(connection).cloned())
-        {
-            c.after.store(bytes, Ordering::SeqCst);
-        }
-    }
-
-    fn is_on(&self, connection: usize) -> bool {
-        self.conns
-            .lock()
-            .ok()
-            .and_then(|c| c.get(connection).cloned())
-            .is_some_and(|c| c.on.load(Ordering::SeqCst))
-    }
-
-    /// The stall of the connection just accepted as `index`.
-    fn for_connection(&self, index: usize) -> Arc<Stall> {
-        let after = self
-            .rules
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&index).copied())
-            .unwrap_or(u64::MAX);
-        let stall = Arc::new(Stall {
-            after: AtomicU64::new(after),
-            on: AtomicBool::new(false),
-        });
-        if let Ok(mut c) = self.conns.lock() {
-            while c.len() < index {
-                c.push(Arc::new(Stall {
-                    after: AtomicU64::new(u64::MAX),
-                    on: AtomicBool::new(false),
-                }));
-            }
-            if c.len() == index {
-                c.push(stall.clone());
-            } else if let Some(slot) = c.get_mut(index) {
-                *slot = stall.clone();
-            }
-        }
-        stall
-    }
+struct Link {
+    sent: AtomicU64,
+    silent_after: AtomicU64,
+    silent: AtomicBool,
 }
 
 impl Drop for DelayProxy {
@@ -272,8 +233,8 @@ async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
-    count: Option<Arc<AtomicU64>>,
-    stall: Arc<Stall>,
+    link: Arc<Link>,
+    from_client: bool,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Vec<u8>>)>();
     let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -309,13 +270,13 @@ async fn pump(
             let _ = tx.send((due, None));
             break;
         }
-        if let Some(c) = &count {
-            let total = c.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-            if total >= stall.after.load(Ordering::SeqCst) {
-                stall.on.store(true, Ordering::SeqCst);
+        if from_client {
+            let total = link.sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            if total >= link.silent_after.load(Ordering::SeqCst) {
+                link.silent.store(true, Ordering::SeqCst);
             }
         }
-        if stall.on.load(Ordering::SeqCst) {
+        if link.silent.load(Ordering::SeqCst) {
             // Silent: read and dropped, never forwarded, never closed.
             continue;
         }
